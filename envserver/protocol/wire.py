@@ -1,0 +1,199 @@
+"""The frame layout of every agora message, both ways.
+
+A message is a ZeroMQ multipart::
+
+    frame 0      msgpack map: the header {"v": 1, "op": str, "id": int, ...fields..., "arrays": [...]}
+    frame 1..n   raw bytes of n arrays, C order, little-endian
+
+``header["arrays"]`` has one entry per array frame, in frame order: ``[path, dtype, shape]``, where ``path`` is a
+list of map keys (strings) saying where the array sits in the message (``["obs", "agent_0"]`` puts it at
+``msg["obs"]["agent_0"]``), ``dtype`` is one of :data:`DTYPES` and ``shape`` a list of non-negative ints. Arrays
+therefore cross without being copied into msgpack, and nothing is ever unpickled: a frame is only ever read as a
+buffer of one of the numeric dtypes below.
+
+:func:`pack` turns a dict whose leaves may be numpy arrays into frames; :func:`unpack` does the reverse and checks
+everything a hostile peer could get wrong, raising :class:`ProtocolError` with code ``bad_message``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from envserver.protocol.errors import BAD_MESSAGE, BAD_VERSION, ProtocolError
+
+PROTOCOL_VERSION = 1
+
+#: dtype names on the wire and the (little-endian) numpy dtypes they stand for.
+DTYPES: dict[str, np.dtype] = {
+    name: np.dtype(code)
+    for name, code in {
+        "bool": "|b1",
+        "int8": "|i1",
+        "int16": "<i2",
+        "int32": "<i4",
+        "int64": "<i8",
+        "uint8": "|u1",
+        "uint16": "<u2",
+        "uint32": "<u4",
+        "uint64": "<u8",
+        "float16": "<f2",
+        "float32": "<f4",
+        "float64": "<f8",
+    }.items()
+}
+_NAME_OF_DTYPE = {dtype: name for name, dtype in DTYPES.items()}
+
+_MAX_PATH_DEPTH = 8
+_MAX_NDIM = 16
+
+
+def dtype_name(dtype: np.dtype) -> str:
+    """The wire name of a numpy dtype; raises ValueError for dtypes the protocol cannot carry."""
+    dtype = np.dtype(dtype).newbyteorder("<") if np.dtype(dtype).byteorder == ">" else np.dtype(dtype)
+    try:
+        return _NAME_OF_DTYPE[dtype]
+    except KeyError:
+        raise ValueError(f"dtype {dtype} cannot travel on the agora wire; use one of {sorted(DTYPES)}") from None
+
+
+def _msgpack_default(value: Any) -> Any:
+    # Only numpy scalars reach here in practice (a reward computed with numpy, an info value).
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, tuple | set | frozenset):
+        return list(value)
+    raise TypeError(f"cannot send a {type(value).__name__} in a message header")
+
+
+def _extract_arrays(node: dict, path: list[str], table: list, frames: list) -> dict:
+    out = {}
+    for key, value in node.items():
+        if isinstance(value, np.ndarray):
+            array = np.ascontiguousarray(value)
+            table.append([[*path, key], dtype_name(array.dtype), list(array.shape)])
+            frames.append(array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<")))
+        elif isinstance(value, dict):
+            sub = _extract_arrays(value, [*path, key], table, frames)
+            if sub or not _has_arrays(value):
+                out[key] = sub
+        else:
+            out[key] = value
+    return out
+
+
+def _has_arrays(node: dict) -> bool:
+    return any(isinstance(v, np.ndarray) or (isinstance(v, dict) and _has_arrays(v)) for v in node.values())
+
+
+def pack(message: dict) -> list:
+    """Frames for a message: every numpy array anywhere in the (nested) dict becomes its own frame.
+
+    ``message`` must hold ``"op"``; ``"v"`` is filled in. Returns a list for ``socket.send_multipart``: the header
+    bytes, then the arrays themselves (ZeroMQ reads their buffers; large ones are not copied).
+    """
+    table: list = []
+    frames: list = []
+    header = _extract_arrays(message, [], table, frames)
+    header["v"] = PROTOCOL_VERSION
+    if table:
+        header["arrays"] = table
+    return [msgpack.packb(header, use_bin_type=True, default=_msgpack_default), *frames]
+
+
+def _as_bytes_like(frame: Any) -> Any:
+    # zmq.Frame (recv with copy=False) exposes .buffer; bytes and memoryview are buffers already.
+    return getattr(frame, "buffer", frame)
+
+
+def _fail(message: str, request_id: int = 0) -> ProtocolError:
+    error = ProtocolError(BAD_MESSAGE, message, "see docs/protocol.md, 'Frames'")
+    error.request_id = request_id
+    return error
+
+
+def _check_array_entry(entry: Any, frame: Any, request_id: int) -> tuple[list[str], np.ndarray]:
+    if not (isinstance(entry, list | tuple) and len(entry) == 3):
+        raise _fail("each entry of 'arrays' must be [path, dtype, shape]", request_id)
+    path, dtype, shape = entry
+    if not (isinstance(path, list | tuple) and 1 <= len(path) <= _MAX_PATH_DEPTH):
+        raise _fail(f"array path must be a list of 1 to {_MAX_PATH_DEPTH} strings", request_id)
+    if not all(isinstance(part, str) for part in path):
+        raise _fail(f"array path {path!r} must hold only strings", request_id)
+    if dtype not in DTYPES:
+        raise _fail(f"array {'/'.join(path)}: dtype {dtype!r} is not one of {sorted(DTYPES)}", request_id)
+    if not (isinstance(shape, list | tuple) and len(shape) <= _MAX_NDIM):
+        raise _fail(f"array {'/'.join(path)}: shape must be a list of at most {_MAX_NDIM} ints", request_id)
+    if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
+        raise _fail(f"array {'/'.join(path)}: shape {shape!r} must hold non-negative ints", request_id)
+    buffer = memoryview(_as_bytes_like(frame))
+    expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+    if buffer.nbytes != expected:
+        raise _fail(
+            f"array {'/'.join(path)}: frame has {buffer.nbytes} bytes, dtype {dtype} and shape {list(shape)} need "
+            f"{expected}",
+            request_id,
+        )
+    array = np.frombuffer(buffer, dtype=DTYPES[dtype]).reshape(shape)
+    return list(path), array
+
+
+def _insert(message: dict, path: list[str], array: np.ndarray, request_id: int) -> None:
+    node = message
+    for part in path[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise _fail(f"array path {'/'.join(path)} runs through a non-map field {part!r}", request_id)
+        node = child
+    if path[-1] in node:
+        raise _fail(f"array path {'/'.join(path)} names a field that is already set", request_id)
+    node[path[-1]] = array
+
+
+def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
+    """The message carried by ``frames`` (header fields with the arrays put in place at their paths).
+
+    Checks the header is a msgpack map with an int ``v`` equal to :data:`PROTOCOL_VERSION`, a string ``op``, and
+    an ``arrays`` table that matches the frames exactly. Arrays are read-only views of the frames.
+
+    Raises:
+        ProtocolError: ``bad_message`` or ``bad_version``; its ``request_id`` is the header's ``id`` when known.
+    """
+    if not frames:
+        raise _fail("empty message")
+    raw = _as_bytes_like(frames[0])
+    if memoryview(raw).nbytes > max_header_bytes:
+        raise _fail(f"header is over {max_header_bytes} bytes")
+    try:
+        header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
+    except Exception as exc:  # msgpack raises several unrelated types for corrupt input
+        raise _fail(f"header frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
+    if not isinstance(header, dict):
+        raise _fail(f"header must be a msgpack map, got {type(header).__name__}")
+    request_id = header.get("id", 0)
+    if not isinstance(request_id, int) or isinstance(request_id, bool):
+        raise _fail("'id' must be an integer")
+    version = header.get("v")
+    if version != PROTOCOL_VERSION:
+        error = ProtocolError(
+            BAD_VERSION,
+            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            f'send "v": {PROTOCOL_VERSION} in every header, or upgrade the client',
+        )
+        error.request_id = request_id
+        raise error
+    if not isinstance(header.get("op"), str):
+        raise _fail("header needs a string field 'op'", request_id)
+    table = header.pop("arrays", [])
+    if not isinstance(table, list):
+        raise _fail("'arrays' must be a list", request_id)
+    if len(table) != len(frames) - 1:
+        raise _fail(f"'arrays' describes {len(table)} arrays but {len(frames) - 1} array frames came", request_id)
+    for entry, frame in zip(table, frames[1:], strict=True):
+        path, array = _check_array_entry(entry, frame, request_id)
+        _insert(header, path, array, request_id)
+    return header

@@ -1,0 +1,1 @@
+"""agora's built-in scenarios; importing this package registers them."""

@@ -1,0 +1,146 @@
+"""Which worlds a server can build, by name, and the guard that keeps clients from naming anything else.
+
+A scenario name is one of:
+
+- a registered name (``foraging_v0``): our own worlds and any the operator registers;
+- ``module:callable`` for a PettingZoo environment (``mpe2.simple_spread_v3:parallel_env``); AEC environments are
+  converted with PettingZoo's ``aec_to_parallel``;
+- ``gymnasium:ENV_ID`` for a single-agent gymnasium environment, hosted as a one-seat world.
+
+Clients send names over the network, so :func:`make_env` only imports modules inside the allowed packages and only
+calls the conventional PettingZoo constructors (``parallel_env``, ``env``, ``raw_env``).
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pettingzoo import AECEnv, ParallelEnv
+from pettingzoo.utils.conversions import aec_to_parallel
+
+#: Packages whose environments any server hosts unless told otherwise.
+DEFAULT_ALLOWED_PACKAGES = ("scenarios", "pettingzoo", "mpe2", "gymnasium")
+#: The only attribute names a ``module:callable`` scenario may name: PettingZoo's constructor conventions.
+ALLOWED_CALLABLES = ("parallel_env", "env", "raw_env")
+
+
+class ScenarioNotAllowed(Exception):
+    """The name is not a registered scenario, or points outside the allowed packages."""
+
+
+@dataclass(frozen=True)
+class ScenarioEntry:
+    """A registered scenario.
+
+    Attributes:
+        name: versioned name (``foraging_v0``); bump the version when dynamics or rewards change.
+        factory: ``factory(**config) -> ParallelEnv``.
+        description: one line for ``agora scenarios list``.
+        vector_factory: optional ``vector_factory(num_copies, **config)`` returning the vectorised form that steps
+            many copies with numpy arrays (see scenarios/vector.py); ``None`` if the scenario has none.
+        defaults: keyword config used when the client sends none.
+    """
+
+    name: str
+    factory: Callable[..., ParallelEnv]
+    description: str = ""
+    vector_factory: Callable[..., Any] | None = None
+    defaults: dict = field(default_factory=dict)
+
+
+_REGISTRY: dict[str, ScenarioEntry] = {}
+
+
+def register(
+    name: str,
+    factory: Callable[..., ParallelEnv],
+    description: str = "",
+    vector_factory: Callable[..., Any] | None = None,
+    defaults: dict | None = None,
+) -> None:
+    """Make ``name`` buildable by every server in this process. Re-registering a name replaces it."""
+    if ":" in name:
+        raise ValueError(f"scenario name {name!r} must not contain ':' (that form means module:callable)")
+    _REGISTRY[name] = ScenarioEntry(name, factory, description, vector_factory, dict(defaults or {}))
+
+
+def registered() -> dict[str, ScenarioEntry]:
+    """Every registered scenario by name (a copy)."""
+    _load_builtins()
+    return dict(_REGISTRY)
+
+
+def _load_builtins() -> None:
+    # The built-in worlds register themselves on import; importing here keeps `import scenarios.registry` light.
+    importlib.import_module("scenarios.builtin")
+
+
+def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES) -> None:
+    """Raise :class:`ScenarioNotAllowed` unless ``name`` is registered or lives in an allowed package."""
+    if not isinstance(name, str) or not name:
+        raise ScenarioNotAllowed("the scenario must be a non-empty string")
+    _load_builtins()
+    if name in _REGISTRY:
+        return
+    if ":" not in name:
+        raise ScenarioNotAllowed(f"{name!r} is not a registered scenario (registered: {sorted(_REGISTRY)})")
+    module, attr = name.split(":", 1)
+    allowed = tuple(allowed_packages)
+    if module == "gymnasium":
+        if "gymnasium" not in allowed:
+            raise ScenarioNotAllowed("this server does not host gymnasium environments")
+        return
+    top = module.split(".", 1)[0]
+    if top not in allowed or not all(part.isidentifier() for part in module.split(".")):
+        raise ScenarioNotAllowed(f"module {module!r} is outside the allowed packages {list(allowed)}")
+    if attr not in ALLOWED_CALLABLES:
+        raise ScenarioNotAllowed(f"{attr!r} is not a scenario constructor; use one of {list(ALLOWED_CALLABLES)}")
+
+
+def make_env(name: str, config: dict | None = None, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES):
+    """Build one instance of scenario ``name`` as a PettingZoo ParallelEnv.
+
+    Raises:
+        ScenarioNotAllowed: the name is not hostable here.
+        Exception: whatever the scenario's constructor raises for a bad config.
+    """
+    check_allowed(name, allowed_packages)
+    config = dict(config or {})
+    if name in _REGISTRY:
+        entry = _REGISTRY[name]
+        return as_parallel(entry.factory(**{**entry.defaults, **config}))
+    module, attr = name.split(":", 1)
+    if module == "gymnasium":
+        import gymnasium
+
+        from scenarios.adapters import GymnasiumParallelEnv
+
+        return GymnasiumParallelEnv(gymnasium.make(attr, **config))
+    factory = getattr(importlib.import_module(module), attr)
+    return as_parallel(factory(**config))
+
+
+def make_vector(name: str, num_copies: int, config: dict | None = None):
+    """The vectorised form of a registered scenario with ``num_copies`` copies, or ``None`` if it has none."""
+    _load_builtins()
+    entry = _REGISTRY.get(name)
+    if entry is None or entry.vector_factory is None:
+        return None
+    return entry.vector_factory(num_copies, **{**entry.defaults, **(config or {})})
+
+
+def as_parallel(env: Any) -> ParallelEnv:
+    """A ParallelEnv for a ParallelEnv or an AEC env (converted with PettingZoo's own ``aec_to_parallel``)."""
+    if isinstance(env, ParallelEnv):
+        return env
+    if isinstance(env, AECEnv):
+        if not env.metadata.get("is_parallelizable", False):
+            raise ValueError(
+                f"{type(env).__name__} is a turn-based AEC environment that PettingZoo marks as not parallelizable; "
+                "agora hosts simultaneous-move worlds only"
+            )
+        return aec_to_parallel(env)
+    raise TypeError(f"scenario constructor returned {type(env).__name__}, not a PettingZoo ParallelEnv or AECEnv")
