@@ -57,8 +57,10 @@ def encode_space(space: spaces.Space) -> dict:
         return {"type": "Dict", "spaces": {str(k): encode_space(s) for k, s in space.spaces.items()}}
     if isinstance(space, spaces.Tuple):
         return {"type": "Tuple", "spaces": [encode_space(s) for s in space.spaces]}
-    raise ValueError(f"space {space} ({type(space).__name__}) has no wire encoding; use Box, Discrete, "
-                     "MultiDiscrete, MultiBinary, Dict or Tuple")
+    raise ValueError(
+        f"space {space} ({type(space).__name__}) has no wire encoding; use Box, Discrete, "
+        "MultiDiscrete, MultiBinary, Dict or Tuple"
+    )
 
 
 def decode_space(wire: Any) -> spaces.Space:
@@ -133,7 +135,9 @@ def check_value(space: spaces.Space, value: Any, batch_shape: tuple[int, ...] = 
         extra = [k for k in value if k not in keys]
         if missing or extra:
             raise ValueError(f"{name} has keys {sorted(value)}; the space needs exactly {keys}")
-        checked = {k: check_value(s, value[k], batch_shape, f"{name}/{k}") for k, s in zip(keys, subspaces, strict=True)}
+        checked = {
+            k: check_value(s, value[k], batch_shape, f"{name}/{k}") for k, s in zip(keys, subspaces, strict=True)
+        }
         return checked if isinstance(space, spaces.Dict) else tuple(checked[k] for k in keys)
     if isinstance(value, dict | str | bytes) or value is None:
         raise ValueError(f"{name} must be a number or an array, got {type(value).__name__}")

@@ -174,7 +174,7 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
         raise _fail(f"header frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
     if not isinstance(header, dict):
         raise _fail(f"header must be a msgpack map, got {type(header).__name__}")
-    request_id = header.get("id", 0)
+    request_id = header.setdefault("id", 0)
     if not isinstance(request_id, int) or isinstance(request_id, bool):
         raise _fail("'id' must be an integer")
     version = header.get("v")

@@ -1,0 +1,7 @@
+"""``python -m envserver``: the same as ``agora serve`` (used by launchers that start servers as subprocesses)."""
+
+import sys
+
+from launch.cli import main
+
+sys.exit(main(["serve", *sys.argv[1:]]))

@@ -1,0 +1,188 @@
+"""Batched stepping: K worlds of one spec, actions in and results out as stacked arrays.
+
+This is the learners' hot path. Arrays come in already validated for the whole batch (a handful of numpy calls
+per agent, not per world); the only per-world Python work left is the scenario's own ``step``, and results are
+written straight into preallocated ``(K, ...)`` arrays.
+
+Layouts (docs/protocol.md, 'step_batch'): ``agents`` keeps one array per agent, ``stacked`` one array per field
+with the agent axis second (all agents must share their spaces).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from envserver.protocol import check_value, zeros_like_space
+from envserver.protocol.errors import ProtocolError
+from envserver.world import World
+
+LAYOUTS = ("agents", "stacked")
+
+
+def _leaf_rows(value: Any, k: int) -> Any:
+    if isinstance(value, dict):
+        return {key: _leaf_rows(v, k) for key, v in value.items()}
+    return value[k]
+
+
+def _write_row(out: Any, k: int, value: Any, space: spaces.Space) -> None:
+    if isinstance(space, spaces.Dict):
+        for key, sub in space.spaces.items():
+            _write_row(out[key], k, value[key], sub)
+    elif isinstance(space, spaces.Tuple):
+        for i, sub in enumerate(space.spaces):
+            _write_row(out[str(i)], k, value[i], sub)
+    else:
+        out[k] = value
+
+
+def _as_action(space: spaces.Space, row: Any) -> Any:
+    if isinstance(space, spaces.Discrete):
+        return int(row)
+    if isinstance(space, spaces.Tuple):
+        return tuple(_as_action(s, row[str(i)]) for i, s in enumerate(space.spaces))
+    if isinstance(space, spaces.Dict):
+        return {key: _as_action(s, row[key]) for key, s in space.spaces.items()}
+    return row
+
+
+def shared_spaces(world: World) -> tuple[spaces.Space, spaces.Space]:
+    """The one observation and action space of a world whose agents all share them (stacked layout)."""
+    first = world.agents[0]
+    obs_space, act_space = world.obs_spaces[first], world.act_spaces[first]
+    if not all(world.obs_spaces[a] == obs_space and world.act_spaces[a] == act_space for a in world.agents):
+        raise ProtocolError(
+            "bad_request",
+            "layout 'stacked' needs every agent to share one observation and one action space",
+            "use layout 'agents' for worlds whose agents differ (e.g. two teams)",
+        )
+    return obs_space, act_space
+
+
+class BatchStepper:
+    """Steps a list of worlds that share one spec, in the given order."""
+
+    def __init__(self, worlds: list[World], layout: str, with_state: bool):
+        self.worlds = worlds
+        self.layout = layout
+        self.with_state = with_state
+        self.template = worlds[0]
+        self.agents = self.template.agents
+        if layout == "stacked":
+            self.obs_space, self.act_space = shared_spaces(self.template)
+
+    # ---- inputs -------------------------------------------------------------------------------------------
+
+    def check_actions(self, actions: Any) -> dict[str, Any]:
+        """Per-agent action stacks of shape (K, ...), validated and converted; raises ``bad_action``."""
+        k = len(self.worlds)
+        try:
+            if self.layout == "stacked":
+                array = check_value(self.act_space, actions, (k, len(self.agents)), "actions")
+                return {a: _leaf_rows(array, (slice(None), i)) for i, a in enumerate(self.agents)}
+            if not isinstance(actions, dict):
+                raise ValueError(
+                    f"'actions' must be a map from agent to a (K, ...) array, got {type(actions).__name__}"
+                )
+            missing = [a for a in self.agents if a not in actions]
+            if missing or len(actions) != len(self.agents):
+                raise ValueError(f"'actions' needs exactly the agents {self.agents}; missing {missing}")
+            return {a: check_value(self.template.act_spaces[a], actions[a], (k,), f"actions/{a}") for a in self.agents}
+        except ValueError as exc:
+            raise ProtocolError("bad_action", str(exc), "send one valid action per agent and world") from None
+
+    # ---- outputs ------------------------------------------------------------------------------------------
+
+    def _obs_buffers(self) -> Any:
+        k = len(self.worlds)
+        if self.layout == "stacked":
+            return zeros_like_space(self.obs_space, (k, len(self.agents)))
+        return {a: zeros_like_space(self.template.obs_spaces[a], (k,)) for a in self.agents}
+
+    def _write_obs(self, buffers: Any, k: int, obs: dict) -> None:
+        for i, agent in enumerate(self.agents):
+            if agent in obs:
+                if self.layout == "stacked":
+                    _write_row(buffers, (k, i), obs[agent], self.obs_space)
+                else:
+                    _write_row(buffers[agent], k, obs[agent], self.template.obs_spaces[agent])
+
+    def _state_buffer(self) -> np.ndarray | None:
+        space = self.template.state_space
+        if not self.with_state:
+            return None
+        if space is None:
+            raise ProtocolError("bad_request", "these worlds have no global state", "send 'state': false")
+        return np.zeros((len(self.worlds), *space.shape), dtype=space.dtype)
+
+    def reset(self, seed: int | None) -> dict:
+        obs, alive, state = self._obs_buffers(), np.zeros((len(self.worlds), len(self.agents)), bool), None
+        state = self._state_buffer()
+        for k, world in enumerate(self.worlds):
+            world.reset(seed=None if seed is None else seed + k)
+            world.episode += 1
+            self._write_obs(obs, k, world.obs)
+            alive[k] = [a in world.obs for a in self.agents]
+            if state is not None:
+                state[k] = world.state()
+        reply = {"op": "batch", "worlds": [w.world_id for w in self.worlds], "obs": obs, "alive": alive}
+        if state is not None:
+            reply["state"] = state
+        return reply
+
+    def step(self, actions: dict[str, Any]) -> dict:
+        n_worlds, n_agents = len(self.worlds), len(self.agents)
+        obs, final_obs = self._obs_buffers(), None
+        rewards = np.zeros((n_worlds, n_agents), np.float32)
+        terminated = np.zeros((n_worlds, n_agents), bool)
+        truncated = np.zeros((n_worlds, n_agents), bool)
+        alive = np.zeros((n_worlds, n_agents), bool)
+        over = np.zeros(n_worlds, bool)
+        state, final_state = self._state_buffer(), None
+        act_spaces = self.template.act_spaces
+        for k, world in enumerate(self.worlds):
+            live = world.env.agents
+            env_actions = {a: _as_action(act_spaces[a], _leaf_rows(actions[a], k)) for a in live}
+            result_obs, rew, term, trunc, _ = world.env.step(env_actions)
+            world.tick += 1
+            for i, agent in enumerate(self.agents):
+                rewards[k, i] = rew.get(agent, 0.0)
+                terminated[k, i] = term.get(agent, False)
+                truncated[k, i] = trunc.get(agent, False)
+            if not world.env.agents:
+                over[k] = True
+                if final_obs is None:
+                    final_obs = self._obs_buffers()
+                    final_state = self._state_buffer()
+                world.obs = result_obs
+                self._write_obs(final_obs, k, result_obs)
+                if final_state is not None:
+                    final_state[k] = world.state()
+                world.reset()
+                world.episode += 1
+            else:
+                world.obs = result_obs
+            self._write_obs(obs, k, world.obs)
+            alive[k] = [a in world.env.agents for a in self.agents]
+            if state is not None:
+                state[k] = world.state()
+        reply = {
+            "op": "batch",
+            "worlds": [w.world_id for w in self.worlds],
+            "obs": obs,
+            "rewards": rewards,
+            "terminated": terminated,
+            "truncated": truncated,
+            "alive": alive,
+            "episode_over": over,
+        }
+        if final_obs is not None:
+            reply["final_obs"] = final_obs
+        if state is not None:
+            reply["state"] = state
+            if final_state is not None:
+                reply["final_state"] = final_state
+        return reply

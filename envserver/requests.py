@@ -1,0 +1,383 @@
+"""One function per protocol operation: ``op_<name>(server, session, message) -> reply | None``.
+
+Each handler checks everything before it changes anything, so a refused request (a raised ProtocolError) leaves
+the server as it was. ``None`` means the reply comes later (``act`` waits for its world to step).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+import scenarios
+from envserver.batch import LAYOUTS, BatchStepper
+from envserver.protocol import check_value, from_wire, to_wire
+from envserver.protocol.errors import (
+    ALREADY_ACTED,
+    BAD_ACTION,
+    BAD_REQUEST,
+    BAD_TOKEN,
+    BATCH_MISMATCH,
+    EPISODE_OVER,
+    NOT_OWNER,
+    NOT_YOUR_SEAT,
+    SCENARIO_ERROR,
+    SCENARIO_NOT_ALLOWED,
+    SEAT_TAKEN,
+    TOO_MANY_WORLDS,
+    ProtocolError,
+)
+from envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec
+
+if TYPE_CHECKING:
+    from envserver.server import EnvServer, Session
+
+_REQUIRED = object()
+
+
+def field(message: dict, name: str, kind: type | tuple, default: Any = _REQUIRED) -> Any:
+    """``message[name]`` if it has the right type; ``default`` when absent; ``bad_request`` otherwise."""
+    if name not in message:
+        if default is _REQUIRED:
+            raise ProtocolError(BAD_REQUEST, f"'{message['op']}' needs the field {name!r}", "see docs/protocol.md")
+        return default
+    value = message[name]
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    ok = False if isinstance(value, bool) and bool not in kinds else isinstance(value, kinds)
+    if not ok:
+        names = "/".join(k.__name__ for k in kinds)
+        raise ProtocolError(
+            BAD_REQUEST, f"field {name!r} must be {names}, got {type(value).__name__}", "see docs/protocol.md"
+        )
+    return value
+
+
+def _owned(server: EnvServer, session: Session, message: dict) -> World:
+    world = server.world(message.get("world"))
+    if world.owner != session.identity:
+        raise ProtocolError(NOT_OWNER, f"only the owner of world {world.world_id} may do that", "create your own world")
+    return world
+
+
+def _member(world: World, session: Session) -> bool:
+    return world.owner == session.identity or any(w == world.world_id for w, _ in session.seats)
+
+
+# ---- connection ---------------------------------------------------------------------------------------------
+
+
+def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
+    session.name = str(field(message, "name", str, ""))[:200]
+    from envserver.server import VERSION
+
+    config = server.config
+    return {
+        "op": "welcome",
+        "server": "agora",
+        "version": VERSION,
+        "protocol": 1,
+        "session": session.identity.hex(),
+        "limits": {
+            "max_message_bytes": config.max_message_bytes,
+            "max_worlds_per_client": config.max_worlds_per_client,
+            "heartbeat_timeout_s": config.heartbeat_timeout_s,
+            "max_batch": config.max_batch,
+        },
+        "scenarios": sorted(scenarios.registered()),
+        "allowed_packages": list(config.allowed_packages),
+    }
+
+
+def op_ping(server: EnvServer, session: Session, message: dict) -> dict:
+    return {"op": "pong", "time": time.time()}
+
+
+def op_list(server: EnvServer, session: Session, message: dict) -> dict:
+    return {
+        "op": "worlds",
+        "worlds": [
+            {
+                "world": w.world_id,
+                "scenario": w.spec["scenario"],
+                "agents": w.agents,
+                "seats": {a: s.state for a, s in w.seats.items()},
+                "tick": w.tick,
+                "episode": w.episode,
+            }
+            for w in server.worlds.values()
+        ],
+    }
+
+
+# ---- worlds -------------------------------------------------------------------------------------------------
+
+
+def op_create(server: EnvServer, session: Session, message: dict) -> dict:
+    config = server.config
+    name = field(message, "scenario", str)
+    scenario_config = field(message, "config", dict, {})
+    seed = field(message, "seed", int, None)
+    copies = field(message, "copies", int, 1)
+    join = field(message, "join", bool, False)
+    deadline_ms = field(message, "deadline_ms", (int, float), config.default_deadline_ms)
+    fill = field(message, "fill", str, "noop")
+    auto_reset = field(message, "auto_reset", bool, True)
+    wait_for_seats = field(message, "wait_for_seats", bool, not join)
+    if not 1 <= copies <= config.max_batch:
+        raise ProtocolError(BAD_REQUEST, f"'copies' must be 1..{config.max_batch}, got {copies}", "create in chunks")
+    if not 0 < deadline_ms <= 3_600_000:
+        raise ProtocolError(BAD_REQUEST, f"'deadline_ms' must be in (0, 3600000], got {deadline_ms}", "")
+    if fill not in FILL_KINDS:
+        raise ProtocolError(BAD_REQUEST, f"'fill' must be one of {list(FILL_KINDS)}, got {fill!r}", "")
+    if len(session.owned) + copies > config.max_worlds_per_client:
+        raise ProtocolError(
+            TOO_MANY_WORLDS,
+            f"this connection owns {len(session.owned)} worlds; {copies} more would pass the limit of "
+            f"{config.max_worlds_per_client}",
+            "close worlds you no longer use",
+        )
+    if len(server.worlds) + copies > config.max_worlds:
+        raise ProtocolError(TOO_MANY_WORLDS, f"the server is at its limit of {config.max_worlds} worlds", "try later")
+    try:
+        scenarios.check_allowed(name, config.allowed_packages)
+    except scenarios.ScenarioNotAllowed as exc:
+        raise ProtocolError(SCENARIO_NOT_ALLOWED, str(exc), "ask the operator to --allow the package") from None
+    try:
+        envs = [scenarios.make_env(name, scenario_config, config.allowed_packages) for _ in range(copies)]
+        spec, obs_spaces, act_spaces, state_space = make_spec(name, scenario_config, envs[0])
+        firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
+    except Exception as exc:
+        raise ProtocolError(
+            SCENARIO_ERROR, f"building {name!r} failed: {type(exc).__name__}: {exc}", "check the scenario's config"
+        ) from None
+    spec_key = server.spec_key(spec)
+    options = WorldOptions(deadline_ms / 1000.0, fill, auto_reset, wait_for_seats)
+    worlds = []
+    for i, env in enumerate(envs):
+        world = World(
+            server.new_world_id(),
+            env,
+            spec,
+            spec_key,
+            {a: env.observation_space(a) for a in spec["possible_agents"]},
+            {a: env.action_space(a) for a in spec["possible_agents"]},
+            state_space,
+            options,
+            session.identity,
+            None if seed is None else seed + i,
+        )
+        world.obs, world.infos = firsts[i]
+        server.worlds[world.world_id] = world
+        session.owned.add(world.world_id)
+        worlds.append(world)
+    reply = {
+        "op": "created",
+        "worlds": [w.world_id for w in worlds],
+        "spec": spec,
+        "owner_token": worlds[0].owner_token,
+    }
+    for world in worlds[1:]:
+        world.owner_token = worlds[0].owner_token
+    if join:
+        reply["tokens"] = [_take_all(world, session) for world in worlds]
+        reply["obs"] = {
+            str(w.world_id): {a: to_wire(w.obs_spaces[a], w.obs[a]) for a in w.agents if a in w.obs} for w in worlds
+        }
+    return reply
+
+
+def _take_all(world: World, session: Session) -> dict[str, str]:
+    tokens = {a: world.take_seat(a, session.identity) for a in world.agents}
+    session.seats.update((world.world_id, a) for a in world.agents)
+    return tokens
+
+
+def op_join(server: EnvServer, session: Session, message: dict) -> dict:
+    world = server.world(message.get("world"))
+    role = field(message, "role", str, "agent")
+    tokens = field(message, "tokens", dict, {})
+    owner_token = field(message, "owner_token", str, None)
+    if role not in ("agent", "observer"):
+        raise ProtocolError(BAD_REQUEST, f"'role' must be 'agent' or 'observer', got {role!r}", "")
+    if owner_token is not None and owner_token != world.owner_token:
+        raise ProtocolError(BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "")
+    seats: list[str] = []
+    if role == "agent":
+        requested = field(message, "seats", (list, str), list(tokens) if tokens else "all")
+        if requested == "all":
+            seats = [a for a, s in world.seats.items() if s.state == FREE or s.holder == session.identity]
+        elif isinstance(requested, list):
+            seats = requested
+        else:
+            raise ProtocolError(BAD_REQUEST, "'seats' must be a list of agents or \"all\"", "")
+        for agent in seats:
+            seat = world.seat(agent)
+            token = tokens.get(agent)
+            if token is not None and token != seat.token:
+                raise ProtocolError(BAD_TOKEN, f"that is not the token of seat {agent!r}", "join without a token")
+            if seat.state == HELD and seat.holder != session.identity and token is None:
+                raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} is held by another client", "pick a free seat")
+            if seat.state == LOST and token is None:
+                raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} was lost by its holder", "reclaim it with its token")
+        if len(set(seats)) != len(seats):
+            raise ProtocolError(BAD_REQUEST, "'seats' names a seat twice", "")
+    # Checked: now change state. A takeover interrupts the previous holder's waiting request.
+    granted = {}
+    for agent in seats:
+        seat = world.seats[agent]
+        previous = seat.holder
+        if previous is not None and previous != session.identity:
+            for identity, header in world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous):
+                server.send(identity, header)
+            old = server.sessions.get(previous)
+            if old:
+                old.seats.discard((world.world_id, agent))
+        granted[agent] = world.take_seat(agent, session.identity)
+        session.seats.add((world.world_id, agent))
+    if owner_token is not None:
+        world.owner = session.identity
+        session.owned.add(world.world_id)
+    if role == "observer":
+        world.observers.add(session.identity)
+    server.try_step(world)
+    shown = seats if role == "agent" else world.agents
+    return {
+        "op": "joined",
+        "world": world.world_id,
+        "seats": granted,
+        "spec": world.spec,
+        "tick": world.tick,
+        "episode": world.episode,
+        "agents": world.live_agents,
+        "obs": {a: to_wire(world.obs_spaces[a], world.obs[a]) for a in shown if a in world.obs},
+    }
+
+
+def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
+    world = server.world(message.get("world"))
+    mine = world.held_by(session.identity)
+    seats = field(message, "seats", list, mine)
+    for agent in seats:
+        world.seat(agent)
+        if agent not in mine:
+            raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", f"you hold {mine}")
+    for identity, header in world.cancel_waiters("you left the world", session.identity):
+        server.send(identity, header)
+    for agent in seats:
+        world.release_seat(agent, lost=False)
+        session.seats.discard((world.world_id, agent))
+    world.observers.discard(session.identity)
+    server.try_step(world)
+    return {"op": "left", "world": world.world_id, "seats": seats}
+
+
+def op_close(server: EnvServer, session: Session, message: dict) -> dict:
+    world = _owned(server, session, message)
+    server.close_world(world, "its owner closed it")
+    return {"op": "closed", "world": world.world_id}
+
+
+def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
+    world = _owned(server, session, message)
+    seed = field(message, "seed", int, None)
+    options = field(message, "options", dict, None)
+    for identity, header in world.cancel_waiters("the owner reset the world"):
+        server.send(identity, header)
+    try:
+        world.reset(seed=seed, options=options)
+    except Exception as exc:
+        raise ProtocolError(
+            SCENARIO_ERROR, f"reset raised {type(exc).__name__}: {exc}", "check the seed/options"
+        ) from None
+    world.episode += 1
+    return world.observation_reply(world.live_agents)
+
+
+def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
+    world = server.world(message.get("world"))
+    if world.owner == session.identity or session.identity in world.observers:
+        return world.observation_reply(world.live_agents)
+    mine = world.held_by(session.identity)
+    if not mine:
+        raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
+    return world.observation_reply(mine)
+
+
+def op_state(server: EnvServer, session: Session, message: dict) -> dict:
+    world = server.world(message.get("world"))
+    if not (_member(world, session) or session.identity in world.observers):
+        raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
+    return {"op": "state", "world": world.world_id, "tick": world.tick, "state": world.state()}
+
+
+# ---- stepping -----------------------------------------------------------------------------------------------
+
+
+def op_act(server: EnvServer, session: Session, message: dict) -> None:
+    world = server.world(message.get("world"))
+    actions = field(message, "actions", dict)
+    if not actions:
+        raise ProtocolError(BAD_REQUEST, "'actions' is empty", "send {agent: action} for the seats you hold")
+    if world.episode_over:
+        raise ProtocolError(EPISODE_OVER, f"the episode of world {world.world_id} is over", "the owner must reset it")
+    checked = {}
+    for agent, value in actions.items():
+        seat = world.seat(agent)
+        if seat.holder != session.identity:
+            raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", "join the seat first")
+        if agent in world.pending or any(agent in w.seats for w in world.waiters):
+            raise ProtocolError(ALREADY_ACTED, f"seat {agent!r} already acted this tick", "wait for the step reply")
+        space = world.act_spaces[agent]
+        try:
+            checked[agent] = from_wire(space, check_value(space, value, (), f"actions/{agent}"))
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ProtocolError(BAD_ACTION, str(exc), f"a valid action of seat {agent!r} is in {space}") from None
+    world.submit(session.identity, message["id"], checked, time.monotonic())
+    server.try_step(world)
+    return None
+
+
+def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
+    ids = field(message, "worlds", list)
+    layout = field(message, "layout", str, "agents")
+    with_state = field(message, "state", bool, False)
+    if not 1 <= len(ids) <= server.config.max_batch:
+        raise ProtocolError(BAD_REQUEST, f"'worlds' must list 1..{server.config.max_batch} worlds", "")
+    if layout not in LAYOUTS:
+        raise ProtocolError(BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r}", "")
+    worlds = [server.world(i) for i in ids]
+    if len(set(ids)) != len(ids):
+        raise ProtocolError(BATCH_MISMATCH, "'worlds' lists a world twice", "list each world once")
+    key = worlds[0].spec_key
+    for world in worlds:
+        if world.spec_key != key:
+            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} has another spec than world {ids[0]}", "")
+        if world.sole_holder() != session.identity:
+            raise ProtocolError(
+                BATCH_MISMATCH, f"you do not hold every seat of world {world.world_id}", "create with join: true"
+            )
+        if not world.options.auto_reset:
+            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
+    return BatchStepper(worlds, layout, with_state)
+
+
+def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
+    stepper = _batch(server, session, message)
+    actions = stepper.check_actions(message.get("actions"))
+    try:
+        reply = stepper.step(actions)
+    except Exception as exc:
+        raise ProtocolError(SCENARIO_ERROR, f"a world raised while stepping: {type(exc).__name__}: {exc}", "") from None
+    server.stats["steps"] += len(stepper.worlds)
+    return reply
+
+
+def op_reset_batch(server: EnvServer, session: Session, message: dict) -> dict:
+    stepper = _batch(server, session, message)
+    seed = field(message, "seed", int, None)
+    try:
+        return stepper.reset(seed)
+    except Exception as exc:
+        raise ProtocolError(
+            SCENARIO_ERROR, f"a world raised while resetting: {type(exc).__name__}: {exc}", ""
+        ) from None

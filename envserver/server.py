@@ -1,0 +1,311 @@
+"""The env server: one ROUTER socket, one single-threaded event loop, many worlds.
+
+The loop receives a request, handles it inside its own ``try`` (so a bad request becomes an error reply and never
+touches another client), and sends replies. Between requests it fires the worlds' deadlines and sweeps silent
+connections. docs/protocol.md is the specification of every operation handled here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgpack
+import numpy as np
+import zmq
+
+import scenarios
+from envserver import requests
+from envserver.protocol import errors, pack, unpack
+from envserver.protocol.errors import ProtocolError
+from envserver.world import World
+
+log = logging.getLogger("agora.server")
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class ServerConfig:
+    """Settings of one server process (``agora serve`` flags)."""
+
+    bind: str = "tcp://127.0.0.1:5555"
+    """ZeroMQ endpoint to bind: ``tcp://HOST:PORT`` (port 0 picks a free one) or ``ipc://PATH``."""
+    max_message_bytes: int = 64 << 20
+    """Requests larger than this are refused with ``too_large``; 8x this closes the connection."""
+    max_worlds_per_client: int = 4096
+    """How many live worlds one connection may own."""
+    max_worlds: int = 65536
+    """How many live worlds the server hosts in all."""
+    max_batch: int = 4096
+    """Most worlds in one ``create`` (copies) or ``step_batch``."""
+    heartbeat_timeout_s: float = 10.0
+    """A connection silent this long (and with no act in flight) loses its seats."""
+    default_deadline_ms: float = 1000.0
+    """Lockstep deadline of worlds whose creator sends none."""
+    allowed_packages: tuple[str, ...] = scenarios.DEFAULT_ALLOWED_PACKAGES
+    """Packages whose PettingZoo/gymnasium constructors clients may name (registered scenarios always allowed)."""
+    curve_secret_key: bytes | None = None
+    """Z85 CurveZMQ secret key: when set, the socket is a CURVE server and clients must know its public key."""
+
+
+@dataclass
+class Session:
+    """What the server knows of one connection (a ROUTER identity)."""
+
+    identity: bytes
+    last_seen: float
+    owned: set[int] = field(default_factory=set)
+    seats: set[tuple[int, str]] = field(default_factory=set)
+    name: str = ""
+
+
+class EnvServer:
+    """Hosts worlds for agent clients and learners.
+
+    Use ``serve_forever()`` in a process of its own (``agora serve``), or ``start_in_thread()`` / ``stop()`` in
+    tests. Construction binds the socket, so ``address`` is known (with the real port) right away.
+    """
+
+    def __init__(self, config: ServerConfig | None = None, context: zmq.Context | None = None):
+        self.config = config or ServerConfig()
+        self.context = context or zmq.Context.instance()
+        self.socket = self.context.socket(zmq.ROUTER)
+        self.socket.setsockopt(zmq.LINGER, 0)
+        # A message far past the limit is cut off by libzmq itself before it is ever buffered whole.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, 8 * self.config.max_message_bytes)
+        if self.config.curve_secret_key:
+            self.socket.curve_secretkey = self.config.curve_secret_key
+            self.socket.curve_publickey = zmq.curve_public(self.config.curve_secret_key)
+            self.socket.curve_server = True
+        bind = self.config.bind
+        if bind.startswith("tcp://") and bind.endswith(":0"):
+            bind = bind[:-2] + ":*"
+        self.socket.bind(bind)
+        self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        self.worlds: dict[int, World] = {}
+        self.sessions: dict[bytes, Session] = {}
+        self._next_world = 1
+        self._deadlines: list[tuple[float, int]] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._handlers: dict[str, Callable[[Session, dict], Any]] = {
+            name[len("op_") :]: getattr(requests, name) for name in dir(requests) if name.startswith("op_")
+        }
+        self.stats = {"requests": 0, "errors": 0, "steps": 0}
+
+    # ---- running --------------------------------------------------------------------------------------------
+
+    def start_in_thread(self) -> EnvServer:
+        """Serve from a daemon thread (for tests and notebooks); returns self."""
+        self._thread = threading.Thread(target=self.serve_forever, name="agora-envserver", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Ask the loop to stop, wait for it, and close the socket and every world."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> EnvServer:
+        return self.start_in_thread()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def serve_forever(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.socket, zmq.POLLIN)
+        next_sweep = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                now = time.monotonic()
+                timeout = 0.1
+                if self._deadlines:
+                    timeout = min(timeout, max(0.0, self._deadlines[0][0] - now))
+                if poller.poll(timeout * 1000):
+                    # Drain what is queued before looking at timers again: replies are batched per wake-up.
+                    for _ in range(256):
+                        try:
+                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        self._serve_one(frames)
+                now = time.monotonic()
+                self._fire_deadlines(now)
+                if now >= next_sweep:
+                    self._sweep_silent(now)
+                    next_sweep = now + min(1.0, self.config.heartbeat_timeout_s / 4)
+        finally:
+            for world in list(self.worlds.values()):
+                self._close_world(world, "the server is shutting down")
+            self.socket.close(linger=0)
+
+    # ---- one request ------------------------------------------------------------------------------------------
+
+    def _serve_one(self, frames: list) -> None:
+        identity = frames[0].bytes
+        frames = frames[1:]
+        self.stats["requests"] += 1
+        request_id = 0
+        try:
+            size = sum(len(f) for f in frames)
+            if size > self.config.max_message_bytes:
+                raise ProtocolError(
+                    errors.TOO_LARGE,
+                    f"message of {size} bytes is over this server's limit of {self.config.max_message_bytes}",
+                    "split the batch over several requests, or start the server with a larger --max-message-bytes",
+                )
+            message = unpack(frames)
+            request_id = message["id"]
+            session = self._session(identity)
+            handler = self._handlers.get(message["op"])
+            if handler is None:
+                raise ProtocolError(
+                    errors.UNKNOWN_OP, f"unknown operation {message['op']!r}", f"use one of {sorted(self._handlers)}"
+                )
+            reply = handler(self, session, message)
+            if reply is not None:
+                reply["id"] = request_id
+                self.send(identity, reply)
+        except ProtocolError as exc:
+            self.stats["errors"] += 1
+            self.send(identity, exc.to_header(getattr(exc, "request_id", request_id)))
+        except Exception as exc:  # a bug of ours must cost one request, never the server
+            self.stats["errors"] += 1
+            log.exception("internal error while serving a request")
+            error = ProtocolError(errors.INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
+            self.send(identity, error.to_header(request_id))
+
+    def send(self, identity: bytes, message: dict) -> None:
+        try:
+            self.socket.send_multipart([identity, *pack(message)], copy=False)
+        except zmq.ZMQError as exc:  # the peer is gone or its queue is full: its loss, not the server's
+            log.warning("dropping a reply to %s: %s", identity.hex(), exc)
+
+    def _session(self, identity: bytes) -> Session:
+        session = self.sessions.get(identity)
+        now = time.monotonic()
+        if session is None:
+            session = self.sessions[identity] = Session(identity, now)
+        session.last_seen = now
+        return session
+
+    # ---- worlds -----------------------------------------------------------------------------------------------
+
+    def new_world_id(self) -> int:
+        world_id = self._next_world
+        self._next_world += 1
+        return world_id
+
+    def world(self, world_id: Any) -> World:
+        if not isinstance(world_id, int) or isinstance(world_id, bool):
+            raise ProtocolError(errors.BAD_REQUEST, f"'world' must be an int, got {world_id!r:.40}", "see list")
+        world = self.worlds.get(world_id)
+        if world is None:
+            raise ProtocolError(errors.UNKNOWN_WORLD, f"no world {world_id} on this server", "list the worlds")
+        return world
+
+    @staticmethod
+    def spec_key(spec: dict) -> bytes:
+        return hashlib.sha1(msgpack.packb(spec, use_bin_type=True)).digest()
+
+    def schedule(self, world: World) -> None:
+        """Remember a world's deadline so the loop wakes for it."""
+        if world.deadline_at is not None:
+            heapq.heappush(self._deadlines, (world.deadline_at, world.world_id))
+
+    def try_step(self, world: World) -> None:
+        """Step the world if the step rule says so, and answer its waiters."""
+        if world.ready():
+            self._step_and_reply(world)
+        else:
+            self.schedule(world)
+
+    def _step_and_reply(self, world: World) -> None:
+        try:
+            outcome = world.step()
+        except Exception as exc:
+            log.exception("world %d raised while stepping", world.world_id)
+            for identity, header in world.cancel_waiters(f"world {world.world_id} raised {exc!r}; it is closed"):
+                header["code"] = errors.SCENARIO_ERROR
+                self.send(identity, header)
+            self._close_world(world, "the scenario raised")
+            return
+        self.stats["steps"] += 1
+        for identity, reply in world.replies(outcome):
+            self.send(identity, reply)
+
+    def _fire_deadlines(self, now: float) -> None:
+        while self._deadlines and self._deadlines[0][0] <= now:
+            at, world_id = heapq.heappop(self._deadlines)
+            world = self.worlds.get(world_id)
+            if world is not None and world.deadline_at is not None and world.deadline_at <= now and world.waiters:
+                self._step_and_reply(world)
+
+    def _close_world(self, world: World, reason: str) -> None:
+        for identity, header in world.cancel_waiters(f"world {world.world_id} was closed: {reason}"):
+            self.send(identity, header)
+        for agent, seat in world.seats.items():
+            session = self.sessions.get(seat.holder) if seat.holder else None
+            if session:
+                session.seats.discard((world.world_id, agent))
+        owner = self.sessions.get(world.owner) if world.owner else None
+        if owner:
+            owner.owned.discard(world.world_id)
+        self.worlds.pop(world.world_id, None)
+        try:
+            world.env.close()
+        except Exception:
+            log.exception("world %d raised while closing", world.world_id)
+
+    def close_world(self, world: World, reason: str) -> None:
+        self._close_world(world, reason)
+
+    # ---- liveness ---------------------------------------------------------------------------------------------
+
+    def _sweep_silent(self, now: float) -> None:
+        """Connections silent past the heartbeat timeout lose their seats; their unshared worlds close."""
+        limit = now - self.config.heartbeat_timeout_s
+        for identity, session in list(self.sessions.items()):
+            if session.last_seen >= limit or self._has_waiters(identity, session):
+                continue
+            log.info("connection %s went silent; releasing its seats", identity.hex())
+            touched = set()
+            for world_id, agent in list(session.seats):
+                world = self.worlds.get(world_id)
+                if world is not None:
+                    world.release_seat(agent, lost=True)
+                    touched.add(world_id)
+            session.seats.clear()
+            for world_id in list(session.owned):
+                world = self.worlds.get(world_id)
+                if world is None:
+                    continue
+                if any(s.holder is not None for s in world.seats.values()):
+                    world.owner = None
+                else:
+                    self._close_world(world, "its owner went silent and nobody else is in it")
+            session.owned.clear()
+            del self.sessions[identity]
+            for world_id in touched:
+                if world_id in self.worlds:
+                    self.try_step(self.worlds[world_id])
+
+    def _has_waiters(self, identity: bytes, session: Session) -> bool:
+        world_ids = {w for w, _ in session.seats}
+        return any(
+            any(waiter.identity == identity for waiter in self.worlds[w].waiters) for w in world_ids if w in self.worlds
+        )
+
+
+def random_seed() -> int:
+    return int(np.random.default_rng().integers(2**31))

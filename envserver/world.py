@@ -1,0 +1,319 @@
+"""One live world: a scenario instance, its seats, and the lockstep step rule.
+
+A :class:`World` knows nothing of sockets. The server feeds it validated actions and asks it to step; the world
+returns what each waiting request should be told. The step rule (docs/protocol.md, 'The step rule'): the world
+steps when every held seat whose agent is alive has acted, or when the deadline after the tick's first action
+passes; free, lost and late seats get the fill action.
+"""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from envserver.protocol import encode_space, noop_value, to_wire
+from envserver.protocol.errors import ProtocolError
+
+FILL_KINDS = ("noop", "random", "repeat")
+
+FREE, HELD, LOST = "free", "held", "lost"
+
+
+@dataclass
+class WorldOptions:
+    """How a world behaves; set once by ``create``."""
+
+    deadline_s: float = 1.0
+    """Seconds after a tick's first action before missing seats are filled."""
+    fill: str = "noop"
+    """What a missing seat does: ``noop``, ``random`` or ``repeat``."""
+    auto_reset: bool = True
+    """Reset as soon as the episode is over (the step reply then carries ``final_obs``)."""
+    wait_for_seats: bool = True
+    """Do not start the first tick until every seat has been held once."""
+
+
+@dataclass
+class Seat:
+    agent: str
+    token: str = ""
+    holder: bytes | None = None
+    state: str = FREE
+    last_action: Any = None
+
+
+@dataclass
+class Waiter:
+    """An ``act`` request waiting for its world to step."""
+
+    identity: bytes
+    request_id: int
+    seats: list[str]
+
+
+@dataclass
+class StepOutcome:
+    """What one step produced, kept for the waiters' replies."""
+
+    obs: dict
+    rewards: dict
+    terminated: dict
+    truncated: dict
+    infos: dict
+    active_before: frozenset
+    late: set
+    final_obs: dict | None = None
+
+
+def _state_space_of(env: ParallelEnv) -> spaces.Space | None:
+    space = getattr(env, "state_space", None)
+    if isinstance(space, spaces.Space):
+        return space
+    obs_spaces = [env.observation_space(a) for a in env.possible_agents]
+    if all(isinstance(s, spaces.Box) for s in obs_spaces):
+        size = sum(int(np.prod(s.shape)) for s in obs_spaces)
+        dtype = np.result_type(*[s.dtype for s in obs_spaces])
+        return spaces.Box(-np.inf, np.inf, (size,), dtype=dtype)
+    return None
+
+
+def make_spec(scenario: str, config: dict, env: ParallelEnv) -> tuple[dict, dict, dict, spaces.Space | None]:
+    """The wire spec of a world and its decoded spaces (observation, action, state)."""
+    agents = list(env.possible_agents)
+    obs_spaces = {a: env.observation_space(a) for a in agents}
+    act_spaces = {a: env.action_space(a) for a in agents}
+    state_space = _state_space_of(env)
+    spec = {
+        "scenario": scenario,
+        "config": config,
+        "possible_agents": agents,
+        "observation_spaces": {a: encode_space(s) for a, s in obs_spaces.items()},
+        "action_spaces": {a: encode_space(s) for a, s in act_spaces.items()},
+        "state_space": encode_space(state_space) if state_space is not None else None,
+    }
+    return spec, obs_spaces, act_spaces, state_space
+
+
+@dataclass
+class World:
+    """A hosted scenario instance with seats. Built by the server's ``create``."""
+
+    world_id: int
+    env: ParallelEnv
+    spec: dict
+    spec_key: bytes
+    obs_spaces: dict
+    act_spaces: dict
+    state_space: spaces.Space | None
+    options: WorldOptions
+    owner: bytes | None
+    seed: int | None
+    owner_token: str = field(default_factory=lambda: secrets.token_hex(16))
+    seats: dict[str, Seat] = field(default_factory=dict)
+    tick: int = 0
+    episode: int = 0
+    obs: dict = field(default_factory=dict)
+    infos: dict = field(default_factory=dict)
+    started: bool = False
+    pending: dict[str, Any] = field(default_factory=dict)
+    waiters: list[Waiter] = field(default_factory=list)
+    observers: set[bytes] = field(default_factory=set)
+    deadline_at: float | None = None
+    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+
+    def __post_init__(self):
+        self.agents = list(self.spec["possible_agents"])
+        self.seats = {a: Seat(a) for a in self.agents}
+        self.rng = np.random.default_rng(self.seed)
+        for _agent, space in self.act_spaces.items():
+            space.seed(int(self.rng.integers(2**31)))
+        self.started = not self.options.wait_for_seats
+
+    # ---- episodes -------------------------------------------------------------------------------------------
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        self.obs, self.infos = self.env.reset(seed=seed, options=options)
+        self.tick = 0
+        self.pending.clear()
+        self.deadline_at = None
+
+    @property
+    def live_agents(self) -> list[str]:
+        return list(self.env.agents)
+
+    @property
+    def episode_over(self) -> bool:
+        return not self.env.agents
+
+    # ---- seats ----------------------------------------------------------------------------------------------
+
+    def seat(self, agent: Any) -> Seat:
+        if not isinstance(agent, str) or agent not in self.seats:
+            raise ProtocolError(
+                "unknown_seat", f"world {self.world_id} has no agent {agent!r}", f"its agents are {self.agents}"
+            )
+        return self.seats[agent]
+
+    def held_by(self, identity: bytes) -> list[str]:
+        return [a for a, s in self.seats.items() if s.holder == identity]
+
+    def sole_holder(self) -> bytes | None:
+        """The connection holding every seat, if one does (the condition for batched stepping)."""
+        holders = {s.holder for s in self.seats.values()}
+        return holders.pop() if len(holders) == 1 else None
+
+    def take_seat(self, agent: str, identity: bytes) -> str:
+        seat = self.seats[agent]
+        seat.holder, seat.state = identity, HELD
+        if not seat.token:
+            seat.token = secrets.token_hex(16)
+        if not self.started and all(s.state != FREE for s in self.seats.values()):
+            self.started = True
+        return seat.token
+
+    def release_seat(self, agent: str, lost: bool) -> None:
+        """The holder left (seat becomes free, token void) or went silent (seat lost, token kept)."""
+        seat = self.seats[agent]
+        seat.holder = None
+        seat.state = LOST if lost else FREE
+        if not lost:
+            seat.token = ""
+
+    # ---- lockstep -------------------------------------------------------------------------------------------
+
+    def submit(self, identity: bytes, request_id: int, actions: dict[str, Any], now: float) -> None:
+        """Record a validated act request. Actions of seats whose agent is not alive are ignored (they wait)."""
+        live = set(self.env.agents)
+        for agent, action in actions.items():
+            if agent in live:
+                self.pending[agent] = action
+        self.waiters.append(Waiter(identity, request_id, list(actions)))
+        if self.deadline_at is None and self.started:
+            self.deadline_at = now + self.options.deadline_s
+
+    def ready(self) -> bool:
+        """Every held seat whose agent is alive has acted, and someone is waiting."""
+        if not self.started or not self.waiters:
+            return False
+        return all(a in self.pending for a in self.env.agents if self.seats[a].state == HELD)
+
+    def _fill(self, agent: str) -> Any:
+        space = self.act_spaces[agent]
+        kind = self.options.fill
+        if kind == "random":
+            return space.sample()
+        if kind == "repeat" and self.seats[agent].last_action is not None:
+            return self.seats[agent].last_action
+        noop = getattr(self.env, "noop_action", None)
+        return noop(agent) if callable(noop) else noop_value(space)
+
+    def step(self) -> StepOutcome:
+        """Step with the pending actions, filling the rest; auto-reset if the episode is over."""
+        live = list(self.env.agents)
+        actions, late = {}, set()
+        for agent in live:
+            if agent in self.pending:
+                actions[agent] = self.pending[agent]
+            else:
+                actions[agent] = self._fill(agent)
+                if self.seats[agent].state == HELD:
+                    late.add(agent)
+            self.seats[agent].last_action = actions[agent]
+        self.pending.clear()
+        self.deadline_at = None
+        obs, rewards, terminated, truncated, infos = self.env.step(actions)
+        outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), late)
+        self.tick += 1
+        self.obs, self.infos = obs, infos
+        if self.episode_over and self.options.auto_reset:
+            outcome.final_obs = obs
+            self.reset()
+            self.episode += 1
+        return outcome
+
+    def replies(self, outcome: StepOutcome) -> list[tuple[bytes, dict]]:
+        """One ``step`` reply per waiter, for the seats it named; clears the waiters."""
+        out = []
+        for waiter in self.waiters:
+            reply = {
+                "op": "step",
+                "id": waiter.request_id,
+                "world": self.world_id,
+                "tick": self.tick,
+                "episode": self.episode,
+                "agents": self.live_agents,
+                "episode_over": outcome.final_obs is not None or self.episode_over,
+                "obs": {a: to_wire(self.obs_spaces[a], self.obs[a]) for a in waiter.seats if a in self.obs},
+                "rewards": {a: float(outcome.rewards.get(a, 0.0)) for a in waiter.seats},
+                "terminated": {a: bool(outcome.terminated.get(a, False)) for a in waiter.seats},
+                "truncated": {a: bool(outcome.truncated.get(a, False)) for a in waiter.seats},
+                "active": {a: a in outcome.active_before for a in waiter.seats},
+                "infos": {a: plain({**outcome.infos.get(a, {}), "late": a in outcome.late}) for a in waiter.seats},
+            }
+            if outcome.final_obs is not None:
+                reply["final_obs"] = {
+                    a: to_wire(self.obs_spaces[a], outcome.final_obs[a]) for a in waiter.seats if a in outcome.final_obs
+                }
+            out.append((waiter.identity, reply))
+        self.waiters.clear()
+        return out
+
+    def cancel_waiters(self, reason: str, only: bytes | None = None) -> list[tuple[bytes, dict]]:
+        """Error replies (``interrupted``) for waiting requests, all of them or one connection's."""
+        cancelled = [w for w in self.waiters if only is None or w.identity == only]
+        self.waiters = [w for w in self.waiters if w not in cancelled]
+        for waiter in cancelled:
+            for agent in waiter.seats:
+                self.pending.pop(agent, None)
+        if not self.waiters:
+            self.deadline_at = None
+        error = ProtocolError("interrupted", reason, "read the world again with observe, then act")
+        return [(w.identity, error.to_header(w.request_id)) for w in cancelled]
+
+    # ---- reading ----------------------------------------------------------------------------------------------
+
+    def observation_reply(self, agents: list[str]) -> dict:
+        return {
+            "op": "observation",
+            "world": self.world_id,
+            "tick": self.tick,
+            "episode": self.episode,
+            "agents": self.live_agents,
+            "obs": {a: to_wire(self.obs_spaces[a], self.obs[a]) for a in agents if a in self.obs},
+            "infos": {a: plain(self.infos.get(a, {})) for a in agents if a in self.obs},
+        }
+
+    def state(self) -> np.ndarray:
+        """The global state: the scenario's ``state()`` where it has one, else all observations concatenated."""
+        if isinstance(getattr(self.env, "state_space", None), spaces.Space):
+            return np.asarray(self.env.state(), dtype=self.state_space.dtype)
+        if self.state_space is None:
+            raise ProtocolError("bad_request", f"world {self.world_id} has no global state", "its scenario has none")
+        parts = []
+        for agent in self.agents:
+            space = self.obs_spaces[agent]
+            value = self.obs.get(agent)
+            parts.append(np.zeros(int(np.prod(space.shape))) if value is None else np.asarray(value).reshape(-1))
+        return np.concatenate(parts).astype(self.state_space.dtype)
+
+
+def plain(value: Any, depth: int = 0) -> Any:
+    """A msgpack-safe copy of an info value: numpy made plain, unknown objects as their repr."""
+    if depth > 8:
+        return repr(value)
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist() if value.size <= 4096 else f"<array {value.shape} {value.dtype}>"
+    if isinstance(value, dict):
+        return {str(k): plain(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [plain(v, depth + 1) for v in value]
+    return repr(value)

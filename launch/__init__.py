@@ -1,0 +1,1 @@
+"""How agora starts: the ``agora`` CLI, configs, and the recipes for mpirun, srun and batch schedulers."""

@@ -1,0 +1,61 @@
+"""The ``agora`` command: one entry point, a subcommand per job.
+
+Each subcommand lives in ``launch/commands/<name>.py`` with ``register(subparsers)``, which adds its parser and sets
+``func``. Those modules import their heavy dependencies (torch, the server) inside ``run`` so that ``agora --help``
+and ``agora play`` start fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+#: Subcommands in the order ``agora --help`` lists them.
+COMMANDS = ("serve",)
+
+_DESCRIPTION = """\
+agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
+
+  agora serve                 host worlds for agent clients and learners
+  agora play                  join a world as a client and play a policy in a seat
+  agora scenarios list|check|new   see, check and author worlds
+
+Run `agora COMMAND --help` for the options of each command.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agora", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--version", action="version", version=f"agora {_version()}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"launch.commands.{name}").register(subparsers)
+    return parser
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("agora")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

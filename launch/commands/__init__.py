@@ -1,0 +1,1 @@
+"""One module per ``agora`` subcommand; each has ``register(subparsers)``."""
