@@ -1,0 +1,25 @@
+"""Clients of the agora env server: a socket-level client, PettingZoo and gymnasium views, and the batched view.
+
+Needs only pyzmq, msgpack, numpy, gymnasium, pettingzoo and ``envserver.protocol`` (never the server or torch), so a
+custom agent can run on any machine that can reach a server.
+"""
+
+from agents.batched import BatchedWorlds, BatchResult
+from agents.client import AgentClient, ServerError
+from agents.gym_env import SeatEnv
+from agents.parallel_env import RemoteParallelEnv
+from agents.types import Created, Joined, Observation, StepResult, WorldSpec
+
+__all__ = [
+    "AgentClient",
+    "BatchResult",
+    "BatchedWorlds",
+    "Created",
+    "Joined",
+    "Observation",
+    "RemoteParallelEnv",
+    "SeatEnv",
+    "ServerError",
+    "StepResult",
+    "WorldSpec",
+]

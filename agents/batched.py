@@ -1,0 +1,250 @@
+"""K worlds × N agents as arrays, one message per server per step: the learners' path.
+
+The K worlds are created in contiguous chunks over one or more servers (one socket per server). A step slices the
+actions by chunk, sends one ``step_batch`` per chunk to every server before reading any reply (so the servers step
+in parallel), then concatenates the replies in world order. The Python work per step is a few numpy calls per
+chunk and per field; nothing loops over worlds or agents of a world.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from envserver.protocol import from_wire
+from agents.client import AgentClient
+from agents.types import WorldSpec, encode_value
+
+LAYOUTS = ("agents", "stacked")
+
+
+@dataclass
+class BatchResult:
+    """One batched reset or step of K worlds. Rows follow world order; columns follow ``possible_agents``."""
+
+    obs: dict[str, np.ndarray] | np.ndarray
+    """Layout "agents": ``{agent: (K, *obs_shape)}``; "stacked": ``(K, N, *obs_shape)``. Zeros for dead agents."""
+    alive: np.ndarray
+    """(K, N) bool: the agent is alive in ``obs`` (it acts at the next step)."""
+    rewards: np.ndarray | None = None
+    """(K, N) float32 rewards of the step (None after a reset)."""
+    terminated: np.ndarray | None = None
+    """(K, N) bool."""
+    truncated: np.ndarray | None = None
+    """(K, N) bool."""
+    episode_over: np.ndarray | None = None
+    """(K,) bool: the world's episode ended at this step and it auto-reset (``obs`` is the new episode's)."""
+    final_obs: dict[str, np.ndarray] | np.ndarray | None = None
+    """The last observations of the ended episodes, laid out as ``obs``; rows valid where ``episode_over``."""
+    state: np.ndarray | None = None
+    """(K, *state_shape) global states, when created with ``state=True``."""
+    final_state: np.ndarray | None = None
+    """(K, *state_shape) global states at the end of the ended episodes; rows valid where ``episode_over``."""
+
+
+@dataclass
+class _Chunk:
+    """Worlds ``rows`` of the batch, living on one server and stepped by one request."""
+
+    client: AgentClient
+    worlds: list[int]
+    rows: slice
+
+
+class BatchedWorlds:
+    """K worlds of one scenario whose every seat this client holds, stepped as arrays.
+
+    Args:
+        addresses: one server endpoint or a list; worlds are spread over them in contiguous chunks.
+        scenario: the scenario name.
+        config: the scenario's keyword config.
+        num_worlds: K.
+        seed: world k is seeded ``seed + k`` (None: unseeded).
+        layout: ``"agents"`` (a dict of per-agent arrays) or ``"stacked"`` (one array with an agent axis; every
+            agent must share one observation and one action space).
+        state: also return each world's global state (for centralized critics).
+        timeout_s: how long to wait for any reply.
+    """
+
+    def __init__(
+        self,
+        addresses: str | list[str],
+        scenario: str,
+        config: dict | None = None,
+        num_worlds: int = 1,
+        seed: int | None = None,
+        layout: str = "agents",
+        state: bool = False,
+        timeout_s: float = 60.0,
+    ):
+        if layout not in LAYOUTS:
+            raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
+        if num_worlds < 1:
+            raise ValueError(f"num_worlds must be at least 1, got {num_worlds}")
+        addresses = [addresses] if isinstance(addresses, str) else list(addresses)
+        if not addresses:
+            raise ValueError("give at least one server address")
+        self.num_worlds = num_worlds
+        self.layout = layout
+        self.want_state = state
+        self._seed = seed
+        self._seeded_once = False
+        self._clients: list[AgentClient] = []
+        self._chunks: list[_Chunk] = []
+        try:
+            self._create(addresses, scenario, config or {}, timeout_s)
+        except BaseException:
+            self.close()
+            raise
+        spec = self.spec
+        self.possible_agents: list[str] = list(spec.possible_agents)
+        self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
+        self.action_spaces: dict[str, spaces.Space] = spec.action_spaces
+        self.state_space: spaces.Space | None = spec.state_space
+        if layout == "stacked":
+            self._check_stackable()
+
+    def _create(self, addresses: list[str], scenario: str, config: dict, timeout_s: float) -> None:
+        shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
+        self.spec: WorldSpec | None = None
+        for address, rows in zip(addresses, shares, strict=False):
+            client = AgentClient(address, timeout_s=timeout_s, name="BatchedWorlds")
+            self._clients.append(client)
+            max_batch = int(client.hello()["limits"].get("max_batch", len(rows)))
+            for start in range(0, len(rows), max_batch):
+                lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
+                seed = None if self._seed is None else self._seed + lo
+                created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True)
+                self._chunks.append(_Chunk(client, created.worlds, slice(lo, hi)))
+                self.spec = self.spec or created.spec
+
+    def _check_stackable(self) -> None:
+        first = self.possible_agents[0]
+        obs, act = self.observation_spaces[first], self.action_spaces[first]
+        if not all(self.observation_spaces[a] == obs and self.action_spaces[a] == act for a in self.possible_agents):
+            raise ValueError(
+                f"layout 'stacked' needs every agent of {self.spec.scenario} to share one observation and one action "
+                "space; use layout 'agents'"
+            )
+
+    @property
+    def worlds(self) -> list[int]:
+        """The world ids, in row order (ids are per server)."""
+        return [w for chunk in self._chunks for w in chunk.worlds]
+
+    @property
+    def heartbeat_timeout_s(self) -> float:
+        """The shortest heartbeat timeout of the servers: call :meth:`heartbeat` more often than this when idle."""
+        return min(float(c.welcome["limits"]["heartbeat_timeout_s"]) for c in self._clients if c.welcome)
+
+    def heartbeat(self) -> None:
+        """Keep the seats alive through a long pause between steps (a learner's update), without waiting."""
+        for client in self._clients:
+            client.heartbeat()
+
+    def reset(self, seed: int | None = None) -> BatchResult:
+        """Reset every world (world k seeded ``seed + k``; the first reset uses the constructor's seed)."""
+        if seed is None and not self._seeded_once:
+            seed = self._seed
+        self._seeded_once = True
+        requests = [
+            chunk.client.send(
+                "reset_batch",
+                worlds=chunk.worlds,
+                seed=None if seed is None else seed + chunk.rows.start,
+                layout=self.layout,
+                state=self.want_state,
+            )
+            for chunk in self._chunks
+        ]
+        return self._gather(requests)
+
+    def step(self, actions: dict[str, Any] | np.ndarray) -> BatchResult:
+        """Step every world once: ``actions`` is ``{agent: (K, ...)}`` (layout "agents") or ``(K, N, ...)``.
+
+        Rows of agents that are not alive are ignored but must hold valid actions (e.g. the no-op).
+        """
+        if self.layout == "agents":
+            wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
+        else:
+            wire = encode_value(self.action_spaces[self.possible_agents[0]], actions)
+        requests = [
+            chunk.client.send(
+                "step_batch",
+                worlds=chunk.worlds,
+                actions=_rows(wire, chunk.rows),
+                layout=self.layout,
+                state=self.want_state,
+            )
+            for chunk in self._chunks
+        ]
+        return self._gather(requests)
+
+    def _gather(self, requests: list[int]) -> BatchResult:
+        replies = [chunk.client.reply(request_id) for chunk, request_id in zip(self._chunks, requests, strict=True)]
+        fields: dict[str, Any] = {}
+        for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over", "state"):
+            if name in replies[0]:
+                fields[name] = _concat([r[name] for r in replies])
+        for name, like in (("final_obs", "obs"), ("final_state", "state")):
+            if any(name in r for r in replies):
+                fields[name] = _concat([r[name] if name in r else _zeros_like(r[like]) for r in replies])
+        if self.layout == "agents":
+            for name in ("obs", "final_obs"):
+                if name in fields:
+                    fields[name] = {
+                        a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents
+                    }
+        return BatchResult(**fields)
+
+    def close(self) -> None:
+        """Close the worlds (pipelined, one request each) and the sockets. Idempotent; never raises."""
+        pending = []
+        for chunk in self._chunks:
+            for world in chunk.worlds:
+                try:
+                    pending.append((chunk.client, chunk.client.send("close", world=world)))
+                except Exception:  # a closed or dead connection: nothing left to release on it
+                    break
+        for client, request_id in pending:
+            try:
+                client.reply(request_id, timeout_s=2.0)
+            except Exception:  # the server may already be gone; closing must still succeed
+                pass
+        self._chunks = []
+        for client in self._clients:
+            client.close()
+        self._clients = []
+
+    def __enter__(self) -> BatchedWorlds:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        servers = len({id(c.client) for c in self._chunks})
+        return f"BatchedWorlds({self.spec.scenario if self.spec else '?'}, K={self.num_worlds}, servers={servers})"
+
+
+def _rows(value: Any, rows: slice) -> Any:
+    if isinstance(value, dict):
+        return {k: _rows(v, rows) for k, v in value.items()}
+    return value[rows]
+
+
+def _concat(parts: list[Any]) -> Any:
+    if len(parts) == 1:
+        return parts[0]
+    if isinstance(parts[0], dict):
+        return {k: _concat([p[k] for p in parts]) for k in parts[0]}
+    return np.concatenate(parts, axis=0)
+
+
+def _zeros_like(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _zeros_like(v) for k, v in value.items()}
+    return np.zeros_like(value)

@@ -1,0 +1,357 @@
+"""A client of the agora env server: one ZeroMQ DEALER socket, requests matched to replies by id.
+
+Several requests may be in flight at once (an ``act`` reply comes only when its world steps), so every reply is
+matched to its request by ``id``; replies that arrive while waiting for another one are kept until asked for.
+Waiting always polls with a timeout: a dead server raises :class:`TimeoutError`, never hangs. Error replies raise
+:class:`ServerError`. A client is not thread-safe (ZeroMQ sockets are not): use one per thread.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+from typing import Any
+
+import numpy as np
+import zmq
+
+from envserver.protocol import ProtocolError, pack, unpack
+from agents.types import Created, Joined, Observation, StepResult, WorldSpec
+
+
+class ServerError(Exception):
+    """The server refused a request: ``code`` is one of docs/protocol.md's error codes.
+
+    Attributes:
+        code: the error code (``bad_action``, ``unknown_world``, ...).
+        message: what was wrong.
+        hint: what to do instead.
+        op: the operation that was refused.
+    """
+
+    def __init__(self, code: str, message: str, hint: str = "", op: str = ""):
+        super().__init__(code, message, hint, op)
+        self.code = code
+        self.message = message
+        self.hint = hint
+        self.op = op
+
+    def __str__(self) -> str:
+        where = f"{self.op}: " if self.op else ""
+        hint = f" (hint: {self.hint})" if self.hint else ""
+        return f"{where}[{self.code}] {self.message}{hint}"
+
+
+class AgentClient:
+    """A connection to one agora server.
+
+    Args:
+        address: the server's endpoint, ``tcp://HOST:PORT`` or ``ipc://PATH``.
+        timeout_s: how long to wait for a reply before raising :class:`TimeoutError` (per call, overridable).
+        name: shown in the server's log (sent with :meth:`hello`).
+        context: the ZeroMQ context to use (default: the process-wide one).
+    """
+
+    def __init__(
+        self, address: str, timeout_s: float = 30.0, name: str | None = None, context: zmq.Context | None = None
+    ):
+        self.address = address
+        self.timeout_s = timeout_s
+        self.name = name
+        self.welcome: dict | None = None
+        self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
+        self._socket.setsockopt(zmq.LINGER, 0)
+        self._socket.connect(address)
+        self._ids = itertools.count(1)
+        self._ops: dict[int, str] = {}  # in-flight request id -> op
+        self._stash: dict[int, dict] = {}  # replies that arrived while waiting for another id
+        self._dropped: set[int] = set()  # requests whose replies nobody will read (heartbeats, timed out)
+        self._acts: dict[int, int] = {}  # in-flight send_act id -> world, in send order
+        self._specs: dict[int, WorldSpec] = {}
+
+    # -- the transport ------------------------------------------------------------------------------------------
+
+    def send(self, op: str, **fields: Any) -> int:
+        """Send one request without waiting; returns its id, for :meth:`reply`. Array fields become frames."""
+        if self._socket.closed:
+            raise RuntimeError(f"the client for {self.address} is closed")
+        request_id = next(self._ids)
+        frames = pack({"op": op, "id": request_id, **{k: v for k, v in fields.items() if v is not None}})
+        try:
+            self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            raise TimeoutError(
+                f"cannot send '{op}' to {self.address}: its send queue is full (is the server running?)"
+            ) from None
+        self._ops[request_id] = op
+        return request_id
+
+    def reply(self, request_id: int, timeout_s: float | None = None) -> dict:
+        """The reply to request ``request_id`` (arrays in place), waiting at most ``timeout_s`` (default: the client's).
+
+        Raises:
+            ServerError: the server answered with an error.
+            TimeoutError: no reply in time; the request is abandoned (a late reply is dropped).
+        """
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        while request_id not in self._stash:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                op = self._ops.get(request_id, "?")
+                self._dropped.add(request_id)
+                self._acts.pop(request_id, None)
+                raise TimeoutError(
+                    f"no reply from {self.address} to '{op}' (request {request_id}) within {timeout:g} s: "
+                    "is the server running and reachable at that address?"
+                )
+            if self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN):
+                self._receive_available()
+        return self._take(request_id)
+
+    def request(self, op: str, timeout_s: float | None = None, **fields: Any) -> dict:
+        """Send a request and wait for its reply (see :meth:`reply`)."""
+        return self.reply(self.send(op, **fields), timeout_s)
+
+    def _receive_available(self) -> None:
+        while True:
+            try:
+                frames = self._socket.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            try:
+                message = unpack(frames, max_header_bytes=1 << 30)
+            except ProtocolError as exc:
+                raise ServerError(exc.code, f"the server at {self.address} sent a malformed reply: {exc}") from None
+            request_id = message.get("id", 0)
+            if request_id in self._dropped:
+                self._dropped.discard(request_id)
+                self._ops.pop(request_id, None)
+            else:
+                self._stash[request_id] = message
+
+    def _take(self, request_id: int) -> dict:
+        message = self._stash.pop(request_id)
+        op = self._ops.pop(request_id, "?")
+        self._acts.pop(request_id, None)
+        if message.get("op") == "error":
+            raise ServerError(message.get("code", "internal"), message.get("message", ""), message.get("hint", ""), op)
+        return message
+
+    # -- session ------------------------------------------------------------------------------------------------
+
+    def hello(self, name: str | None = None) -> dict:
+        """Introduce the client; returns the ``welcome`` map (server version, limits, scenarios), also kept in ``welcome``."""
+        self.welcome = self.request("hello", name=name or self.name)
+        return self.welcome
+
+    def ping(self) -> float:
+        """One round trip; returns the server's wall-clock time. Keeps this connection's seats alive."""
+        return float(self.request("ping")["time"])
+
+    def heartbeat(self) -> None:
+        """Tell the server this connection is alive without waiting (the pong is dropped when it comes).
+
+        Call it while idle for less than ``welcome["limits"]["heartbeat_timeout_s"]``; a pending ``act`` keeps the
+        seats alive by itself.
+        """
+        self._dropped.add(self.send("ping"))
+        self._receive_available()
+
+    def list_worlds(self) -> list[dict]:
+        """Every world on the server: ``{"world", "scenario", "agents", "seats", "tick", "episode"}`` maps."""
+        return list(self.request("list")["worlds"])
+
+    # -- worlds -------------------------------------------------------------------------------------------------
+
+    def create(
+        self,
+        scenario: str,
+        config: dict | None = None,
+        seed: int | None = None,
+        copies: int = 1,
+        join: bool = False,
+        deadline_ms: int | None = None,
+        fill: str = "noop",
+        auto_reset: bool = True,
+        wait_for_seats: bool | None = None,
+    ) -> Created:
+        """Create ``copies`` worlds of ``scenario`` (this client owns them); with ``join``, also hold every seat.
+
+        See docs/protocol.md, 'create', for the fields. Raises :class:`ServerError` (``scenario_not_allowed``,
+        ``scenario_error``, ``too_many_worlds``, ``bad_request``).
+        """
+        reply = self.request(
+            "create",
+            scenario=scenario,
+            config=config or {},
+            seed=seed,
+            copies=copies,
+            join=join,
+            deadline_ms=deadline_ms,
+            fill=fill,
+            auto_reset=auto_reset,
+            wait_for_seats=wait_for_seats,
+        )
+        spec = WorldSpec.from_wire(reply["spec"])
+        worlds = [int(w) for w in reply["worlds"]]
+        self._specs.update(dict.fromkeys(worlds, spec))
+        obs = {int(w): spec.decode_obs(values) for w, values in (reply.get("obs") or {}).items()}
+        return Created(worlds, spec, reply.get("owner_token", ""), list(reply.get("tokens") or []), obs)
+
+    def join(
+        self,
+        world: int,
+        seats: list[str] | str = "all",
+        role: str = "agent",
+        tokens: dict[str, str] | None = None,
+        owner_token: str | None = None,
+    ) -> Joined:
+        """Take seats of ``world`` (``"all"``: every free or lost seat), reclaim them with ``tokens``, or observe.
+
+        With ``tokens`` and no explicit ``seats``, the seats the tokens name are taken. Raises :class:`ServerError`
+        (``seat_taken``, ``bad_token``, ``unknown_seat``, ``unknown_world``).
+        """
+        fields: dict[str, Any] = {"world": world, "role": role, "tokens": tokens, "owner_token": owner_token}
+        if not (tokens and seats == "all"):
+            fields["seats"] = seats
+        reply = self.request("join", **fields)
+        spec = WorldSpec.from_wire(reply["spec"])
+        self._specs[world] = spec
+        return Joined(
+            world=int(reply["world"]),
+            seats=dict(reply.get("seats") or {}),
+            spec=spec,
+            tick=int(reply.get("tick", 0)),
+            episode=int(reply.get("episode", 0)),
+            agents=list(reply.get("agents") or []),
+            obs=spec.decode_obs(reply.get("obs")),
+        )
+
+    def leave(self, world: int, seats: list[str] | None = None) -> list[str]:
+        """Give up seats of ``world`` (default: all this client holds); returns the seats left."""
+        return list(self.request("leave", world=world, seats=seats)["seats"])
+
+    def close_world(self, world: int) -> None:
+        """Close a world this client owns; pending ``act``s in it get ``interrupted``."""
+        self.request("close", world=world)
+        self._specs.pop(world, None)
+
+    def spec(self, world: int) -> WorldSpec:
+        """The spec of a world this client created or joined."""
+        try:
+            return self._specs[world]
+        except KeyError:
+            raise KeyError(f"world {world} was not created or joined through this client") from None
+
+    # -- playing ------------------------------------------------------------------------------------------------
+
+    def reset(self, world: int, seed: int | None = None, options: dict | None = None) -> Observation:
+        """Reset a world this client owns; returns the first observations of every live agent."""
+        return self._observation(self.request("reset", world=world, seed=seed, options=options))
+
+    def observe(self, world: int) -> Observation:
+        """The current observations: of every live agent for the owner and observers, else of the held seats."""
+        return self._observation(self.request("observe", world=world))
+
+    def state(self, world: int) -> np.ndarray:
+        """The world's global state (its ``state()``, or the concatenated observations)."""
+        return np.asarray(self.request("state", world=world)["state"])
+
+    def act(self, world: int, actions: dict[str, Any], timeout_s: float | None = None) -> StepResult:
+        """Send actions for held seats and block until the world steps (up to its deadline).
+
+        The wait needs no heartbeat: a pending ``act`` keeps the seats alive. Raises :class:`ServerError`
+        (``bad_action``, ``not_your_seat``, ``already_acted``, ``episode_over``, ``interrupted``).
+        """
+        return self.recv(self.send_act(world, actions), timeout_s)
+
+    def send_act(self, world: int, actions: dict[str, Any]) -> int:
+        """Send actions without waiting; returns the request id for :meth:`recv` (to act in several worlds at once)."""
+        spec = self._specs.get(world)
+        wire = spec.encode_actions(actions) if spec else {a: np.asarray(v) for a, v in actions.items()}
+        request_id = self.send("act", world=world, actions=wire)
+        self._acts[request_id] = world
+        return request_id
+
+    def recv(self, request_id: int | None = None, timeout_s: float | None = None) -> StepResult:
+        """The step of the ``act`` sent as ``request_id``, or with None of whichever pending ``act`` steps first."""
+        if request_id is None:
+            if not self._acts:
+                raise RuntimeError("recv() with no act in flight: call send_act() first")
+            request_id = self._first_act_reply(timeout_s)
+        return self._step_result(self.reply(request_id, timeout_s))
+
+    def _first_act_reply(self, timeout_s: float | None) -> int:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        deadline = time.monotonic() + timeout
+        while True:
+            self._receive_available()
+            ready = next((i for i in self._acts if i in self._stash), None)
+            if ready is not None:
+                return ready
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError(
+                    f"no world of {sorted(set(self._acts.values()))} stepped on {self.address} within {timeout:g} s "
+                    "(are the other seats' clients acting, and is the server running?)"
+                )
+            self._socket.poll(max(1, int(remaining * 1000)), zmq.POLLIN)
+
+    def step_batch(self, worlds: list[int], actions: Any, layout: str = "agents", state: bool = False) -> dict:
+        """Step K worlds this client fully holds in one message; returns the raw ``batch`` reply (arrays)."""
+        return self.request("step_batch", worlds=list(worlds), actions=actions, layout=layout, state=state)
+
+    def reset_batch(
+        self, worlds: list[int], seed: int | None = None, layout: str = "agents", state: bool = False
+    ) -> dict:
+        """Reset K worlds this client owns (world k seeded ``seed + k``); returns the raw ``batch`` reply."""
+        return self.request("reset_batch", worlds=list(worlds), seed=seed, layout=layout, state=state)
+
+    def _observation(self, reply: dict) -> Observation:
+        world = int(reply["world"])
+        spec = self._specs.get(world)
+        obs = reply.get("obs") or {}
+        return Observation(
+            world=world,
+            tick=int(reply.get("tick", 0)),
+            episode=int(reply.get("episode", 0)),
+            agents=list(reply.get("agents") or []),
+            obs=spec.decode_obs(obs) if spec else dict(obs),
+            infos=dict(reply.get("infos") or {}),
+        )
+
+    def _step_result(self, reply: dict) -> StepResult:
+        world = int(reply["world"])
+        spec = self._specs.get(world)
+        obs, final = reply.get("obs") or {}, reply.get("final_obs")
+        return StepResult(
+            world=world,
+            tick=int(reply["tick"]),
+            episode=int(reply["episode"]),
+            agents=list(reply.get("agents") or []),
+            obs=spec.decode_obs(obs) if spec else dict(obs),
+            rewards={a: float(r) for a, r in (reply.get("rewards") or {}).items()},
+            terminated={a: bool(t) for a, t in (reply.get("terminated") or {}).items()},
+            truncated={a: bool(t) for a, t in (reply.get("truncated") or {}).items()},
+            active={a: bool(t) for a, t in (reply.get("active") or {}).items()},
+            infos=dict(reply.get("infos") or {}),
+            episode_over=bool(reply.get("episode_over", False)),
+            final_obs=(spec.decode_obs(final) if spec else dict(final)) if final is not None else None,
+        )
+
+    # -- lifetime -----------------------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the socket at once (linger 0): unsent requests are dropped. Idempotent."""
+        if not self._socket.closed:
+            self._socket.close(linger=0)
+
+    def __enter__(self) -> AgentClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"AgentClient({self.address!r}, in_flight={len(self._ops)})"

@@ -1,0 +1,188 @@
+"""One seat of a remote world as a single-agent ``gymnasium.Env``; the world's other seats are someone else's."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gymnasium
+import numpy as np
+
+from agents.client import AgentClient, ServerError
+from agents.types import StepResult
+
+
+class SeatEnv(gymnasium.Env):
+    """A single seat of an agora world, driven through the gymnasium API.
+
+    Two ways to get a seat:
+
+    - ``SeatEnv(address, scenario="gymnasium:CartPole-v1")`` creates a world (this env owns it, so ``reset`` resets
+      it) and takes one seat (``seat``, default the first agent); the seats nobody holds get the world's ``fill``
+      action, so they never make the world wait.
+    - ``SeatEnv(address, world=W, seat="agent_1", token=T)`` takes (or with ``token`` reclaims) a seat of a shared
+      world. ``reset`` cannot reset a world this env does not own: it waits for the seat's next episode instead.
+
+    If the connection loses the seat (silent past the server's heartbeat timeout), the env reclaims it with its token.
+
+    Args:
+        address: the server's endpoint.
+        scenario: create a world of this scenario (mutually exclusive with ``world``).
+        config: the scenario's keyword config.
+        world: join this existing world instead.
+        seat: the agent to play (default: the first of ``possible_agents``).
+        token: the seat's token, to reclaim a seat held before.
+        seed: seed of a created world's first reset.
+        fill: what the unheld seats of a created world do: ``noop``, ``random`` or ``repeat``.
+        deadline_ms: a created world's lockstep deadline.
+        timeout_s: how long to wait for a reply (and for a shared world's next episode).
+        client: an existing client to use (kept open on :meth:`close`).
+    """
+
+    metadata = {"render_modes": []}
+
+    def __init__(
+        self,
+        address: str,
+        scenario: str | None = None,
+        config: dict | None = None,
+        world: int | None = None,
+        seat: str | None = None,
+        token: str | None = None,
+        seed: int | None = None,
+        fill: str = "noop",
+        deadline_ms: int | None = None,
+        timeout_s: float = 30.0,
+        client: AgentClient | None = None,
+    ):
+        if (scenario is None) == (world is None):
+            raise ValueError("give exactly one of scenario= (create a world) or world= (join an existing one)")
+        self.client = client or AgentClient(address, timeout_s=timeout_s)
+        self._owns_client = client is None
+        self._closed = False
+        self.timeout_s = timeout_s
+        self.owns_world = scenario is not None
+        if scenario is not None:
+            created = self.client.create(
+                scenario, config, seed=seed, fill=fill, deadline_ms=deadline_ms, auto_reset=False, wait_for_seats=False
+            )
+            world = created.worlds[0]
+        self.world = int(world)
+        spec = self.client.spec(self.world) if scenario is not None else None
+        self.seat = seat or (spec.possible_agents[0] if spec else None)
+        joined = self.client.join(self.world, seats=[self.seat] if self.seat else "all", tokens=self._tokens(token))
+        if self.seat is None:
+            self.seat = next(iter(joined.seats))
+            if len(joined.seats) > 1:
+                self.client.leave(self.world, [a for a in joined.seats if a != self.seat])
+        self.token = joined.seats[self.seat]
+        self.world_spec = joined.spec
+        self.observation_space = joined.spec.observation_spaces[self.seat]
+        self.action_space = joined.spec.action_spaces[self.seat]
+        self.render_mode = None
+        self._episode = joined.episode
+        alive = self.seat in joined.agents
+        self._next_obs: tuple[Any, dict] | None = (joined.obs[self.seat], {}) if alive else None
+
+    def _tokens(self, token: str | None) -> dict[str, str] | None:
+        if token is None:
+            return None
+        if self.seat is None:
+            raise ValueError("a token needs the seat it belongs to: pass seat= as well")
+        return {self.seat: token}
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None) -> tuple[Any, dict]:
+        """Start an episode: reset the world if this env owns it, else wait for the seat's next episode."""
+        super().reset(seed=seed)
+        if self.owns_world:
+            observation = self.client.reset(self.world, seed=seed, options=options)
+            self._episode = observation.episode
+            self._next_obs = None
+            return observation.obs[self.seat], dict(observation.infos.get(self.seat, {}))
+        if seed is not None or options:
+            raise ValueError(f"this env does not own world {self.world}: it cannot reset it with a seed or options")
+        if self._next_obs is None:
+            self._next_obs = self._wait_for_next_episode()
+        obs, info = self._next_obs
+        self._next_obs = None
+        return obs, info
+
+    def _wait_for_next_episode(self) -> tuple[Any, dict]:
+        # An act from a seat whose agent is not alive is ignored; its reply comes at the world's next step, and the
+        # one that starts a new episode (auto-reset, or the owner's reset) carries the seat's first observation.
+        noop = _neutral_action(self.action_space)
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            try:
+                result = self._act(noop)
+            except ServerError as exc:
+                if exc.code not in ("episode_over", "interrupted"):
+                    raise
+                time.sleep(0.05)  # the world waits for its owner's reset
+                observation = self.client.observe(self.world)
+                if observation.episode != self._episode and self.seat in observation.agents:
+                    self._episode = observation.episode
+                    return observation.obs[self.seat], dict(observation.infos.get(self.seat, {}))
+                continue
+            if result.episode != self._episode and self.seat in result.obs:
+                self._episode = result.episode
+                return result.obs[self.seat], dict(result.infos.get(self.seat, {}))
+        raise TimeoutError(f"world {self.world} started no new episode for seat {self.seat} within {self.timeout_s} s")
+
+    def step(self, action: Any) -> tuple[Any, float, bool, bool, dict]:
+        """Act for the seat and wait for the world to step."""
+        try:
+            result = self._act(action)
+        except ServerError as exc:
+            if exc.code != "interrupted" or self.owns_world:
+                raise
+            # The owner reset the world under us: end this episode as truncated; the next starts on reset().
+            observation = self.client.observe(self.world)
+            self._episode = observation.episode
+            self._next_obs = (observation.obs[self.seat], dict(observation.infos.get(self.seat, {})))
+            return self._next_obs[0], 0.0, False, True, {"interrupted": True}
+        seat = self.seat
+        obs = result.obs[seat]
+        if result.final_obs is not None:
+            obs = result.final_obs[seat]
+            self._next_obs = (result.obs[seat], {})
+        self._episode = result.episode
+        terminated, truncated = result.terminated.get(seat, False), result.truncated.get(seat, False)
+        return obs, float(result.rewards.get(seat, 0.0)), bool(terminated), bool(truncated), result.infos.get(seat, {})
+
+    def _act(self, action: Any) -> StepResult:
+        try:
+            return self.client.act(self.world, {self.seat: action})
+        except ServerError as exc:
+            if exc.code != "not_your_seat":
+                raise
+            # The server gave the seat up (this connection was silent too long): reclaim it with its token.
+            self.client.join(self.world, tokens={self.seat: self.token})
+            return self.client.act(self.world, {self.seat: action})
+
+    def render(self) -> None:
+        """Nothing to render over the wire: warns and returns None, as gymnasium does without a render mode."""
+        gymnasium.logger.warn("SeatEnv cannot render: frames do not travel over the agora protocol")
+
+    def close(self) -> None:
+        """Close the world (if this env created it) or leave the seat, then the connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self.owns_world:
+                self.client.close_world(self.world)
+            else:
+                self.client.leave(self.world, [self.seat])
+        except Exception as exc:  # the server may be gone already; closing must still succeed
+            gymnasium.logger.warn(f"could not release world {self.world} on {self.client.address}: {exc}")
+        finally:
+            if self._owns_client:
+                self.client.close()
+
+
+def _neutral_action(space: gymnasium.spaces.Space) -> Any:
+    from envserver.protocol import noop_value
+
+    value = noop_value(space)
+    return int(value) if isinstance(value, int | np.integer) else value

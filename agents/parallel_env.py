@@ -1,0 +1,172 @@
+"""A remote world as a PettingZoo ``ParallelEnv``: this client holds every seat and steps the world in lockstep."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gymnasium
+import numpy as np
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
+
+from agents.client import AgentClient
+from agents.types import Observation, WorldSpec
+
+
+class RemoteParallelEnv(ParallelEnv):
+    """A world on an agora server, driven through the PettingZoo parallel API.
+
+    The constructor creates a new world (``auto_reset`` off, so episodes end as in process and :meth:`reset` starts
+    the next) and takes all its seats; :meth:`attach` wraps a world that already exists. The same seed and the same
+    actions give the same trajectory as the scenario stepped in process.
+
+    Args:
+        address: the server's endpoint.
+        scenario: a scenario name the server allows (``mpe2.simple_spread_v3:parallel_env``, ``foraging_v0``, ...).
+        config: keyword arguments of the scenario's constructor.
+        seed: seed of the world's first reset.
+        timeout_s: how long to wait for any reply.
+        deadline_ms: the world's lockstep deadline (server default if None).
+        render_mode: only None: frames do not travel over the protocol; render the scenario in process instead.
+        client: an existing client to use (kept open on :meth:`close`); by default the env opens its own.
+    """
+
+    metadata = {"name": "agora_remote", "render_modes": [], "is_parallelizable": True}
+
+    def __init__(
+        self,
+        address: str,
+        scenario: str,
+        config: dict | None = None,
+        seed: int | None = None,
+        timeout_s: float = 30.0,
+        deadline_ms: int | None = None,
+        render_mode: str | None = None,
+        client: AgentClient | None = None,
+    ):
+        self._check_render_mode(render_mode)
+        self._connect(address, timeout_s, client)
+        created = self.client.create(
+            scenario, config, seed=seed, join=True, deadline_ms=deadline_ms, auto_reset=False, wait_for_seats=False
+        )
+        world = created.worlds[0]
+        self._setup(world, created.spec, created.tokens[0], created.owner_token, owns_world=True)
+        self.agents = list(created.spec.possible_agents)
+
+    @classmethod
+    def attach(
+        cls,
+        address: str,
+        world: int,
+        owner_token: str | None = None,
+        tokens: dict[str, str] | None = None,
+        timeout_s: float = 30.0,
+        client: AgentClient | None = None,
+    ) -> RemoteParallelEnv:
+        """Take every free seat of an existing world (or reclaim seats with ``tokens``) and drive it as a ParallelEnv.
+
+        Without ``owner_token``, :meth:`reset` cannot reset the world: it returns the current observations (or the
+        next episode's first ones, if the world auto-reset). Closing an attached env leaves its seats, not the world.
+        """
+        env = cls.__new__(cls)
+        env._connect(address, timeout_s, client)
+        joined = env.client.join(world, tokens=tokens, owner_token=owner_token)
+        env._setup(world, joined.spec, joined.seats, owner_token, owns_world=False)
+        env.agents = list(joined.agents)
+        return env
+
+    def _connect(self, address: str, timeout_s: float, client: AgentClient | None) -> None:
+        self.client = client or AgentClient(address, timeout_s=timeout_s)
+        self._owns_client = client is None
+        self._closed = False
+
+    def _setup(self, world: int, spec: WorldSpec, tokens: dict, owner_token: str | None, owns_world: bool) -> None:
+        self.world = world
+        self.world_spec = spec
+        self.tokens = dict(tokens)
+        self.owner_token = owner_token
+        self._owns_world = owns_world
+        self._next_episode: Observation | None = None  # set when an auto-resetting world started a new episode
+        self.possible_agents = list(spec.possible_agents)
+        self.observation_spaces = spec.observation_spaces
+        self.action_spaces = spec.action_spaces
+        self.state_space = spec.state_space
+        self.render_mode = None
+        self.metadata = {**type(self).metadata, "name": spec.scenario}
+
+    @staticmethod
+    def _check_render_mode(render_mode: str | None) -> None:
+        if render_mode is not None:
+            raise ValueError(
+                f"render_mode={render_mode!r}: frames do not travel over the agora protocol; "
+                "build the scenario in process to render it"
+            )
+
+    def observation_space(self, agent: str) -> spaces.Space:
+        return self.observation_spaces[agent]
+
+    def action_space(self, agent: str) -> spaces.Space:
+        return self.action_spaces[agent]
+
+    def reset(self, seed: int | None = None, options: dict | None = None) -> tuple[dict, dict]:
+        """Start an episode: the owner resets the world; an attached non-owner joins the running one."""
+        if self._next_episode is not None and seed is None and not options:
+            observation = self._next_episode
+        elif self.owner_token is not None:
+            observation = self.client.reset(self.world, seed=seed, options=options)
+        elif seed is None and not options:
+            observation = self.client.observe(self.world)
+        else:
+            raise ValueError(
+                f"only the owner of world {self.world} can reset it with a seed or options; attach with its owner_token"
+            )
+        self._next_episode = None
+        self.agents = list(observation.agents)
+        infos = {a: dict(observation.infos.get(a, {})) for a in self.agents}
+        return {a: observation.obs[a] for a in self.agents}, infos
+
+    def step(self, actions: dict[str, Any]) -> tuple[dict, dict, dict, dict, dict]:
+        """Act for every live agent and return PettingZoo's five maps, keyed by the agents that were live."""
+        if not self.agents:
+            raise RuntimeError(f"the episode of world {self.world} is over: call reset() before step()")
+        missing = [a for a in self.agents if a not in actions]
+        if missing:
+            raise ValueError(f"step() needs an action for every live agent; missing {missing}")
+        result = self.client.act(self.world, {a: actions[a] for a in self.agents})
+        obs = result.obs
+        if result.final_obs is not None:
+            # The world auto-reset (an attached shared world): end this episode here and start the next on reset().
+            obs = result.final_obs
+            self._next_episode = Observation(self.world, result.tick, result.episode, result.agents, result.obs, {})
+            self.agents = []
+        else:
+            self.agents = list(result.agents)
+        return obs, result.rewards, result.terminated, result.truncated, result.infos
+
+    def state(self) -> np.ndarray:
+        """The world's global state."""
+        return self.client.state(self.world)
+
+    def render(self) -> None:
+        """Nothing to render over the wire (see ``render_mode``); warns and returns None, as gymnasium does."""
+        gymnasium.logger.warn("RemoteParallelEnv cannot render: frames do not travel over the agora protocol")
+
+    def close(self) -> None:
+        """Close the world (if this env created it) or leave its seats, then the connection. Idempotent."""
+        if getattr(self, "_closed", True):
+            return
+        self._closed = True
+        try:
+            if self._owns_world:
+                self.client.close_world(self.world)
+            else:
+                self.client.leave(self.world)
+        except Exception as exc:  # the server may be gone already; closing must still succeed
+            gymnasium.logger.warn(f"could not release world {self.world} on {self.client.address}: {exc}")
+        finally:
+            if self._owns_client:
+                self.client.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_owns_client", False) and not getattr(self, "_closed", True):
+            self.client.close()

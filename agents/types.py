@@ -1,0 +1,165 @@
+"""What the client hands back: a world's spec with decoded spaces, and one dataclass per kind of reply."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from gymnasium import spaces
+
+from envserver.protocol import decode_space, from_wire
+
+
+@dataclass(frozen=True)
+class WorldSpec:
+    """A world's agents and spaces, decoded into gymnasium spaces (docs/protocol.md, 'world spec').
+
+    The space objects are created once per spec, so ``observation_spaces[a]`` is the same object on every call (as
+    PettingZoo's API test demands).
+    """
+
+    scenario: str
+    """The scenario name the world was created from."""
+    config: dict
+    """The keyword config the scenario was built with."""
+    possible_agents: list[str]
+    """Every agent id of the world, in the order of batched columns."""
+    observation_spaces: dict[str, spaces.Space]
+    """Observation space per agent."""
+    action_spaces: dict[str, spaces.Space]
+    """Action space per agent."""
+    state_space: spaces.Space | None
+    """The global state's space, or None where the world has none."""
+
+    @classmethod
+    def from_wire(cls, wire: dict) -> WorldSpec:
+        """The spec of a ``spec`` map from a ``created`` or ``joined`` reply."""
+        state = wire.get("state_space")
+        return cls(
+            scenario=wire["scenario"],
+            config=dict(wire.get("config") or {}),
+            possible_agents=list(wire["possible_agents"]),
+            observation_spaces={a: decode_space(s) for a, s in wire["observation_spaces"].items()},
+            action_spaces={a: decode_space(s) for a, s in wire["action_spaces"].items()},
+            state_space=decode_space(state) if state is not None else None,
+        )
+
+    def decode_obs(self, values: dict | None) -> dict[str, Any]:
+        """Wire observations ``{agent: value}`` as values of each agent's observation space."""
+        if not values:
+            return {}
+        return {
+            a: from_wire(self.observation_spaces[a], v) if a in self.observation_spaces else v
+            for a, v in values.items()
+        }
+
+    def encode_actions(self, actions: dict[str, Any]) -> dict[str, Any]:
+        """Actions ``{agent: value}`` in wire form: Discrete scalars inline, everything else as array frames."""
+        return {a: encode_value(self.action_spaces.get(a), v) for a, v in actions.items()}
+
+
+def encode_value(space: spaces.Space | None, value: Any) -> Any:
+    """One value (of ``space`` if known) in wire form.
+
+    Dict and Tuple values become maps (Tuple keys "0", "1", ...); an integer for a Discrete space travels inline;
+    everything else becomes an array. Nothing is cast to the space's dtype here: a float sent for a Discrete space
+    must be refused by the server with ``bad_action``, not silently truncated by the client.
+    """
+    if isinstance(space, spaces.Dict):
+        return {str(k): encode_value(s, value[k]) for k, s in space.spaces.items()}
+    if isinstance(space, spaces.Tuple):
+        return {str(i): encode_value(s, value[i]) for i, s in enumerate(space.spaces)}
+    if isinstance(space, spaces.Discrete) and isinstance(value, int | np.integer) and not isinstance(value, bool):
+        return int(value)
+    array = np.asarray(value)
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"action {value!r:.80} is not numeric (dtype {array.dtype}); send numbers or arrays")
+    if array.dtype.kind == "f" and isinstance(space, spaces.Box):
+        # A float64 policy output for a float32 box: the server would cast it anyway; casting here halves the bytes.
+        array = array.astype(space.dtype, copy=False)
+    return array
+
+
+@dataclass
+class Created:
+    """The reply to ``create``."""
+
+    worlds: list[int]
+    """The ids of the created worlds (copy i seeded ``seed + i``)."""
+    spec: WorldSpec
+    """The spec every created world shares."""
+    owner_token: str
+    """Reclaims ownership of the worlds from another connection (``join(..., owner_token=...)``)."""
+    tokens: list[dict[str, str]] = field(default_factory=list)
+    """With ``join=True``: one ``{agent: token}`` map per world."""
+    obs: dict[int, dict[str, Any]] = field(default_factory=dict)
+    """With ``join=True``: each world's first observations, ``obs[world][agent]``."""
+
+
+@dataclass
+class Joined:
+    """The reply to ``join``."""
+
+    world: int
+    """The world joined."""
+    seats: dict[str, str]
+    """The seats now held, with their tokens (keep them to reclaim a seat after a disconnect)."""
+    spec: WorldSpec
+    """The world's spec."""
+    tick: int
+    """Steps taken in the current episode."""
+    episode: int
+    """The current episode's number."""
+    agents: list[str]
+    """The agents alive now."""
+    obs: dict[str, Any]
+    """The current observations of the joined seats."""
+
+
+@dataclass
+class Observation:
+    """The reply to ``reset`` and ``observe``."""
+
+    world: int
+    """The world observed."""
+    tick: int
+    """Steps taken in the current episode."""
+    episode: int
+    """The current episode's number."""
+    agents: list[str]
+    """The agents alive now."""
+    obs: dict[str, Any]
+    """Observations of the live agents the sender may see."""
+    infos: dict[str, dict] = field(default_factory=dict)
+    """Per-agent info maps."""
+
+
+@dataclass
+class StepResult:
+    """The reply to ``act``: the world has stepped. Maps hold exactly the seats named in the request."""
+
+    world: int
+    """The world that stepped."""
+    tick: int
+    """Steps taken in the current episode (0 after an auto-reset)."""
+    episode: int
+    """The current episode's number (advanced by an auto-reset)."""
+    agents: list[str]
+    """The agents alive after the step."""
+    obs: dict[str, Any]
+    """Observations after the step (the new episode's first ones after an auto-reset)."""
+    rewards: dict[str, float]
+    """Rewards of this step (0 for an inactive seat)."""
+    terminated: dict[str, bool]
+    """Terminated flags of this step."""
+    truncated: dict[str, bool]
+    """Truncated flags of this step."""
+    active: dict[str, bool]
+    """False for a seat whose agent was not alive at this step (its action was ignored)."""
+    infos: dict[str, dict]
+    """The scenario's infos, plus ``"late": True`` where the fill action stood in for the seat."""
+    episode_over: bool
+    """No agent is alive any more: the episode ended at this step."""
+    final_obs: dict[str, Any] | None = None
+    """The episode's last observations, when the world auto-reset at this step."""
