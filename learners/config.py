@@ -1,0 +1,302 @@
+"""A training run's settings: dataclasses filled from defaults, a TOML file and ``key=value`` overrides.
+
+A config file has top-level ``algo`` and three tables::
+
+    algo = "mappo"                      # a key of ALGORITHMS
+
+    [env]                               # EnvSettings: which worlds, how many, where
+    scenario = "mpe2.simple_spread_v3:parallel_env"
+    config = { N = 3, max_cycles = 25, continuous_actions = false }
+    num_worlds = 64
+
+    [run]                               # RunSettings: budget, seed, device, logging, checkpoints
+    total_steps = 3_000_000
+
+    [ppo]                               # the algorithm's own table (ALGORITHMS names it)
+    lr = 7e-4
+
+Overrides use dotted keys with TOML values (``ppo.lr=3e-4``, ``env.config.N=4``, ``algo=ippo``); a value that
+is not valid TOML is taken as a string (``env.scenario=gymnasium:CartPole-v1``). ``env.config`` of the default
+scenario is merged onto its default config; any other scenario's config starts empty. Unknown keys are errors that
+list the valid ones. :func:`to_toml` writes the resolved config, which :func:`load_config` reads back unchanged.
+
+An algorithm is a module named in :data:`ALGORITHMS` (with the name of its TOML table: ``ppo`` for both IPPO
+and MAPPO) that exposes:
+
+- ``Settings``: a dataclass of its settings, each field documented;
+- ``train(config: Config, run: learners.run.Run, addresses: list[str]) -> dict[str, float]``: train until
+  ``config.run.total_steps`` through the env servers at ``addresses`` (this rank's share), logging and
+  checkpointing through ``run`` and resuming from ``run``'s latest checkpoint when there is one; return the final
+  metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+import math
+import sys
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib
+
+#: Algorithm name -> (module implementing it, the TOML table of its settings). See the module docstring.
+ALGORITHMS: dict[str, tuple[str, str]] = {
+    "mappo": ("learners.ppo", "ppo"),
+    "ippo": ("learners.ppo", "ppo"),
+    "idqn": ("learners.idqn", "idqn"),
+}
+#: The embedded default world: mpe2's simple_spread with 3 agents, 25-step episodes, discrete actions.
+DEFAULT_SCENARIO = "mpe2.simple_spread_v3:parallel_env"
+DEFAULT_SCENARIO_CONFIG: dict[str, Any] = {"N": 3, "max_cycles": 25, "continuous_actions": False}
+
+
+@dataclass
+class EnvSettings:
+    """Which worlds to train in, how many, and where they run."""
+
+    scenario: str = DEFAULT_SCENARIO
+    """Scenario name as the server takes it: registered name, ``module:callable`` or ``gymnasium:ENV_ID``."""
+    config: dict[str, Any] = field(default_factory=lambda: dict(DEFAULT_SCENARIO_CONFIG))
+    """Keyword config for the scenario's constructor (for the default scenario, merged onto its default config)."""
+    num_worlds: int = 64
+    """Worlds stepped together by each rank (one batched request per step per server)."""
+    connect: list[str] = field(default_factory=list)
+    """Addresses of running env servers (empty: ``agora train`` starts its own). Ranks share them round-robin."""
+    servers: int = 1
+    """Env server processes ``agora train`` starts per rank when ``connect`` is empty; worlds are spread over them."""
+    timeout_s: float = 60.0
+    """How long a request to a server may take before the learner gives up."""
+
+
+@dataclass
+class RunSettings:
+    """Budget, reproducibility, hardware and what gets written where."""
+
+    total_steps: int = 3_000_000
+    """Environment steps to train for, counted per world step and summed over ranks."""
+    seed: int = 1
+    """Base seed; rank r uses streams derived from (seed, r)."""
+    dir: str = ""
+    """Run directory (empty: ``runs/<algo>-<time>``)."""
+    device: str = "cpu"
+    """``cpu``, ``cuda`` or ``auto`` (CUDA when available; each rank takes its node-local GPU)."""
+    threads: int = 1
+    """torch intra-op threads per rank; 1 is fastest for small networks and stays fast under load."""
+    mpi_cuda: str = "auto"
+    """Pass CUDA buffers to MPI directly (``on``), stage through host memory (``off``), or detect (``auto``)."""
+    log_every: int = 1
+    """Updates between metric rows (metrics.csv, TensorBoard)."""
+    checkpoint_every: int = 50
+    """Updates between checkpoints (a checkpoint is also written at the end)."""
+    keep_checkpoints: int = 3
+    """Periodic checkpoints kept on disk (the newest ones); the final one is always kept."""
+    sync_every: int = 20
+    """Updates between checks that all ranks hold identical parameters (a drift is an error)."""
+    progress: bool = True
+    """Show a progress bar (rank 0 only)."""
+
+
+@dataclass
+class Config:
+    """Everything a run needs; ``algo_settings`` is the chosen algorithm's ``Settings``."""
+
+    algo: str = "mappo"
+    """Algorithm: a key of ALGORITHMS (mappo, ippo, idqn)."""
+    env: EnvSettings = field(default_factory=EnvSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+    algo_settings: Any = None
+    """The algorithm's settings dataclass (filled from its table, e.g. ``[ppo]``)."""
+
+    def __post_init__(self) -> None:
+        if self.algo_settings is None:
+            self.algo_settings = algorithm_module(self.algo).Settings()
+
+    @property
+    def section(self) -> str:
+        """The TOML table of the algorithm's settings."""
+        return ALGORITHMS[self.algo][1]
+
+
+class ConfigError(ValueError):
+    """A config file or override names an unknown key or holds a value of the wrong type."""
+
+
+def algorithm_module(algo: str) -> types.ModuleType:
+    """The module implementing ``algo``."""
+    if algo not in ALGORITHMS:
+        raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(sorted(ALGORITHMS))}")
+    return importlib.import_module(ALGORITHMS[algo][0])
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``"ppo.lr=3e-4"`` -> ``(["ppo", "lr"], 0.0003)``. The value is read as TOML, else taken as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override {text!r} is not key=value (e.g. ppo.lr=3e-4)")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return [part.strip() for part in key.split(".")], value
+
+
+def apply_overrides(table: dict, overrides: list[str]) -> dict:
+    """A copy of the raw ``table`` with each ``key=value`` override set (nested tables created as needed)."""
+    result = _deep_copy(table)
+    for text in overrides:
+        path, value = parse_override(text)
+        node = result
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {key!r} is not a table")
+        node[path[-1]] = value
+    return result
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """The config from defaults, then the TOML file at ``path`` (if any), then ``overrides``."""
+    table: dict = {}
+    if path is not None:
+        try:
+            table = tomllib.loads(Path(path).read_text())
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    return from_table(apply_overrides(table, list(overrides or [])))
+
+
+def from_table(table: dict) -> Config:
+    """Build a Config from a raw TOML table, checking every key and type.
+
+    Tables of other algorithms are ignored, so one file can carry settings for several.
+    """
+    algo = table.get("algo", Config.algo)
+    module = algorithm_module(algo)
+    section = ALGORITHMS[algo][1]
+    unknown = sorted(set(table) - {"algo", "env", "run"} - {sec for _, sec in ALGORITHMS.values()})
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; top-level keys are algo, env, run and {section}")
+    env = dict(table.get("env", {}))
+    if env.get("scenario", DEFAULT_SCENARIO) == DEFAULT_SCENARIO and isinstance(env.get("config", {}), dict):
+        # A partial config of the default world (env.config.N=4) keeps the rest of its defaults; another scenario
+        # starts from an empty config, since the default's keys would mean nothing to it.
+        env["config"] = {**DEFAULT_SCENARIO_CONFIG, **env.get("config", {})}
+    elif "config" not in env:
+        env["config"] = {}
+    return Config(
+        algo=algo,
+        env=_fill(EnvSettings, env, "env"),
+        run=_fill(RunSettings, table.get("run", {}), "run"),
+        algo_settings=_fill(module.Settings, table.get(section, {}), section),
+    )
+
+
+def to_table(config: Config) -> dict:
+    """The config as a plain table (what :func:`to_toml` writes)."""
+    return {
+        "algo": config.algo,
+        "env": dataclasses.asdict(config.env),
+        "run": dataclasses.asdict(config.run),
+        config.section: dataclasses.asdict(config.algo_settings),
+    }
+
+
+def to_toml(config: Config) -> str:
+    """The resolved config as TOML that :func:`load_config` reads back to an equal Config."""
+    table = to_table(config)
+    lines = [f"algo = {_toml_value(table.pop('algo'))}"]
+    for name, section in table.items():
+        lines += ["", f"[{name}]"] + [f"{key} = {_toml_value(value)}" for key, value in section.items()]
+    return "\n".join(lines) + "\n"
+
+
+def save_config(config: Config, path: str | Path) -> None:
+    """Write the resolved config as TOML."""
+    Path(path).write_text(to_toml(config))
+
+
+def _fill(cls: type, values: dict, where: str) -> Any:
+    if not isinstance(values, dict):
+        raise ConfigError(f"[{where}] must be a table, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(values) - set(names))
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown} in [{where}]; valid keys: {', '.join(names)}")
+    return cls(**{key: _coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if hint is Any:
+        return value
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    elif origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part]
+        if isinstance(value, (list, tuple)):
+            return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return _deep_copy(value)
+    elif origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(hint):
+            try:
+                return _coerce(value, option, where)
+            except ConfigError:
+                continue
+    elif hint is type(None) and value is None:
+        return None
+    raise ConfigError(f"{where} = {value!r} is not a valid {getattr(hint, '__name__', hint)}")
+
+
+def _deep_copy(table: dict) -> dict:
+    return {
+        k: _deep_copy(v) if isinstance(v, dict) else (list(v) if isinstance(v, list) else v) for k, v in table.items()
+    }
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "nan"
+        if math.isinf(value):
+            return "inf" if value > 0 else "-inf"
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise ConfigError(f"cannot write {value!r} ({type(value).__name__}) to TOML")
+
+
+def _toml_key(key: str) -> str:
+    return key if key.replace("_", "").replace("-", "").isalnum() else _toml_value(str(key))
