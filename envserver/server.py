@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgpack
-import numpy as np
 import zmq
 
 import scenarios
@@ -159,6 +158,7 @@ class EnvServer:
         try:
             size = sum(len(f) for f in frames)
             if size > self.config.max_message_bytes:
+                request_id = _peek_id(frames[0])
                 raise ProtocolError(
                     errors.TOO_LARGE,
                     f"message of {size} bytes is over this server's limit of {self.config.max_message_bytes}",
@@ -307,5 +307,12 @@ class EnvServer:
         )
 
 
-def random_seed() -> int:
-    return int(np.random.default_rng().integers(2**31))
+def _peek_id(header_frame) -> int:
+    """The request id of a message refused before decoding, so that even that refusal can be matched."""
+    if len(header_frame) > 1 << 16:
+        return 0
+    try:
+        request_id = msgpack.unpackb(header_frame.bytes, raw=False).get("id", 0)
+    except Exception:
+        return 0
+    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0

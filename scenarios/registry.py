@@ -94,7 +94,8 @@ def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_P
             raise ScenarioNotAllowed("this server does not host gymnasium environments")
         return
     top = module.split(".", 1)[0]
-    if top not in allowed or not all(part.isidentifier() for part in module.split(".")):
+    # Private modules (`_x`, `__init__`) are never constructors' homes; refusing them narrows what a client reaches.
+    if top not in allowed or not all(p.isidentifier() and not p.startswith("_") for p in module.split(".")):
         raise ScenarioNotAllowed(f"module {module!r} is outside the allowed packages {list(allowed)}")
     if attr not in ALLOWED_CALLABLES:
         raise ScenarioNotAllowed(f"{attr!r} is not a scenario constructor; use one of {list(ALLOWED_CALLABLES)}")

@@ -1,0 +1,197 @@
+"""Hostile and clumsy clients get an error reply with a code, change nothing, and never hurt anyone else."""
+
+from __future__ import annotations
+
+import msgpack
+import numpy as np
+import pytest
+
+from envserver.protocol import pack
+from tests.rawwire import RawClient
+
+SPREAD = "mpe2.simple_spread_v3:parallel_env"
+
+
+def _trajectory(client: RawClient, seed: int, steps: int = 30) -> list[np.ndarray]:
+    """A well-behaved batched trajectory: fixed seed and action sequence, returns every observation."""
+    created = client.ok({"op": "create", "scenario": SPREAD, "seed": seed, "copies": 2, "join": True})
+    worlds = created["worlds"]
+    out = [client.ok({"op": "reset_batch", "worlds": worlds, "seed": seed, "layout": "stacked"})["obs"].copy()]
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        actions = rng.integers(0, 5, size=(2, 3))
+        reply = client.ok({"op": "step_batch", "worlds": worlds, "layout": "stacked", "actions": actions})
+        out.append(reply["obs"].copy())
+    client.ok({"op": "close", "world": worlds[0]})
+    client.ok({"op": "close", "world": worlds[1]})
+    return out
+
+
+def _header(fields: dict) -> bytes:
+    return msgpack.packb({"v": 1, "id": 7, **fields})
+
+
+BAD_FRAMES = {
+    "garbage bytes": [b"\xc1\xff\x00garbage"],
+    "truncated msgpack": [msgpack.packb({"v": 1, "op": "ping", "id": 1})[:-3]],
+    "not a map": [msgpack.packb([1, 2, 3])],
+    "empty header": [b""],
+    "op not a string": [_header({"op": 5})],
+    "id not an int": [msgpack.packb({"v": 1, "op": "ping", "id": "x"})],
+    "int map keys": [msgpack.packb({"v": 1, "op": "ping", 3: 4})],
+    "arrays not a list": [_header({"op": "ping", "arrays": 5})],
+    "arrays without frames": [_header({"op": "ping", "arrays": [[["a"], "float32", [2]]]})],
+    "frame without arrays entry": [_header({"op": "ping"}), b"\x00" * 8],
+    "frame size mismatch": [_header({"op": "ping", "arrays": [[["a"], "float32", [3]]]}), b"\x00" * 8],
+    "object dtype": [_header({"op": "ping", "arrays": [[["a"], "object", [1]]]}), b"\x00" * 8],
+    "pickle dtype name": [_header({"op": "ping", "arrays": [[["a"], "O", [1]]]}), b"\x00" * 8],
+    "negative shape": [_header({"op": "ping", "arrays": [[["a"], "uint8", [-1]]]}), b""],
+    "path not strings": [_header({"op": "ping", "arrays": [[[1], "uint8", [1]]]}), b"\x00"],
+    "path conflict": [
+        _header({"op": "ping", "x": 1, "arrays": [[["x", "y"], "uint8", [1]]]}),
+        b"\x00",
+    ],
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FRAMES))
+def test_malformed_frames_get_bad_message(server, name):
+    client = RawClient(server.address)
+    client.send_frames(BAD_FRAMES[name])
+    reply = client.recv()
+    assert reply["op"] == "error"
+    assert reply["code"] == "bad_message", reply
+    assert reply["message"] and reply["hint"]
+    assert client.request({"op": "ping"})["op"] == "pong"
+
+
+def test_wrong_version_and_unknown_op(server):
+    client = RawClient(server.address)
+    client.send_frames([msgpack.packb({"v": 99, "op": "ping", "id": 5})])
+    reply = client.recv()
+    assert (reply["code"], reply["id"]) == ("bad_version", 5)
+    assert client.request({"op": "launch_missiles"})["code"] == "unknown_op"
+
+
+def _bad_requests(world: int, other_world: int) -> dict[str, tuple[dict, str]]:
+    """Requests that must be refused, with their error codes, against a world whose seats another client holds."""
+    return {
+        "create missing scenario": ({"op": "create"}, "bad_request"),
+        "create os:system": ({"op": "create", "scenario": "os:system"}, "scenario_not_allowed"),
+        "create builtins eval": ({"op": "create", "scenario": "builtins:eval"}, "scenario_not_allowed"),
+        "create non-constructor": ({"op": "create", "scenario": "pettingzoo.utils:wrappers"}, "scenario_not_allowed"),
+        "create dunder module": ({"op": "create", "scenario": "mpe2.__init__:env"}, "scenario_not_allowed"),
+        "create unknown name": ({"op": "create", "scenario": "no_such_world_v0"}, "scenario_not_allowed"),
+        "create bad config": ({"op": "create", "scenario": SPREAD, "config": {"bogus": 1}}, "scenario_error"),
+        "create copies 0": ({"op": "create", "scenario": SPREAD, "copies": 0}, "bad_request"),
+        "create bad fill": ({"op": "create", "scenario": SPREAD, "fill": "explode"}, "bad_request"),
+        "create config not map": ({"op": "create", "scenario": SPREAD, "config": [1]}, "bad_request"),
+        "world not int": ({"op": "observe", "world": "one"}, "bad_request"),
+        "unknown world": ({"op": "observe", "world": 10**9}, "unknown_world"),
+        "join unknown seat": ({"op": "join", "world": world, "seats": ["agent_9"]}, "unknown_seat"),
+        "join held seat": ({"op": "join", "world": world, "seats": ["agent_0"]}, "seat_taken"),
+        "join wrong token": ({"op": "join", "world": world, "tokens": {"agent_0": "f" * 32}}, "bad_token"),
+        "join bad role": ({"op": "join", "world": world, "role": "god"}, "bad_request"),
+        "act not your seat": ({"op": "act", "world": world, "actions": {"agent_0": 1}}, "not_your_seat"),
+        "act unknown seat": ({"op": "act", "world": world, "actions": {"nobody": 1}}, "unknown_seat"),
+        "act no actions": ({"op": "act", "world": world, "actions": {}}, "bad_request"),
+        "reset not owner": ({"op": "reset", "world": world}, "not_owner"),
+        "close not owner": ({"op": "close", "world": world}, "not_owner"),
+        "state not member": ({"op": "state", "world": world}, "not_your_seat"),
+        "step_batch not holder": (
+            {"op": "step_batch", "worlds": [world], "actions": {"agent_0": [0], "agent_1": [0], "agent_2": [0]}},
+            "batch_mismatch",
+        ),
+        "step_batch repeat": ({"op": "step_batch", "worlds": [other_world, other_world]}, "batch_mismatch"),
+        "step_batch bad layout": ({"op": "step_batch", "worlds": [world], "layout": "diagonal"}, "bad_request"),
+        "step_batch no worlds": ({"op": "step_batch", "worlds": []}, "bad_request"),
+    }
+
+
+def test_bad_requests_change_nothing_and_others_carry_on(server):
+    good = RawClient(server.address)
+    reference = _trajectory(good, seed=3)
+
+    holder, intruder = RawClient(server.address), RawClient(server.address)
+    world = holder.ok({"op": "create", "scenario": SPREAD, "seed": 1, "copies": 1, "join": True})["worlds"][0]
+    other = intruder.ok({"op": "create", "scenario": SPREAD, "seed": 1, "copies": 1, "join": True})["worlds"][0]
+    before = holder.ok({"op": "observe", "world": world})
+    for name, (request, code) in _bad_requests(world, other).items():
+        reply = intruder.request(request)
+        assert reply["op"] == "error" and reply["code"] == code, (name, reply)
+        assert reply["hint"] is not None
+    after = holder.ok({"op": "observe", "world": world})
+    assert after["tick"] == before["tick"] and after["episode"] == before["episode"]
+    for agent in before["obs"]:
+        np.testing.assert_array_equal(after["obs"][agent], before["obs"][agent])
+    listing = {w["world"]: w for w in intruder.ok({"op": "list"})["worlds"]}
+    assert listing[world]["seats"] == {"agent_0": "held", "agent_1": "held", "agent_2": "held"}
+
+    again = _trajectory(good, seed=3)
+    assert len(again) == len(reference)
+    for x, y in zip(reference, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+def test_bad_actions_are_refused_whole(server):
+    client = RawClient(server.address)
+    created = client.ok({"op": "create", "scenario": SPREAD, "seed": 0, "join": True, "config": {}})
+    world = created["worlds"][0]
+    cont = client.ok(
+        {"op": "create", "scenario": SPREAD, "seed": 0, "join": True, "config": {"continuous_actions": True}}
+    )["worlds"][0]
+    bad = {
+        "out of range": {"agent_0": 5},
+        "negative": {"agent_0": -1},
+        "fractional": {"agent_0": 1.5},
+        "wrong shape": {"agent_0": [1, 2]},
+        "string": {"agent_0": "up"},
+        "bool map": {"agent_0": {"x": 1}},
+        "one good one bad": {"agent_0": 1, "agent_1": 9},
+    }
+    for name, actions in bad.items():
+        reply = client.request({"op": "act", "world": world, "actions": actions})
+        assert reply["code"] == "bad_action", (name, reply)
+    bad_continuous = {
+        "nan": [np.nan, 0, 0, 0, 0],
+        "inf": [np.inf, 0, 0, 0, 0],
+        "above bounds": [2.0, 0, 0, 0, 0],
+        "wrong length": [0.1, 0.1],
+        "int8 frame wrong shape": np.zeros((2, 5), np.int8),
+    }
+    for name, action in bad_continuous.items():
+        reply = client.request({"op": "act", "world": cont, "actions": {"agent_0": np.asarray(action, np.float32)}})
+        assert reply["code"] == "bad_action", (name, reply)
+    batch_bad = client.request(
+        {"op": "step_batch", "worlds": [world], "layout": "stacked", "actions": np.full((1, 3), 7, np.int64)}
+    )
+    assert batch_bad["code"] == "bad_action"
+    wrong_dtype = client.request(
+        {"op": "step_batch", "worlds": [world], "layout": "stacked", "actions": np.zeros((1, 3), np.float32) + 0.5}
+    )
+    assert wrong_dtype["code"] == "bad_action"
+    # Nothing was applied: the world is still at tick 0 and nobody is waiting.
+    assert client.ok({"op": "observe", "world": world})["tick"] == 0
+    step = client.ok({"op": "act", "world": world, "actions": {"agent_0": 1, "agent_1": 2, "agent_2": 3}})
+    assert step["tick"] == 1
+
+
+def test_size_and_world_limits(make_server):
+    server = make_server(max_message_bytes=4096, max_worlds_per_client=3)
+    client = RawClient(server.address)
+    big = client.request({"op": "ping", "blob": np.zeros(10_000, np.uint8)})
+    assert big["code"] == "too_large"
+    client.ok({"op": "create", "scenario": SPREAD, "copies": 3})
+    assert client.request({"op": "create", "scenario": SPREAD})["code"] == "too_many_worlds"
+    assert client.request({"op": "ping"})["op"] == "pong"
+    other = RawClient(server.address)
+    assert other.ok({"op": "create", "scenario": SPREAD})["worlds"]
+
+
+def test_far_oversized_message_only_costs_the_sender_its_connection(make_server):
+    server = make_server(max_message_bytes=1024)
+    sender, bystander = RawClient(server.address, timeout_s=1), RawClient(server.address)
+    sender.send_frames(pack({"op": "ping", "id": 1, "blob": np.zeros(100_000, np.uint8)}))
+    with pytest.raises(TimeoutError):
+        sender.recv(timeout_ms=500)
+    assert bystander.request({"op": "ping"})["op"] == "pong"
