@@ -8,15 +8,17 @@ chunk and per field; nothing loops over worlds or agents of a world.
 
 from __future__ import annotations
 
+import contextlib
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from gymnasium import spaces
 
-from envserver.protocol import from_wire
 from agents.client import AgentClient
 from agents.types import WorldSpec, encode_value
+from envserver.protocol import from_wire
 
 LAYOUTS = ("agents", "stacked")
 
@@ -209,11 +211,10 @@ class BatchedWorlds:
                     pending.append((chunk.client, chunk.client.send("close", world=world)))
                 except Exception:  # a closed or dead connection: nothing left to release on it
                     break
+        deadline = time.monotonic() + 2.0
         for client, request_id in pending:
-            try:
-                client.reply(request_id, timeout_s=2.0)
-            except Exception:  # the server may already be gone; closing must still succeed
-                pass
+            with contextlib.suppress(Exception):  # the server may already be gone; closing must still succeed
+                client.reply(request_id, timeout_s=max(0.0, deadline - time.monotonic()))
         self._chunks = []
         for client in self._clients:
             client.close()

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from envserver.protocol import ProtocolError, pack, unpack
 from agents.types import Created, Joined, Observation, StepResult, WorldSpec
+from envserver.protocol import ProtocolError, pack, unpack
 
 
 class ServerError(Exception):
@@ -98,6 +98,9 @@ class AgentClient:
         while request_id not in self._stash:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
+                self._receive_available()
+                if request_id in self._stash:
+                    break
                 op = self._ops.get(request_id, "?")
                 self._dropped.add(request_id)
                 self._acts.pop(request_id, None)

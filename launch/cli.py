@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve",)
+COMMANDS = ("serve", "play")
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.

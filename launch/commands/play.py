@@ -1,0 +1,101 @@
+"""``agora play``: join a world as a custom client and play a policy in its seats, printing each episode's return."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+_EPILOG = """\
+examples:
+  agora play --connect tcp://127.0.0.1:5555 --scenario mpe2.simple_spread_v3:parallel_env --policy scripted --episodes 5
+  agora play --connect tcp://127.0.0.1:5555 --world 1 --seat agent_1 --policy random
+  agora play --connect /tmp/agora.json --world 1 --seat agent_1 --token TOKEN     # reclaim a seat held before
+  agora play --connect tcp://127.0.0.1:5555 --world 1 --policy my_pkg.policies:make_policy
+
+A policy is random, noop, scripted (simple_spread), MODULE:CALLABLE (called with the observation and action
+spaces, it returns a callable obs -> action) or a training run directory.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "play",
+        help="join a world as a client and play a policy in a seat",
+        description="Play a policy in seats of a world on an agora server, as a custom client.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--connect", default="tcp://127.0.0.1:5555", help="server address or connection file (default %(default)s)"
+    )
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--world", type=int, help="join this world (see `list` on the server)")
+    target.add_argument("--scenario", help="create a world of this scenario and play its seats")
+    parser.add_argument(
+        "--seat",
+        action="append",
+        dest="seats",
+        metavar="AGENT",
+        help="a seat to play (repeatable; default every free seat)",
+    )
+    parser.add_argument(
+        "--token", action="append", default=[], metavar="[AGENT=]TOKEN", help="reclaim a seat with its token"
+    )
+    parser.add_argument("--policy", default="random", help="random|noop|scripted|MODULE:CALLABLE|RUN_DIR")
+    parser.add_argument("--episodes", type=int, help="stop after N episodes (default: until Ctrl-C)")
+    parser.add_argument(
+        "--config", action="append", default=[], metavar="KEY=VALUE", help="scenario config (value as JSON)"
+    )
+    parser.add_argument("--seed", type=int, help="seed of a created world")
+    parser.add_argument("--fill", default="noop", choices=("noop", "random", "repeat"), help="unheld seats' action")
+    parser.add_argument("--deadline-ms", type=int, help="lockstep deadline of a created world")
+    parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default %(default)s)")
+    parser.set_defaults(func=run)
+
+
+def _tokens(values: list[str], seats: list[str] | None) -> dict[str, str]:
+    tokens = {}
+    for value in values:
+        seat, sep, token = value.partition("=")
+        if not sep:
+            if not seats or len(seats) != 1:
+                raise SystemExit("agora play: --token TOKEN needs exactly one --seat (or write --token AGENT=TOKEN)")
+            seat, token = seats[0], value
+        tokens[seat] = token
+    return tokens
+
+
+def _config(values: list[str]) -> dict:
+    config = {}
+    for value in values:
+        key, sep, raw = value.partition("=")
+        if not sep:
+            raise SystemExit(f"agora play: --config {value!r} must be KEY=VALUE")
+        try:
+            config[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            config[key] = raw
+    return config
+
+
+def run(args: argparse.Namespace) -> int:
+    from agents.play import PlaySettings, play
+
+    settings = PlaySettings(
+        connect=args.connect,
+        world=args.world,
+        scenario=args.scenario,
+        config=_config(args.config),
+        seats=args.seats,
+        tokens=_tokens(args.token, args.seats),
+        policy=args.policy,
+        episodes=args.episodes,
+        seed=args.seed,
+        fill=args.fill,
+        deadline_ms=args.deadline_ms,
+        timeout_s=args.timeout,
+    )
+    returns = play(settings, out=lambda line: print(line, flush=True))
+    if returns:
+        print(f"{len(returns)} episodes, mean return {sum(returns) / len(returns):.2f}", flush=True)
+    return 0
