@@ -27,6 +27,7 @@ from envserver.protocol.errors import (
     TOO_MANY_WORLDS,
     ProtocolError,
 )
+from envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
 from envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec
 
 if TYPE_CHECKING:
@@ -105,6 +106,7 @@ def op_list(server: EnvServer, session: Session, message: dict) -> dict:
                 "episode": w.episode,
             }
             for w in server.worlds.values()
+            if w.refresh() is None
         ],
     }
 
@@ -142,10 +144,18 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         scenarios.check_allowed(name, config.allowed_packages)
     except scenarios.ScenarioNotAllowed as exc:
         raise ProtocolError(SCENARIO_NOT_ALLOWED, str(exc), "ask the operator to --allow the package") from None
+    group = None
     try:
-        envs = [scenarios.make_env(name, scenario_config, config.allowed_packages) for _ in range(copies)]
+        vector = scenarios.make_vector(name, copies, scenario_config) if join and copies >= 2 else None
+        if vector is not None:
+            group = VectorGroup(vector)
+            group.last_obs = vector.reset(seed=seed)
+            envs = [CopyView(group, i) for i in range(copies)]
+            firsts = [(CopyObs(group, i), {}) for i in range(copies)]
+        else:
+            envs = [scenarios.make_env(name, scenario_config, config.allowed_packages) for _ in range(copies)]
+            firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
         spec, obs_spaces, act_spaces, state_space = make_spec(name, scenario_config, envs[0])
-        firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
     except Exception as exc:
         raise ProtocolError(
             SCENARIO_ERROR, f"building {name!r} failed: {type(exc).__name__}: {exc}", "check the scenario's config"
@@ -167,6 +177,9 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             None if seed is None else seed + i,
         )
         world.obs, world.infos = firsts[i]
+        if group is not None:
+            world.group, world.index = group, i
+            group.worlds.append(world)
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
         worlds.append(world)
@@ -222,6 +235,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
         if len(set(seats)) != len(seats):
             raise ProtocolError(BAD_REQUEST, "'seats' names a seat twice", "")
     # Checked: now change state. A takeover interrupts the previous holder's waiting request.
+    world.refresh()
     granted = {}
     for agent in seats:
         seat = world.seats[agent]
@@ -279,6 +293,8 @@ def op_close(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
     world = _owned(server, session, message)
+    if world.group is not None:
+        raise world.group.refuse_single(world.world_id)
     seed = field(message, "seed", int, None)
     options = field(message, "options", dict, None)
     for identity, header in world.cancel_waiters("the owner reset the world"):
@@ -307,6 +323,7 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
     if not (_member(world, session) or session.identity in world.observers):
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
+    world.refresh()
     return {"op": "state", "world": world.world_id, "tick": world.tick, "state": world.state()}
 
 
@@ -315,6 +332,8 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_act(server: EnvServer, session: Session, message: dict) -> None:
     world = server.world(message.get("world"))
+    if world.group is not None:
+        raise world.group.refuse_single(world.world_id)
     actions = field(message, "actions", dict)
     if not actions:
         raise ProtocolError(BAD_REQUEST, "'actions' is empty", "send {agent: action} for the seats you hold")
@@ -358,6 +377,15 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
             )
         if not world.options.auto_reset:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
+    group = worlds[0].group
+    if group is not None or any(w.group is not None for w in worlds):
+        if group is None or ids != group.world_ids:
+            raise ProtocolError(
+                BATCH_MISMATCH,
+                "vector-backed worlds step only as their whole group, in order",
+                f"send worlds {group.world_ids if group else '(one whole group)'}",
+            )
+        return VectorStepper(group, layout, with_state)
     return BatchStepper(worlds, layout, with_state)
 
 

@@ -123,6 +123,9 @@ class World:
     pending: dict[str, Any] = field(default_factory=dict)
     waiters: list[Waiter] = field(default_factory=list)
     observers: set[bytes] = field(default_factory=set)
+    group: Any = None
+    """The :class:`envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
+    index: int = 0
     deadline_at: float | None = None
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
@@ -133,6 +136,12 @@ class World:
         for _agent, space in self.act_spaces.items():
             space.seed(int(self.rng.integers(2**31)))
         self.started = not self.options.wait_for_seats
+
+    def refresh(self) -> None:
+        """Bring tick and episode up to date (a vector-backed world keeps them in its group's arrays)."""
+        if self.group is not None:
+            self.tick = int(self.group.ticks[self.index])
+            self.episode = int(self.group.episodes[self.index])
 
     # ---- episodes -------------------------------------------------------------------------------------------
 
@@ -210,7 +219,8 @@ class World:
         if kind == "repeat" and self.seats[agent].last_action is not None:
             return self.seats[agent].last_action
         noop = getattr(self.env, "noop_action", None)
-        return noop(agent) if callable(noop) else noop_value(space)
+        value = noop(agent) if callable(noop) else None
+        return noop_value(space) if value is None else value
 
     def step(self) -> StepOutcome:
         """Step with the pending actions, filling the rest; auto-reset if the episode is over."""
@@ -278,6 +288,7 @@ class World:
     # ---- reading ----------------------------------------------------------------------------------------------
 
     def observation_reply(self, agents: list[str]) -> dict:
+        self.refresh()
         return {
             "op": "observation",
             "world": self.world_id,

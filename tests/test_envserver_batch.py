@@ -121,3 +121,33 @@ def test_other_kinds_of_env_are_hosted(server, scenario):
     assert (reply["tick"] == 1 or reply["episode_over"]) and reply["obs"][agent].shape == tuple(
         spec["observation_spaces"][agent]["shape"]
     )
+
+
+def test_vector_backed_group_steps_like_its_per_copy_worlds(server):
+    """A group of vectorised copies and the same number of per-copy worlds give identical batches."""
+    client = RawClient(server.address)
+    k, seed = 4, 5
+    group = client.ok({"op": "create", "scenario": "foraging_v0", "seed": seed, "copies": k, "join": True})["worlds"]
+    singles = [
+        client.ok({"op": "create", "scenario": "foraging_v0", "seed": seed + i, "copies": 1, "join": True})["worlds"][0]
+        for i in range(k)
+    ]
+    a = client.ok({"op": "reset_batch", "worlds": group, "seed": seed, "layout": "stacked", "state": True})
+    b = client.ok({"op": "reset_batch", "worlds": singles, "seed": seed, "layout": "stacked", "state": True})
+    np.testing.assert_array_equal(a["obs"], b["obs"])
+    rng = np.random.default_rng(1)
+    episodes_over = 0
+    for _ in range(120):
+        actions = rng.integers(0, 6, size=(k, 2))
+        a = client.ok({"op": "step_batch", "worlds": group, "layout": "stacked", "actions": actions, "state": True})
+        b = client.ok({"op": "step_batch", "worlds": singles, "layout": "stacked", "actions": actions, "state": True})
+        for key in ("obs", "rewards", "terminated", "truncated", "episode_over", "state"):
+            np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+        if a["episode_over"].any():
+            np.testing.assert_array_equal(a["final_obs"][a["episode_over"]], b["final_obs"][b["episode_over"]])
+            episodes_over += 1
+    assert episodes_over > 0
+    # A copy of a group steps only with its whole group.
+    assert client.request({"op": "act", "world": group[0], "actions": {"agent_0": 0}})["code"] == "bad_request"
+    assert client.request({"op": "reset_batch", "worlds": group[:2]})["code"] == "batch_mismatch"
+    assert client.ok({"op": "observe", "world": group[1]})["obs"]["agent_0"].shape == a["obs"].shape[2:]

@@ -1,0 +1,148 @@
+"""Worlds backed by one vectorised scenario: K copies stepped by a single numpy call per batch.
+
+When a client creates ``copies >= 2`` worlds with ``join: true`` of a scenario that has a vectorised form
+(scenarios/vector.py), the server builds one :class:`VectorGroup` instead of K ParallelEnvs. Each copy is still a
+world with an id (list, observe, state and close work), but it only steps together with its group: a
+``step_batch`` or ``reset_batch`` over exactly the group's worlds, in order. That is the learners' path, and it
+runs with no per-world Python work at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from pettingzoo import ParallelEnv
+
+from envserver.batch import BatchStepper
+from envserver.protocol.errors import BAD_REQUEST, ProtocolError
+
+
+class VectorGroup:
+    """K worlds sharing one vectorised scenario; the last observations and step counters of every copy."""
+
+    def __init__(self, vector: Any):
+        self.vector = vector
+        self.agents = list(vector.possible_agents)
+        self.worlds: list = []
+        self.last_obs: dict[str, np.ndarray] = {}
+        self.ticks = np.zeros(vector.num_copies, np.int64)
+        self.episodes = np.zeros(vector.num_copies, np.int64)
+
+    @property
+    def world_ids(self) -> list[int]:
+        return [w.world_id for w in self.worlds]
+
+    def refuse_single(self, world_id: int) -> ProtocolError:
+        return ProtocolError(
+            BAD_REQUEST,
+            f"world {world_id} is one copy of a vectorised batch and steps only with its group",
+            f"use step_batch/reset_batch over worlds {self.world_ids} in that order",
+        )
+
+
+class CopyObs(Mapping):
+    """Copy ``index``'s row of the group's last observations, read on demand (nothing is copied per step)."""
+
+    def __init__(self, group: VectorGroup, index: int):
+        self.group, self.index = group, index
+
+    def __getitem__(self, agent: str) -> np.ndarray:
+        return self.group.last_obs[agent][self.index]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.group.last_obs)
+
+    def __len__(self) -> int:
+        return len(self.group.last_obs)
+
+
+class CopyView(ParallelEnv):
+    """Copy ``index`` of a group seen as a ParallelEnv for reading: spaces, live agents, state. It never steps."""
+
+    def __init__(self, group: VectorGroup, index: int):
+        self.group, self.index = group, index
+        self.possible_agents = list(group.agents)
+        self.agents = list(group.agents)  # in vector form every agent lives until its copy's episode ends
+        if group.vector.state_space is not None:
+            self.state_space = group.vector.state_space
+
+    def observation_space(self, agent: str):
+        return self.group.vector.observation_spaces[agent]
+
+    def action_space(self, agent: str):
+        return self.group.vector.action_spaces[agent]
+
+    def state(self) -> np.ndarray:
+        return self.group.vector.state()[self.index]
+
+    def reset(self, seed=None, options=None):
+        raise self.group.refuse_single(self.group.world_ids[self.index])
+
+    def step(self, actions):
+        raise self.group.refuse_single(self.group.world_ids[self.index])
+
+    def close(self) -> None:
+        pass
+
+
+class VectorStepper(BatchStepper):
+    """Steps a whole group with one call of the vectorised scenario; same replies as :class:`BatchStepper`."""
+
+    def __init__(self, group: VectorGroup, layout: str, with_state: bool):
+        super().__init__(group.worlds, layout, with_state)
+        self.group = group
+
+    def _layout(self, obs: dict[str, np.ndarray]) -> Any:
+        if self.layout == "stacked":
+            return np.stack([obs[a] for a in self.agents], axis=1)
+        return obs
+
+    def reset(self, seed: int | None) -> dict:
+        group = self.group
+        group.last_obs = group.vector.reset(seed=seed)
+        group.ticks[:] = 0
+        group.episodes += 1
+        reply = {
+            "op": "batch",
+            "worlds": group.world_ids,
+            "obs": self._layout(group.last_obs),
+            "alive": np.ones((len(self.worlds), len(self.agents)), bool),
+        }
+        if self.with_state:
+            reply["state"] = self._checked_state()
+        return reply
+
+    def _checked_state(self) -> np.ndarray:
+        if self.group.vector.state_space is None:
+            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
+        return self.group.vector.state()
+
+    def step(self, actions: dict[str, Any]) -> dict:
+        group = self.group
+        obs, rewards, terminated, truncated = group.vector.step(actions)
+        over = terminated.any(axis=1) | truncated.any(axis=1)
+        group.ticks += 1
+        reply = {
+            "op": "batch",
+            "worlds": group.world_ids,
+            "rewards": np.asarray(rewards, np.float32),
+            "terminated": np.asarray(terminated, bool),
+            "truncated": np.asarray(truncated, bool),
+            "alive": np.ones((len(self.worlds), len(self.agents)), bool),
+            "episode_over": over,
+        }
+        if over.any():
+            reply["final_obs"] = self._layout(obs)
+            if self.with_state:
+                reply["final_state"] = self._checked_state()
+            done = np.flatnonzero(over)
+            obs = group.vector.reset(copies=done)
+            group.ticks[done] = 0
+            group.episodes[done] += 1
+        group.last_obs = obs
+        reply["obs"] = self._layout(obs)
+        if self.with_state:
+            reply["state"] = self._checked_state()
+        return reply
