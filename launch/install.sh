@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Create .venv and install agora with what its tests need, on a machine with only Python >= 3.10 and PyPI.
+#
+#   bash launch/install.sh            # CPU: torch 2.13.0 (the CPU build), MPICH from PyPI, agora editable
+#   AGORA_TORCH="torch==2.13.0" AGORA_MPI=site bash launch/install.sh   # on a cluster, keep the site's MPI
+#
+# torch is installed first and pinned: an unpinned torch requirement would pull several GB of CUDA wheels.
+# AGORA_MPI=pip (default) installs mpi4py with the MPICH wheel; AGORA_MPI=site builds mpi4py against the `mpicc`
+# on PATH instead (see docs/cluster.md for CUDA-aware MPIs).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+VENV=${AGORA_VENV:-.venv}
+TORCH=${AGORA_TORCH:-torch==2.13.0}
+MPI=${AGORA_MPI:-pip}
+
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
+pip install --upgrade pip
+pip install "$TORCH"
+if [ "$MPI" = site ]; then
+  pip install --no-binary=mpi4py --no-cache-dir mpi4py
+  pip install -e ".[test]"
+else
+  pip install -e ".[test,mpi]"
+fi
+"$VENV/bin/python" -c "import torch, mpi4py.MPI as M; print('agora installed: torch', torch.__version__, '|', M.Get_library_version().splitlines()[0])"
