@@ -10,9 +10,12 @@ from envserver.protocol import pack, unpack
 
 
 class RawClient:
-    def __init__(self, address: str, timeout_s: float = 10.0):
+    def __init__(self, address: str, timeout_s: float = 10.0, curve_serverkey: bytes | None = None):
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
+        if curve_serverkey:
+            self.socket.curve_serverkey = curve_serverkey
+            self.socket.curve_publickey, self.socket.curve_secretkey = zmq.curve_keypair()
         self.socket.connect(address)
         self.timeout_ms = int(timeout_s * 1000)
         self._ids = itertools.count(1)
