@@ -154,11 +154,16 @@ class SeatEnv(gymnasium.Env):
         try:
             return self.client.act(self.world, {self.seat: action})
         except ServerError as exc:
-            if exc.code != "not_your_seat":
+            if exc.code != "not_your_seat" or not self._seat_lost():
                 raise
             # The server gave the seat up (this connection was silent too long): reclaim it with its token.
             self.client.join(self.world, tokens={self.seat: self.token})
             return self.client.act(self.world, {self.seat: action})
+
+    def _seat_lost(self) -> bool:
+        # "lost": our silence cost the seat, so take it back; "held": someone took it over with the token, so don't.
+        seats = {w["world"]: w["seats"] for w in self.client.list_worlds()}.get(self.world, {})
+        return seats.get(self.seat) == "lost"
 
     def render(self) -> None:
         """Nothing to render over the wire: warns and returns None, as gymnasium does without a render mode."""

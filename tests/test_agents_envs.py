@@ -1,0 +1,142 @@
+"""RemoteParallelEnv and SeatEnv over the wire: PettingZoo's and gymnasium's own checkers, and determinism."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+from pettingzoo.test import parallel_api_test
+
+from agents import AgentClient, RemoteParallelEnv, SeatEnv, ServerError
+from scenarios import make_env
+
+SPREAD = "mpe2.simple_spread_v3:parallel_env"
+
+
+@pytest.mark.parametrize(
+    "scenario, config",
+    [
+        (SPREAD, {}),
+        ("mpe2.simple_tag_v3:parallel_env", {}),  # two teams with different observation spaces
+        ("pettingzoo.butterfly.pistonball_v6:parallel_env", {"n_pistons": 3, "max_cycles": 8}),  # images
+    ],
+)
+def test_parallel_api_test_over_the_wire(server, scenario, config):
+    env = RemoteParallelEnv(server.address, scenario, config, seed=0, timeout_s=10.0)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # PettingZoo reports API slips as warnings: make them failures
+            parallel_api_test(env, num_cycles=60)
+        in_process = make_env(scenario, config)
+        for agent in env.possible_agents:
+            assert env.observation_space(agent) == in_process.observation_space(agent)
+            assert env.action_space(agent) == in_process.action_space(agent)
+        assert env.state().shape == env.state_space.shape
+    finally:
+        env.close()
+    env.close()  # idempotent
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_same_seed_same_trajectory_in_process_and_over_the_wire(server, continuous):
+    config = {"max_cycles": 10, "continuous_actions": continuous}
+    local = make_env(SPREAD, config)
+    remote = RemoteParallelEnv(server.address, SPREAD, config, seed=7, timeout_s=10.0)
+    rng = np.random.default_rng(0)
+    try:
+        for episode in range(2):
+            seed = 7 if episode == 0 else None  # the second episode continues each world's own generator
+            local_obs, _ = local.reset(seed=seed)
+            remote_obs, _ = remote.reset(seed=seed)
+            for agent in local.agents:
+                np.testing.assert_array_equal(local_obs[agent], remote_obs[agent])
+            while local.agents:
+                actions = {a: _fixed_action(local.action_space(a), rng) for a in local.agents}
+                expected = local.step(actions)
+                got = remote.step(actions)
+                for agent in actions:
+                    np.testing.assert_array_equal(expected[0][agent], got[0][agent])
+                    assert expected[1][agent] == got[1][agent]
+                    assert (expected[2][agent], expected[3][agent]) == (got[2][agent], got[3][agent])
+                assert remote.agents == local.agents
+    finally:
+        remote.close()
+
+
+def _fixed_action(space, rng):
+    if hasattr(space, "n"):
+        return int(rng.integers(space.n))
+    return rng.uniform(space.low, space.high).astype(space.dtype)
+
+
+def test_attach_to_an_existing_world(server):
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        created = owner.create(SPREAD, config={"max_cycles": 3}, seed=1, wait_for_seats=False, auto_reset=True)
+        (world,) = created.worlds
+        env = RemoteParallelEnv.attach(server.address, world, timeout_s=10.0)
+        try:
+            assert env.possible_agents == created.spec.possible_agents
+            obs, _ = env.reset()  # not the owner: joins the episode that is running
+            assert set(obs) == set(env.agents)
+            steps = 0
+            while env.agents:
+                env.step({a: 0 for a in env.agents})
+                steps += 1
+            assert steps == 3
+            obs, _ = env.reset()  # the world auto-reset: the new episode's first observations
+            assert set(obs) == set(env.possible_agents) and owner.list_worlds()[0]["episode"] == 1
+            with pytest.raises(ValueError, match="owner"):
+                env.reset(seed=3)
+        finally:
+            env.close()
+        assert set(owner.list_worlds()[0]["seats"].values()) == {"free"}  # an attached env leaves, not closes
+
+
+@pytest.mark.parametrize(
+    "scenario, config, seat",
+    [
+        ("gymnasium:CartPole-v1", {}, None),  # a one-seat world: its agent is "agent_0"
+        (SPREAD, {}, "agent_1"),  # one seat of three; the server fills the other two
+        (SPREAD, {"continuous_actions": True}, None),
+    ],
+)
+def test_seat_env_passes_check_env(server, scenario, config, seat):
+    env = SeatEnv(server.address, scenario=scenario, config=config, seat=seat, seed=0, fill="random", timeout_s=10.0)
+    try:
+        assert env.seat == (seat or "agent_0")
+        check_env(env, skip_render_check=True)
+    finally:
+        env.close()
+
+
+def test_seat_env_in_a_shared_world_waits_for_the_next_episode(server):
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        world = owner.create(SPREAD, config={"max_cycles": 4}, seed=2, wait_for_seats=False).worlds[0]
+        env = SeatEnv(server.address, world=world, seat="agent_2", timeout_s=10.0)
+        try:
+            obs, _ = env.reset()
+            assert obs in env.observation_space
+            lengths = []
+            for _ in range(2):
+                length, done = 0, False
+                while not done:
+                    obs, reward, terminated, truncated, _ = env.step(env.action_space.sample())
+                    length, done = length + 1, terminated or truncated
+                    assert isinstance(reward, float)
+                lengths.append(length)
+                env.reset()
+            assert lengths == [4, 4]
+            with pytest.raises(ValueError, match="does not own"):
+                env.reset(seed=1)
+            # Another connection takes the seat over with its token; the old one must not fight to take it back.
+            again = SeatEnv(server.address, world=world, seat="agent_2", token=env.token, timeout_s=10.0)
+            assert again.token == env.token
+            with pytest.raises(ServerError, match="not_your_seat"):
+                env.step(env.action_space.sample())
+            again.reset()
+            again.step(again.action_space.sample())
+            again.close()
+        finally:
+            env.client.close()
