@@ -98,16 +98,16 @@ class BatchedWorlds:
         self._chunks: list[_Chunk] = []
         try:
             self._create(addresses, scenario, config or {}, timeout_s)
+            spec = self.spec
+            self.possible_agents: list[str] = list(spec.possible_agents)
+            self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
+            self.action_spaces: dict[str, spaces.Space] = spec.action_spaces
+            self.state_space: spaces.Space | None = spec.state_space
+            if layout == "stacked":
+                self._check_stackable()
         except BaseException:
             self.close()
             raise
-        spec = self.spec
-        self.possible_agents: list[str] = list(spec.possible_agents)
-        self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
-        self.action_spaces: dict[str, spaces.Space] = spec.action_spaces
-        self.state_space: spaces.Space | None = spec.state_space
-        if layout == "stacked":
-            self._check_stackable()
 
     def _create(self, addresses: list[str], scenario: str, config: dict, timeout_s: float) -> None:
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))

@@ -1,0 +1,131 @@
+"""BatchedWorlds: shapes, layouts, auto-reset with final observations, several servers, and in-process equality."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agents import AgentClient, BatchedWorlds, BatchResult, ServerError
+from scenarios import make_env
+
+SPREAD = "mpe2.simple_spread_v3:parallel_env"
+TAG = "mpe2.simple_tag_v3:parallel_env"
+
+
+def _noop_actions(batched: BatchedWorlds, value: int = 0):
+    k, agents = batched.num_worlds, batched.possible_agents
+    if batched.layout == "stacked":
+        return np.full((k, len(agents)), value, dtype=np.int64)
+    return {a: np.full(k, value, dtype=np.int64) for a in agents}
+
+
+@pytest.mark.parametrize("layout", ["agents", "stacked"])
+def test_shapes_and_auto_reset(server, layout):
+    k, n, cycles = 5, 3, 3
+    with BatchedWorlds(
+        server.address, SPREAD, {"max_cycles": cycles}, num_worlds=k, seed=0, layout=layout, state=True
+    ) as batched:
+        assert batched.possible_agents == ["agent_0", "agent_1", "agent_2"] and batched.num_worlds == k
+        assert batched.state_space.shape == (54,)
+        first = batched.reset()
+        assert first.rewards is None and first.alive.shape == (k, n) and first.alive.all()
+        assert first.state.shape == (k, 54)
+        obs = first.obs["agent_1"] if layout == "agents" else first.obs[:, 1]
+        assert obs.shape == (k, 18) and obs.dtype == np.float32
+        for t in range(1, cycles + 1):
+            result = batched.step(_noop_actions(batched, value=t % 5))
+            assert result.rewards.shape == (k, n) and result.rewards.dtype == np.float32
+            assert result.terminated.shape == result.truncated.shape == (k, n)
+            assert result.episode_over.shape == (k,) and result.state.shape == (k, 54)
+            if t < cycles:
+                assert not result.episode_over.any() and result.final_obs is None
+        # max_cycles reached: every world truncated, auto-reset, and handed back its last observation.
+        assert result.episode_over.all() and result.truncated.all()
+        assert result.final_state.shape == (k, 54)
+        final = result.final_obs["agent_0"] if layout == "agents" else result.final_obs[:, 0]
+        new = result.obs["agent_0"] if layout == "agents" else result.obs[:, 0]
+        assert final.shape == new.shape == (k, 18) and not np.array_equal(final, new)
+        assert result.alive.all()
+        new[:] = 0  # results are the caller's to keep and modify (no read-only frame views)
+
+
+def test_worlds_match_the_scenario_stepped_in_process(server):
+    k, seed = 3, 11
+    config = {"max_cycles": 4}
+    rng = np.random.default_rng(1)
+    locals_ = [make_env(SPREAD, config) for _ in range(k)]
+    with BatchedWorlds(server.address, SPREAD, config, num_worlds=k, seed=seed) as batched:
+        result = batched.reset()
+        expected = [env.reset(seed=seed + i)[0] for i, env in enumerate(locals_)]
+        for step in range(6):  # across an auto-reset
+            for i, env in enumerate(locals_):
+                for agent in env.possible_agents:
+                    np.testing.assert_array_equal(result.obs[agent][i], expected[i][agent])
+            actions = {a: rng.integers(5, size=k) for a in batched.possible_agents}
+            result = batched.step(actions)
+            expected = []
+            for i, env in enumerate(locals_):
+                obs, rewards, *_ = env.step({a: int(actions[a][i]) for a in env.agents})
+                np.testing.assert_allclose(result.rewards[i], [rewards[a] for a in env.possible_agents], rtol=1e-6)
+                if not env.agents:
+                    for agent in env.possible_agents:
+                        np.testing.assert_array_equal(result.final_obs[agent][i], obs[agent])
+                    obs, _ = env.reset()
+                expected.append(obs)
+            assert result.episode_over.tolist() == [step == 3] * k
+
+
+def test_two_servers_in_world_order(make_server):
+    servers = [make_server(), make_server()]
+    k = 5
+    with BatchedWorlds([s.address for s in servers], SPREAD, {"max_cycles": 2}, num_worlds=k, seed=4) as batched:
+        assert [len(s.worlds) for s in servers] == [3, 2]  # contiguous chunks, as even as can be
+        result = batched.reset()
+        single = BatchedWorlds(servers[0].address, SPREAD, {"max_cycles": 2}, num_worlds=k, seed=4)
+        try:
+            np.testing.assert_array_equal(single.reset().obs["agent_2"], result.obs["agent_2"])
+            actions = {a: np.arange(k) % 5 for a in batched.possible_agents}
+            for _ in range(2):
+                split, whole = batched.step(actions), single.step(actions)
+                for name in ("rewards", "terminated", "truncated", "alive", "episode_over"):
+                    np.testing.assert_array_equal(getattr(split, name), getattr(whole, name))
+            np.testing.assert_array_equal(split.final_obs["agent_0"], whole.final_obs["agent_0"])
+        finally:
+            single.close()
+    assert all(not s.worlds for s in servers)  # close() closed every world
+
+
+def test_final_obs_rows_are_zero_where_a_server_had_none(make_server):
+    servers = [make_server(), make_server()]
+    with BatchedWorlds([s.address for s in servers], "gymnasium:CartPole-v1", num_worlds=2, seed=0) as batched:
+        batched.reset()
+        # Push the first world over fast and keep the second balanced, so only one server sees an episode end.
+        for _ in range(200):
+            result = batched.step({"agent_0": np.array([1, 0 if _ % 2 else 1])})
+            if result.episode_over.any():
+                break
+        assert result.episode_over.tolist() == [True, False]
+        assert result.final_obs["agent_0"].shape == (2, 4)
+        assert not result.final_obs["agent_0"][1].any()
+
+
+def test_agents_layout_with_two_teams_and_stacked_refused(server):
+    with BatchedWorlds(server.address, TAG, num_worlds=2, seed=0) as batched:
+        result = batched.reset()
+        assert result.obs["adversary_0"].shape == (2, 16) and result.obs["agent_0"].shape == (2, 14)
+        assert batched.step(_noop_actions(batched)).rewards.shape == (2, 4)
+    with pytest.raises(ValueError, match="stacked"):
+        BatchedWorlds(server.address, TAG, num_worlds=2, layout="stacked")
+    with AgentClient(server.address) as client:
+        assert client.list_worlds() == []  # the refused constructor closed what it created
+
+
+def test_bad_actions_raise_and_change_nothing(server):
+    with BatchedWorlds(server.address, SPREAD, num_worlds=2, seed=0) as batched:
+        batched.reset()
+        with pytest.raises(ServerError, match="bad_action"):
+            batched.step({a: np.array([0, 7]) for a in batched.possible_agents})
+        result = batched.step(_noop_actions(batched))
+        assert isinstance(result, BatchResult) and result.rewards.shape == (2, 3)
+        batched.heartbeat()
+        assert batched.heartbeat_timeout_s > 0

@@ -1,0 +1,51 @@
+"""examples/raw_client.py, a client written from docs/protocol.md in raw pyzmq + msgpack, against a real server."""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agents import AgentClient
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "raw_client.py"
+
+
+def _run(*args: str, cwd: Path) -> str:
+    # -I: no PYTHONPATH, no current directory on sys.path: the example cannot reach the project's code.
+    done = subprocess.run(
+        [sys.executable, "-I", str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_example_uses_no_project_code():
+    tree = ast.parse(EXAMPLE.read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    assert imported <= {"itertools", "sys", "msgpack", "numpy", "zmq"}
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    ["mpe2.simple_spread_v3:parallel_env", "gymnasium:Pendulum-v1"],  # Discrete and Box actions
+)
+def test_example_creates_a_world_and_plays(server, tmp_path, scenario):
+    out = _run(server.address, scenario, "2", cwd=tmp_path)
+    returns = [float(x) for x in re.findall(r"episode \d+: return (-?[\d.]+)", out)]
+    assert len(returns) == 2 and all(r < 0 for r in returns), out
+
+
+def test_example_joins_a_shared_world(server, tmp_path):
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        world = owner.create("mpe2.simple_spread_v3:parallel_env", config={"max_cycles": 5}, wait_for_seats=False)
+        out = _run(server.address, str(world.worlds[0]), "3", cwd=tmp_path)
+        assert "playing ['agent_0', 'agent_1', 'agent_2']" in out and "episode 3: return" in out
+        assert owner.list_worlds()[0]["episode"] == 3
