@@ -1,8 +1,14 @@
-"""Shared fixtures: real servers on free loopback ports, torn down after each test."""
+"""Shared fixtures: real servers on free loopback ports, torn down after each test.
+
+Conformance: with ``AGORA_SERVER=ENDPOINT`` set, the ``server`` fixture points at that running server instead of
+starting one, so the protocol tests (tests/test_envserver_*.py) check any implementation of docs/protocol.md.
+Tests that need a server with special settings (``make_server``) or scenarios registered in this process skip.
+"""
 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,9 +17,15 @@ os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
 
 
+EXTERNAL_SERVER = os.environ.get("AGORA_SERVER")
+
+
 @pytest.fixture
 def server():
     """An EnvServer on tcp://127.0.0.1 (a free port), serving from a thread; ``server.address`` to connect."""
+    if EXTERNAL_SERVER:
+        yield SimpleNamespace(address=EXTERNAL_SERVER)
+        return
     from envserver.server import EnvServer, ServerConfig
 
     instance = EnvServer(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_timeout_s=2.0)).start_in_thread()
@@ -24,6 +36,8 @@ def server():
 @pytest.fixture
 def make_server():
     """A factory of servers with custom ServerConfig fields, all stopped after the test."""
+    if EXTERNAL_SERVER:
+        pytest.skip("needs a server with its own settings; AGORA_SERVER points at an external one")
     from envserver.server import EnvServer, ServerConfig
 
     started = []

@@ -229,6 +229,7 @@ class _DyingWorld(ParallelEnv):
         return out
 
 
+@pytest.mark.skipif(bool(os.environ.get("AGORA_SERVER")), reason="registers a scenario in this process")
 def test_shrinking_agents_list_is_honoured(server):
     scenarios.register("test_dying_v0", _DyingWorld, "a test world where agent_1 dies early")
     owner, alice, bob = (RawClient(server.address) for _ in range(3))
