@@ -1,0 +1,438 @@
+"""IDQN: independent deep Q-learning, one Q-network per team of agents, trained through the env server.
+
+Every agent learns as if the others were part of its environment (Tan, 1993; Tampuu et al., 2017), with the DQN
+machinery of Mnih et al. (2015): a replay buffer, a target network (hard copies or Polyak averaging), an epsilon-greedy
+schedule, and double-DQN targets (van Hasselt et al., 2016). Agents of a team (same name prefix and spaces, see
+learners.policy.group_agents) share one network, with a one-hot of their index appended to its input. A one-seat
+gymnasium world (``gymnasium:CartPole-v1``) is the special case of one team of one agent.
+
+Experience comes only through ``agents.BatchedWorlds``: each batched step adds up to K·N transitions at once. Episode
+ends follow the protocol's flags: a terminated agent's target has no bootstrap; a truncated one bootstraps from the
+observation its episode ended in (the world's ``final_obs``; for an agent cut short while its world goes on, which
+has none on the wire, its last observation). Under MPI every rank samples its own worlds into its own buffer, and
+each gradient step is averaged over ranks with one allreduce (learners.mpi), so parameters stay identical.
+
+One *update* of the loop below is ``steps_per_update`` environment steps per rank followed by ``gradient_steps``
+gradient steps; logging and checkpoints count these updates. A resumed run restores the networks, optimizer, replay
+buffers, counters and random streams, but its worlds start fresh episodes, so it does not repeat the uninterrupted
+run bit for bit.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from gymnasium import spaces
+from torch import nn
+from torch.nn import functional as F
+
+from agents.batched import BatchedWorlds
+from agents.types import WorldSpec
+from envserver.protocol import encode_space
+from learners import mpi
+from learners.config import Config
+from learners.networks import flat_dim, init_linear, mlp
+from learners.policy import group_agents
+from learners.run import Run, rng_state, set_rng_state
+
+
+@dataclass
+class Settings:
+    """IDQN settings (the ``[idqn]`` table). With 8 worlds, the defaults learn CartPole-v1 in ~25K steps."""
+
+    buffer_size: int = 100_000
+    """Replay capacity in transitions, per team and per rank (the oldest are overwritten)."""
+    batch_size: int = 128
+    """Transitions per team per gradient step on each rank (the averaged gradient sees ranks × this)."""
+    lr: float = 1e-3
+    """Adam learning rate."""
+    gamma: float = 0.99
+    """Discount."""
+    learning_starts: int = 2_000
+    """Environment steps (summed over ranks) of pure exploration before the first gradient step."""
+    steps_per_update: int = 128
+    """Environment steps each rank collects per update (rounded up to whole batched steps of its K worlds)."""
+    gradient_steps: int = 16
+    """Gradient steps per update: with steps_per_update, the replay ratio, independent of K."""
+    target_every: int = 250
+    """Gradient steps between target-network updates."""
+    tau: float = 1.0
+    """Target update rate: 1 copies the online network; below 1 is Polyak averaging (use with target_every = 1)."""
+    double_dqn: bool = True
+    """Pick the next action with the online network and value it with the target network."""
+    eps_start: float = 1.0
+    """Initial exploration rate."""
+    eps_end: float = 0.05
+    """Final exploration rate (and the rate of ``act(greedy=False)``)."""
+    eps_fraction: float = 0.2
+    """Fraction of ``run.total_steps`` over which epsilon decays linearly from eps_start to eps_end."""
+    huber_delta: float = 10.0
+    """Huber loss threshold on the TD error (0: squared error)."""
+    max_grad_norm: float = 10.0
+    """Gradient norm clip over all Q-networks (0: off)."""
+    hidden: list[int] = field(default_factory=lambda: [64, 64])
+    """Hidden layer widths of the Q-networks."""
+    activation: str = "relu"
+    """``relu`` or ``tanh``."""
+    input_norm: bool = False
+    """LayerNorm over the network inputs."""
+    share: str = "team"
+    """``team``: agents with the same spaces and name prefix share a Q-network; ``none``: one per agent."""
+    agent_id: bool = True
+    """Append a one-hot of the agent's index within its team to the input (shared networks only)."""
+    checkpoint_buffer: bool = True
+    """Save the replay buffers in checkpoints, so that a resumed run keeps its experience."""
+
+
+class QPolicy(nn.Module):
+    """Every team's Q-network and how its inputs are laid out; acts greedily or epsilon-greedily.
+
+    ``act`` and ``possible_agents`` make it a policy for learners.policy (evaluation, ``agora play``).
+    """
+
+    def __init__(self, spec: WorldSpec, settings: Settings):
+        super().__init__()
+        self.spec = spec
+        self.possible_agents = list(spec.possible_agents)
+        self.epsilon = settings.eps_end
+        self.rng = np.random.default_rng()  # exploration draws; the learner swaps in its seeded generator
+        self.teams: list[tuple[str, list[str]]] = group_agents(
+            self.possible_agents, spec.observation_spaces, spec.action_spaces, settings.share
+        )
+        self.nets = nn.ModuleDict()
+        self.layout: dict[str, tuple[int, int, int]] = {}  # team -> (obs_dim, id_dim, action start)
+        for name, agents in self.teams:
+            space = spec.action_spaces[agents[0]]
+            if not isinstance(space, spaces.Discrete):
+                raise ValueError(f"IDQN needs Discrete actions; {agents[0]} acts in {space}: use ippo or mappo")
+            obs_dim = flat_dim(spec.observation_spaces[agents[0]])
+            id_dim = len(agents) if settings.agent_id and len(agents) > 1 else 0
+            self.layout[name] = (obs_dim, id_dim, int(space.start))
+            trunk = mlp(obs_dim + id_dim, settings.hidden, settings.activation, settings.input_norm)
+            self.nets[name] = nn.Sequential(trunk, init_linear(nn.Linear(settings.hidden[-1], int(space.n)), 1.0))
+
+    def inputs(self, team: str, agents: list[str], obs: dict[str, np.ndarray]) -> np.ndarray:
+        """Network inputs ``(B, len(agents), in_dim)`` for observations ``{agent: (B, *shape)}``."""
+        obs_dim, id_dim, _ = self.layout[team]
+        batch = len(obs[agents[0]])
+        x = np.zeros((batch, len(agents), obs_dim + id_dim), np.float32)
+        for j, agent in enumerate(agents):
+            x[:, j, :obs_dim] = np.asarray(obs[agent]).reshape(batch, -1)
+        if id_dim:
+            x[:, :, obs_dim:] = np.eye(id_dim, dtype=np.float32)
+        return x
+
+    @torch.no_grad()
+    def act(self, obs: dict[str, np.ndarray], greedy: bool = True) -> dict[str, np.ndarray]:
+        """Actions ``{agent: (B,)}`` for observations ``{agent: (B, *shape)}``; epsilon-greedy unless ``greedy``."""
+        device = next(self.parameters()).device
+        actions: dict[str, np.ndarray] = {}
+        for name, agents in self.teams:
+            present = [a for a in agents if a in obs]
+            if not present:
+                continue
+            x = torch.from_numpy(self.inputs(name, present, obs)).to(device)
+            chosen = self.nets[name](x).argmax(-1).cpu().numpy()
+            if not greedy:
+                explore = self.rng.random(chosen.shape) < self.epsilon
+                chosen[explore] = self.rng.integers(0, self.nets[name][-1].out_features, int(explore.sum()))
+            for j, agent in enumerate(present):
+                actions[agent] = chosen[:, j] + self.layout[name][2]
+        return actions
+
+
+class ReplayBuffer:
+    """A ring buffer of transitions ``(x, action, reward, x_next, terminal)`` in numpy, added and sampled in bulk."""
+
+    def __init__(self, capacity: int, in_dim: int):
+        self.capacity = capacity
+        self.x = np.zeros((capacity, in_dim), np.float32)
+        self.x_next = np.zeros((capacity, in_dim), np.float32)
+        self.action = np.zeros(capacity, np.int64)
+        self.reward = np.zeros(capacity, np.float32)
+        self.terminal = np.zeros(capacity, np.float32)
+        self.cursor = 0
+        self.size = 0
+
+    def add(self, x: np.ndarray, action: np.ndarray, reward: np.ndarray, x_next: np.ndarray, terminal: np.ndarray):
+        """Append R transitions (arrays with R rows), overwriting the oldest past capacity."""
+        rows = (self.cursor + np.arange(len(x))) % self.capacity
+        self.x[rows], self.action[rows], self.reward[rows] = x, action, reward
+        self.x_next[rows], self.terminal[rows] = x_next, terminal
+        self.cursor = int((self.cursor + len(x)) % self.capacity)
+        self.size = min(self.size + len(x), self.capacity)
+
+    def sample(self, n: int, rng: np.random.Generator, device: torch.device) -> list[torch.Tensor]:
+        """``n`` transitions drawn uniformly with replacement, as tensors on ``device``."""
+        rows = rng.integers(0, self.size, n)
+        fields = (self.x, self.action, self.reward, self.x_next, self.terminal)
+        return [torch.from_numpy(f[rows]).to(device) for f in fields]
+
+    def state_dict(self) -> dict[str, Any]:
+        n = self.size
+        fields = {
+            k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in ("x", "x_next", "action", "reward", "terminal")
+        }
+        return {**fields, "cursor": self.cursor, "size": n}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        n = min(int(state["size"]), self.capacity)
+        for key in ("x", "x_next", "action", "reward", "terminal"):
+            getattr(self, key)[:n] = state[key][:n].numpy()
+        self.cursor, self.size = int(state["cursor"]) % self.capacity, n
+
+
+def _td_loss(policy: QPolicy, target: QPolicy, team: str, batch: list[torch.Tensor], s: Settings) -> tuple:
+    """The team's TD loss on a sampled batch, and its mean Q of the taken actions (for logging)."""
+    x, action, reward, x_next, terminal = batch
+    q = policy.nets[team](x).gather(1, action[:, None]).squeeze(1)
+    with torch.no_grad():
+        next_q = target.nets[team](x_next)
+        if s.double_dqn:
+            best = policy.nets[team](x_next).argmax(1, keepdim=True)
+            next_value = next_q.gather(1, best).squeeze(1)
+        else:
+            next_value = next_q.max(1).values
+        y = reward + s.gamma * (1.0 - terminal) * next_value
+    loss = F.huber_loss(q, y, delta=s.huber_delta) if s.huber_delta > 0 else F.mse_loss(q, y)
+    return loss, q.detach().mean()
+
+
+def _update_target(policy: QPolicy, target: QPolicy, tau: float) -> None:
+    with torch.no_grad():
+        online, offline = list(policy.parameters()), list(target.parameters())
+        if tau >= 1.0:
+            torch._foreach_copy_(offline, online)
+        else:
+            torch._foreach_lerp_(offline, online, tau)
+
+
+def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
+    """Train IDQN for ``config.run.total_steps`` environment steps through the servers at ``addresses``."""
+    s: Settings = config.algo_settings
+    torch.set_num_threads(config.run.threads)
+    device = mpi.select_device(config.run.device)
+    seed = mpi.seed_for_rank(config.run.seed)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    worlds = BatchedWorlds(
+        addresses,
+        config.env.scenario,
+        config.env.config,
+        num_worlds=config.env.num_worlds,
+        seed=seed,
+        layout="agents",
+        timeout_s=config.env.timeout_s,
+    )
+    try:
+        return _train(config, run, worlds, s, device, rng)
+    finally:
+        worlds.close()
+
+
+def _train(
+    config: Config, run: Run, worlds: BatchedWorlds, s: Settings, device: torch.device, rng: np.random.Generator
+) -> dict[str, float]:
+    # -- networks, optimizer, buffers ------------------------------------------------------------------------
+    policy = QPolicy(worlds.spec, s).to(device)
+    mpi.broadcast_parameters(policy)
+    target = copy.deepcopy(policy).requires_grad_(False)
+    optimizer = torch.optim.Adam(policy.parameters(), lr=s.lr)
+    reducer = mpi.GradientAllreducer(policy.parameters(), mpi_cuda=config.run.mpi_cuda)
+    columns = {a: i for i, a in enumerate(worlds.possible_agents)}
+    buffers = {team: ReplayBuffer(s.buffer_size, sum(policy.layout[team][:2])) for team, _ in policy.teams}
+    K, ranks = worlds.num_worlds, mpi.size()
+    batched_steps = -(-s.steps_per_update // K)
+    step = update = gradient_steps = episodes = 0
+    policy.rng = rng
+
+    # -- resume ---------------------------------------------------------------------------------------------
+    state = run.restore(map_location=device)
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        target.load_state_dict(state["target"])
+        optimizer.load_state_dict(state["optimizer"])
+        for team, saved in state.get("buffers", {}).items():
+            buffers[team].load_state_dict(saved)
+        step, update, gradient_steps = int(state["step"]), int(state["update"]), int(state["gradient_steps"])
+        episodes = int(state["episodes"])
+        if mpi.rank() == 0:  # the checkpoint holds rank 0's random streams; other ranks derive fresh ones
+            set_rng_state(state["rng"])
+            rng.bit_generator.state = state["numpy_rng"]
+        else:
+            rng = policy.rng = np.random.default_rng([config.run.seed, mpi.rank(), update])
+
+    def checkpoint() -> None:
+        run.save_checkpoint(
+            {
+                "step": step,
+                "update": update,
+                "gradient_steps": gradient_steps,
+                "episodes": episodes,
+                "spec": _spec_to_wire(worlds.spec),
+                "policy": policy.state_dict(),
+                "target": target.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "buffers": {t: b.state_dict() for t, b in buffers.items()} if s.checkpoint_buffer else {},
+                "rng": rng_state(),
+                "numpy_rng": rng.bit_generator.state,
+            }
+        )
+
+    # -- the loop -------------------------------------------------------------------------------------------
+    result = worlds.reset()
+    running = np.zeros(K)  # team return of each world's current episode
+    finished: list[float] = []  # team returns of episodes ended since the last log
+    recent: deque[float] = deque(maxlen=100)  # and of the last 100 episodes
+    sums = torch.zeros(2, device=device)  # loss and mean-Q sums since the last log (read only when logging)
+    count = 0  # gradient steps since the last log
+    metrics: dict[str, float] = {}
+    bar = _progress(config, step)
+    started, start_step = time.monotonic(), step
+    while step < config.run.total_steps:
+        # Collect: steps_per_update environment steps, epsilon-greedy, into the replay buffers.
+        policy.epsilon = _epsilon(s, step, config.run.total_steps)
+        for _ in range(batched_steps):
+            alive_before, obs_before = result.alive, result.obs
+            actions = _noop_for_dead(policy.act(obs_before, greedy=False), alive_before, columns, policy)
+            result = worlds.step(actions)
+            _store(policy, buffers, columns, obs_before, actions, alive_before, result)
+            running += result.rewards.sum(axis=1)
+            finished += running[result.episode_over].tolist()
+            recent.extend(running[result.episode_over].tolist())
+            running[result.episode_over] = 0.0
+            step += K * ranks
+        update += 1
+
+        # Learn: gradient steps on replayed batches, averaged over ranks.
+        if step >= s.learning_starts:
+            for _ in range(s.gradient_steps):
+                reducer.zero_grad()
+                total, q_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+                for team, _agents in policy.teams:
+                    if buffers[team].size == 0:  # possible only on a rank whose team never acted; still reduces
+                        continue
+                    loss, q_mean = _td_loss(policy, target, team, buffers[team].sample(s.batch_size, rng, device), s)
+                    total, q_sum = total + loss, q_sum + q_mean
+                sums += torch.stack([total.detach(), q_sum / len(policy.teams)])
+                count += 1
+                if total.requires_grad:
+                    total.backward()
+                reducer.allreduce()
+                if s.max_grad_norm > 0:
+                    reducer.clip_grad_norm_(s.max_grad_norm)
+                optimizer.step()
+                gradient_steps += 1
+                if gradient_steps % s.target_every == 0:
+                    _update_target(policy, target, s.tau)
+            worlds.heartbeat()
+
+        # Log, check, checkpoint.
+        if update % config.run.sync_every == 0:
+            mpi.check_in_sync(policy)
+        if update % config.run.log_every == 0 or step >= config.run.total_steps:
+            local = [sum(finished), len(finished), sum(recent), len(recent), *sums.tolist(), count]
+            totals = [float(v) for v in mpi.allreduce_sum(np.array(local))]
+            metrics = {
+                "epsilon": policy.epsilon,
+                "steps_per_s": (step - start_step) / max(time.monotonic() - started, 1e-9),
+                "gradient_steps": float(gradient_steps),
+            }
+            episodes += int(totals[1])
+            metrics["episodes"] = float(episodes)
+            if totals[1]:
+                metrics["return"] = totals[0] / totals[1]
+            if totals[3]:
+                metrics["return_recent"] = totals[2] / totals[3]
+            if totals[6]:
+                metrics.update(loss=totals[4] / totals[6], q_mean=totals[5] / totals[6])
+            run.log(step, update, metrics)
+            if bar is not None:
+                bar.update(step - bar.n)
+                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("return_recent", "steps_per_s") if k in metrics})
+            finished, count = [], 0
+            sums.zero_()
+        if update % config.run.checkpoint_every == 0:
+            checkpoint()
+    mpi.check_in_sync(policy)
+    checkpoint()
+    if bar is not None:
+        bar.close()
+    return metrics
+
+
+def _epsilon(s: Settings, step: int, total_steps: int) -> float:
+    decay_steps = max(1.0, s.eps_fraction * total_steps)
+    return float(max(s.eps_end, s.eps_start + (s.eps_end - s.eps_start) * step / decay_steps))
+
+
+def _noop_for_dead(actions: dict, alive: np.ndarray, columns: dict[str, int], policy: QPolicy) -> dict:
+    """Dead agents' rows must still hold valid actions: the lowest one (the protocol's no-op for Discrete)."""
+    for agent, chosen in actions.items():
+        dead = ~alive[:, columns[agent]]
+        if dead.any():
+            chosen[dead] = policy.spec.action_spaces[agent].start
+    return actions
+
+
+def _store(
+    policy: QPolicy, buffers: dict, columns: dict, obs: dict, actions: dict, alive: np.ndarray, result: Any
+) -> None:
+    """Add this step's transitions of agents that acted (alive before the step), per team, vectorised."""
+    over = result.episode_over
+    for team, agents in policy.teams:
+        cols = [columns[a] for a in agents]
+        acted = alive[:, cols]
+        if not acted.any():
+            continue
+        after = result.obs
+        if over.any():  # the next observation of an ended episode is its final one, not the new episode's first
+            after = {a: np.where(_rows_mask(over, result.obs[a]), result.final_obs[a], result.obs[a]) for a in agents}
+        # An agent truncated while its world goes on has no final observation on the wire: use its last one.
+        cut = result.truncated[:, cols] & ~result.terminated[:, cols] & ~over[:, None]
+        x, x_next = policy.inputs(team, agents, obs), policy.inputs(team, agents, after)
+        x_next[cut] = x[cut]
+        chosen = np.stack([actions[a] for a in agents], axis=1)
+        buffers[team].add(
+            x[acted],
+            chosen[acted] - policy.layout[team][2],
+            result.rewards[:, cols][acted],
+            x_next[acted],
+            result.terminated[:, cols][acted].astype(np.float32),
+        )
+
+
+def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
+    return rows.reshape(-1, *([1] * (np.ndim(like) - 1)))
+
+
+def _spec_to_wire(spec: WorldSpec) -> dict[str, Any]:
+    return {
+        "scenario": spec.scenario,
+        "config": dict(spec.config),
+        "possible_agents": list(spec.possible_agents),
+        "observation_spaces": {a: encode_space(sp) for a, sp in spec.observation_spaces.items()},
+        "action_spaces": {a: encode_space(sp) for a, sp in spec.action_spaces.items()},
+        "state_space": encode_space(spec.state_space) if spec.state_space is not None else None,
+    }
+
+
+def load_policy(config: Config, state: dict[str, Any]) -> QPolicy:
+    """The trained Q-policy of a checkpoint (for evaluation and ``agora play``), on the CPU."""
+    policy = QPolicy(WorldSpec.from_wire(state["spec"]), config.algo_settings)
+    policy.load_state_dict(state["policy"])
+    return policy
+
+
+def _progress(config: Config, step: int):
+    if not (config.run.progress and mpi.is_root()):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=config.run.total_steps, initial=step, unit="step", unit_scale=True, dynamic_ncols=True)
