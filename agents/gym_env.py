@@ -6,10 +6,10 @@ import time
 from typing import Any
 
 import gymnasium
-import numpy as np
 
 from agents.client import AgentClient, ServerError
 from agents.types import StepResult
+from envserver.protocol import noop_value
 
 
 class SeatEnv(gymnasium.Env):
@@ -110,7 +110,7 @@ class SeatEnv(gymnasium.Env):
     def _wait_for_next_episode(self) -> tuple[Any, dict]:
         # An act from a seat whose agent is not alive is ignored; its reply comes at the world's next step, and the
         # one that starts a new episode (auto-reset, or the owner's reset) carries the seat's first observation.
-        noop = _neutral_action(self.action_space)
+        noop = noop_value(self.action_space)
         deadline = time.monotonic() + self.timeout_s
         while time.monotonic() < deadline:
             try:
@@ -184,10 +184,3 @@ class SeatEnv(gymnasium.Env):
         finally:
             if self._owns_client:
                 self.client.close()
-
-
-def _neutral_action(space: gymnasium.spaces.Space) -> Any:
-    from envserver.protocol import noop_value
-
-    value = noop_value(space)
-    return int(value) if isinstance(value, int | np.integer) else value

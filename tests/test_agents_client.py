@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 
@@ -177,3 +179,15 @@ def test_two_clients_step_one_world_in_lockstep(server):
         assert not errors, errors
         assert seen["a"] == seen["b"] == list(range(1, steps + 1))
         assert owner.list_worlds()[0]["tick"] == steps
+
+
+def test_agents_imports_only_the_protocol():
+    """A custom client machine needs pyzmq, msgpack, numpy, gymnasium and pettingzoo: never the server or torch."""
+    code = (
+        "import sys, agents, agents.play, agents.policies; "
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'scenarios', 'learners', 'launch') "
+        "or m in ('envserver.server', 'envserver.world', 'envserver.requests', 'envserver.batch')); "
+        "print(bad); sys.exit(bool(bad))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr

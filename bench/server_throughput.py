@@ -1,0 +1,284 @@
+"""How fast the env server steps mpe2 simple_spread_v3 (N=3), against the same scenario stepped in process.
+
+One run prints, measured side by side on the same machine:
+
+- agent-steps/s in process (the ceiling), and through a server subprocess with one client holding K=1 and K=64
+  worlds (BatchedWorlds, stacked layout), with the server's CPU time per world-step;
+- the step round trip of three client processes sharing one world in lockstep (p50/p99), with the server's CPU time
+  per tick;
+- the transport floors: a bare pyzmq DEALER/ROUTER round trip between two processes, the same bare pattern with
+  three DEALER processes in lockstep (a ROUTER that answers once all three have sent), and agora's ``ping``;
+- the design's targets: batched K=64 / in process (>= 0.9), and (lockstep p50 - the scenario's own step time) /
+  bare ping p50 (<= 2).
+
+Wall-clock figures on a shared machine move with its load; the CPU-time figures and the ratios of one run are the
+ones to compare. usage: python bench/server_throughput.py [--seconds 4] [--profile-server FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import pstats
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import zmq
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from agents import AgentClient, BatchedWorlds  # noqa: E402
+from scenarios import make_env  # noqa: E402
+
+SPREAD = "mpe2.simple_spread_v3:parallel_env"
+N = 3
+
+
+def in_process(seconds: float) -> tuple[float, float, float]:
+    """Agent-steps/s, and wall and CPU seconds per step, of the scenario stepped in this process (random actions)."""
+    env = make_env(SPREAD, {"N": N})
+    env.reset(seed=0)
+    actions = np.random.default_rng(0).integers(5, size=(1024, N)).tolist()
+    steps, started, cpu = 0, time.perf_counter(), time.process_time()
+    while time.perf_counter() - started < seconds:
+        row = actions[steps % 1024]
+        env.step({a: row[i] for i, a in enumerate(env.agents)})
+        if not env.agents:
+            env.reset()
+        steps += 1
+    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
+    return steps * N / elapsed, elapsed / steps, cpu / steps
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process (all its threads), from /proc; NaN where there is no /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return float("nan")
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def batched(address: str, num_worlds: int, seconds: float, server_pid: int) -> tuple[float, float]:
+    """Agent-steps/s of one client stepping ``num_worlds`` worlds per message, and server CPU µs per world-step."""
+    with BatchedWorlds(address, SPREAD, {"N": N}, num_worlds=num_worlds, seed=0, layout="stacked") as worlds:
+        worlds.reset()
+        actions = np.random.default_rng(0).integers(5, size=(64, num_worlds, N))
+        for i in range(20):  # warm up
+            worlds.step(actions[i % 64])
+        steps, cpu, started = 0, cpu_seconds(server_pid), time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            worlds.step(actions[steps % 64])
+            steps += 1
+        elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu
+        return steps * num_worlds * N / elapsed, cpu / (steps * num_worlds) * 1e6
+
+
+def _lockstep_client(address: str, world: int, seat: str, steps: int, start, results) -> None:
+    with AgentClient(address, timeout_s=30.0) as client:
+        client.join(world, seats=[seat])
+        start.wait(30)
+        actions = np.random.default_rng(int(seat.rsplit("_", 1)[-1])).integers(5, size=steps).tolist()
+        times = np.empty(steps)
+        for i in range(steps):
+            began = time.perf_counter()
+            client.act(world, {seat: actions[i]})
+            times[i] = time.perf_counter() - began
+        results.put(times[50:].tolist())  # the first steps warm up
+
+
+def lockstep(address: str, steps: int, server_pid: int) -> tuple[np.ndarray, float]:
+    """Round-trip seconds of every act of N client processes, one seat each of one world; server CPU µs per tick."""
+    ctx = mp.get_context("spawn")
+    with AgentClient(address, timeout_s=30.0) as owner:
+        created = owner.create(SPREAD, {"N": N}, seed=0, deadline_ms=5000)
+        world, seats = created.worlds[0], created.spec.possible_agents
+        start, results = ctx.Event(), ctx.Queue()
+        procs = [ctx.Process(target=_lockstep_client, args=(address, world, s, steps, start, results)) for s in seats]
+        for proc in procs:
+            proc.start()
+        while sum(state == "held" for state in owner.list_worlds()[0]["seats"].values()) < N:
+            time.sleep(0.05)
+        cpu = cpu_seconds(server_pid)
+        start.set()
+        times = [results.get(timeout=300) for _ in procs]
+        cpu = cpu_seconds(server_pid) - cpu
+        for proc in procs:
+            proc.join(10)
+        owner.close_world(world)
+    return np.concatenate(times), cpu / steps * 1e6
+
+
+def _bare_router(clients: int, bind: str, address_queue) -> None:
+    # Answers once every client has sent: the lockstep pattern with no protocol, no Python work, no scenario.
+    socket = zmq.Context().socket(zmq.ROUTER)
+    socket.bind(bind)
+    address_queue.put(socket.getsockopt_string(zmq.LAST_ENDPOINT))
+    while True:
+        messages = [socket.recv_multipart() for _ in range(clients)]
+        if messages[0][1] == b"stop":
+            return
+        for message in messages:
+            socket.send_multipart(message)
+
+
+def _bare_dealer(address: str, steps: int, start, results) -> None:
+    socket = zmq.Context().socket(zmq.DEALER)
+    socket.setsockopt(zmq.LINGER, 0)
+    socket.connect(address)
+    start.wait(30)
+    times = np.empty(steps)
+    payload = b"x" * 64
+    for i in range(steps):
+        began = time.perf_counter()
+        socket.send(payload)
+        socket.recv()
+        times[i] = time.perf_counter() - began
+    results.put(times[100:].tolist())
+    socket.send(b"stop")
+    socket.close()
+
+
+def bare_round_trips(clients: int, steps: int, bind: str) -> tuple[np.ndarray, float]:
+    """Round-trip seconds of raw pyzmq DEALER processes to a ROUTER process (clients=1: the bare ping), and the
+    ROUTER process's CPU µs per round of replies."""
+    ctx = mp.get_context("spawn")
+    address_queue, start, results = ctx.Queue(), ctx.Event(), ctx.Queue()
+    router = ctx.Process(target=_bare_router, args=(clients, bind, address_queue))
+    router.start()
+    address = address_queue.get(timeout=30)
+    dealers = [ctx.Process(target=_bare_dealer, args=(address, steps, start, results)) for _ in range(clients)]
+    for proc in dealers:
+        proc.start()
+    time.sleep(0.5)  # let every dealer connect
+    cpu = cpu_seconds(router.pid)
+    start.set()
+    times = [results.get(timeout=120) for _ in dealers]
+    cpu = cpu_seconds(router.pid) - cpu
+    for proc in [*dealers, router]:
+        proc.join(10)
+    return np.concatenate(times), cpu / steps * 1e6
+
+
+def agora_ping(address: str, count: int, server_pid: int) -> tuple[np.ndarray, float]:
+    """Round-trip seconds of the protocol's ``ping`` (msgpack both ways, the server's dispatch); server CPU µs each."""
+    with AgentClient(address) as client:
+        times = np.empty(count)
+        cpu = cpu_seconds(server_pid)
+        for i in range(count):
+            began = time.perf_counter()
+            client.ping()
+            times[i] = time.perf_counter() - began
+        cpu = cpu_seconds(server_pid) - cpu
+    return times[100:], cpu / count * 1e6
+
+
+def start_server(bind: str, addr_file: Path, profile: str | None) -> subprocess.Popen:
+    command = [sys.executable, *(["-m", "cProfile", "-o", profile] if profile else [])]
+    command += ["-m", "envserver", "--bind", bind, "--addr-file", str(addr_file)]
+    proc = subprocess.Popen([*command, "--log-level", "WARNING"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + 30
+    while not addr_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise SystemExit(f"the server did not start (exit code {proc.poll()})")
+        time.sleep(0.05)
+    return proc
+
+
+def _bare_bind(bind: str, name: str) -> str:
+    return bind.replace(":0", ":*") if bind.startswith("tcp://") else bind + name
+
+
+def measure(args: argparse.Namespace) -> dict[str, float]:
+    f: dict[str, float] = {}
+    rate, step_s, step_cpu_s = in_process(args.seconds)
+    f["in_process_agent_steps_per_s"], f["in_process_step_us"] = rate, step_s * 1e6
+    f["in_process_step_cpu_us"] = step_cpu_s * 1e6
+    with tempfile.TemporaryDirectory() as tmp:
+        bind = "tcp://127.0.0.1:0" if args.transport == "tcp" else f"ipc://{tmp}/"
+        ping, f["bare_ping_router_cpu_us"] = bare_round_trips(1, 3000, _bare_bind(bind, "ping"))
+        f["bare_ping_p50_us"], f["bare_ping_p99_us"] = np.percentile(ping, [50, 99]) * 1e6
+        floor, f["bare_lockstep_router_cpu_us"] = bare_round_trips(N, 2000, _bare_bind(bind, "lockstep"))
+        f["bare_lockstep_p50_us"], f["bare_lockstep_p99_us"] = np.percentile(floor, [50, 99]) * 1e6
+        server_bind = bind + ("server" if args.transport == "ipc" else "")
+        server = start_server(server_bind, Path(tmp) / "server.json", args.profile_server)
+        try:
+            address = json.loads((Path(tmp) / "server.json").read_text())["addresses"][0]
+            pings, f["agora_ping_server_cpu_us"] = agora_ping(address, 3000, server.pid)
+            f["agora_ping_p50_us"] = np.percentile(pings, 50) * 1e6
+            if "batched" in args.phases:
+                f["k1_agent_steps_per_s"], f["k1_server_cpu_us"] = batched(address, 1, args.seconds, server.pid)
+                f["k64_agent_steps_per_s"], f["k64_server_cpu_us"] = batched(address, 64, args.seconds, server.pid)
+            if "lockstep" in args.phases:
+                round_trips, f["lockstep_server_cpu_us"] = lockstep(address, args.lockstep_steps, server.pid)
+                f["lockstep_p50_us"], f["lockstep_p99_us"] = np.percentile(round_trips, [50, 99]) * 1e6
+        finally:
+            server.terminate()
+            server.wait(30)
+    return {k: float(v) for k, v in f.items()}
+
+
+def report(f: dict[str, float]) -> None:
+    step = f["in_process_step_us"]
+    print(f"mpe2 simple_spread_v3, N={N}, discrete actions; {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(
+        f"  in process                      {f['in_process_agent_steps_per_s']:>9,.0f} agent-steps/s   {step:.0f} µs/step"
+    )
+    print(
+        f"  bare pyzmq ping (2 processes)   p50 {f['bare_ping_p50_us']:>5.0f} µs  p99 {f['bare_ping_p99_us']:>6.0f} µs"
+    )
+    print(
+        f"  bare pyzmq, {N} DEALERs lockstep  p50 {f['bare_lockstep_p50_us']:>5.0f} µs  p99 {f['bare_lockstep_p99_us']:>6.0f} µs"
+    )
+    print(
+        f"  agora ping                      p50 {f['agora_ping_p50_us']:>5.0f} µs   server CPU {f['agora_ping_server_cpu_us']:.0f} µs/ping"
+    )
+    if "k64_agent_steps_per_s" in f:
+        for k in (1, 64):
+            rate, cpu = f[f"k{k}_agent_steps_per_s"], f[f"k{k}_server_cpu_us"]
+            print(
+                f"  server, 1 client, K={k:<2}         {rate:>9,.0f} agent-steps/s   server CPU {cpu:.0f} µs/world-step"
+            )
+        f["ratio_k64_vs_in_process"] = ratio = f["k64_agent_steps_per_s"] / f["in_process_agent_steps_per_s"]
+        print(f"  batched K=64 / in process                 {ratio:.2f}   target >= 0.9: {_verdict(ratio >= 0.9)}")
+    if "lockstep_p50_us" in f:
+        p50, p99, cpu = f["lockstep_p50_us"], f["lockstep_p99_us"], f["lockstep_server_cpu_us"]
+        print(
+            f"  lockstep, {N} client processes    p50 {p50:>5.0f} µs  p99 {p99:>6.0f} µs   server CPU {cpu:.0f} µs/tick"
+        )
+        f["ratio_lockstep_overhead_vs_ping"] = overhead = (p50 - step) / f["bare_ping_p50_us"]
+        f["ratio_bare_lockstep_vs_ping"] = floor = f["bare_lockstep_p50_us"] / f["bare_ping_p50_us"]
+        print(f"  (lockstep p50 - step) / bare ping         {overhead:.2f}   target <= 2: {_verdict(overhead <= 2)}")
+        print(
+            f"  bare {N}-DEALER lockstep / bare ping        {floor:.2f}   (the transport's own floor for this pattern)"
+        )
+    print(json.dumps({k: round(v, 3) for k, v in f.items()}))
+
+
+def _verdict(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seconds", type=float, default=4.0, help="measuring time of each throughput phase")
+    parser.add_argument("--lockstep-steps", type=int, default=2000, help="acts per lockstep client")
+    parser.add_argument("--transport", default="tcp", choices=["tcp", "ipc"], help="loopback tcp:// or ipc://")
+    parser.add_argument("--phases", nargs="+", default=["batched", "lockstep"], choices=["batched", "lockstep"])
+    parser.add_argument("--profile-server", metavar="FILE", help="run the server under cProfile, print its top costs")
+    args = parser.parse_args()
+    report(measure(args))
+    if args.profile_server:
+        print(f"\nserver profile ({args.profile_server}), top 25 by own time:")
+        pstats.Stats(args.profile_server).sort_stats("tottime").print_stats(25)
+
+
+if __name__ == "__main__":
+    main()
