@@ -24,13 +24,13 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 
+from scenarios.builtin._draw import PALETTE
 from scenarios.registry import register
 from scenarios.vector import VectorScenario, vector_env
 
 STAY, NORTH, SOUTH, WEST, EAST, LOAD = range(6)
 _DELTAS = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1], [0, 0]], dtype=np.int64)
-_CELL = 24  # pixels per grid cell when rendering
-_AGENT_COLOURS = np.array([[66, 133, 244], [234, 67, 53], [251, 188, 5], [52, 168, 83], [171, 71, 188]], np.uint8)
+_CELL = 32  # pixels per grid cell when rendering
 
 
 class Foraging(VectorScenario):
@@ -180,16 +180,18 @@ class Foraging(VectorScenario):
                 _pips(image, r, c, int(level))
         for i, ((r, c), level) in enumerate(zip(self.agent_pos[copy], self.agent_level[copy], strict=True)):
             cell = image[r * _CELL : (r + 1) * _CELL, c * _CELL : (c + 1) * _CELL]
-            cell[disc] = _AGENT_COLOURS[i % len(_AGENT_COLOURS)]
+            cell[disc] = PALETTE[i % len(PALETTE)]
             _pips(image, r, c, int(level))
         return image
 
 
 def _pips(image: np.ndarray, row: int, col: int, count: int) -> None:
-    """Draw ``count`` small white squares (a level) along the top of a cell."""
-    for p in range(min(count, 5)):
-        x = col * _CELL + 4 + 4 * p
-        image[row * _CELL + 9 : row * _CELL + 12, x : x + 3] = 255
+    """Draw a level as ``count`` small white squares across the middle of a cell."""
+    count = min(count, 5)
+    left = col * _CELL + _CELL // 2 - 2 * count
+    top = row * _CELL + _CELL // 2 - 1
+    for p in range(count):
+        image[top : top + 3, left + 4 * p + 1 : left + 4 * p + 4] = 255
 
 
 parallel_env = vector_env(Foraging)

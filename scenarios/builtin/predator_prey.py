@@ -23,10 +23,10 @@ import numpy as np
 from gymnasium.spaces import Box, Discrete
 
 from scenarios.api import Scenario, scenario_env
+from scenarios.builtin._draw import arena_disc, canvas
 from scenarios.registry import register
 
 _MOVES = np.array([[0, 0], [0, 1], [0, -1], [-1, 0], [1, 0]], np.float64)
-_SIZE = 256  # pixels of the rendered square
 
 
 class PredatorPrey(Scenario):
@@ -131,20 +131,12 @@ class PredatorPrey(Scenario):
         return 0 if agent in self.predators else np.zeros(2, np.float32)
 
     def render(self) -> np.ndarray:
-        image = np.full((_SIZE, _SIZE, 3), 240, np.uint8)
+        image = canvas(256)
         for pos in self.predator_pos:
-            _disc(image, pos, 0.06, (214, 40, 40))
+            arena_disc(image, pos, 0.06, (214, 40, 40))
         for pos, free in zip(self.prey_pos, self.free, strict=True):
-            _disc(image, pos, 0.05, (40, 160, 70) if free else (170, 170, 170))
+            arena_disc(image, pos, 0.05, (40, 160, 70) if free else (170, 170, 170))
         return image
-
-
-def _disc(image: np.ndarray, pos: np.ndarray, radius: float, colour: tuple[int, int, int]) -> None:
-    """Paint a disc at arena position ``pos`` (y up) of arena radius ``radius``."""
-    scale = (_SIZE - 1) / 2
-    cx, cy = (pos[0] + 1) * scale, (1 - pos[1]) * scale
-    yy, xx = np.ogrid[:_SIZE, :_SIZE]
-    image[(xx - cx) ** 2 + (yy - cy) ** 2 <= (radius * scale) ** 2] = colour
 
 
 parallel_env = scenario_env(PredatorPrey)
