@@ -12,13 +12,16 @@ import importlib
 import sys
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve", "play")
+COMMANDS = ("serve", "play", "train", "eval", "plot")
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
 
   agora serve                 host worlds for agent clients and learners
   agora play                  join a world as a client and play a policy in a seat
+  agora train                 train MAPPO, IPPO or IDQN (default: MAPPO on simple_spread, own servers)
+  agora eval RUN_DIR          play a trained run greedily and print its mean and std return
+  agora plot RUN_DIR          write the learning curve PNG of one or more runs
   agora scenarios list|check|new   see, check and author worlds
 
 Run `agora COMMAND --help` for the options of each command.

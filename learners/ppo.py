@@ -1,12 +1,37 @@
 """IPPO and MAPPO: PPO with one actor and one critic per team, trained through the env server's batched path.
 
-The two differ only in the critic's input: IPPO's critic sees the agent's own observation, MAPPO's the world's
-global state (``BatchedWorlds(state=True)``).
+The two differ only in the critic's input: IPPO's critic reads the agent's own observation, MAPPO's the world's
+global state (``BatchedWorlds(state=True)``, plus optionally the agent's observation). Agents of a team share both
+networks, told apart by an agent-id one-hot in their inputs (see learners.policy).
+
+One update: reset the worlds if this is the first update after a checkpoint boundary; step every world
+``rollout_steps`` times, sampling all agents of a team in one forward pass; compute every value in one pass of the
+critic; GAE per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of
+``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce; log; checkpoint.
+
+Resume is exact: at each checkpoint boundary the worlds are reset and torch's generator re-seeded from
+(seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from agents.batched import BatchedWorlds, BatchResult
+from envserver.protocol.spaces import decode_space, encode_space
+from learners import mpi
+from learners.config import Config
+from learners.networks import Critic, RunningNorm, flat_dim
+from learners.policy import MultiAgentPolicy, TeamActor
+from learners.rollout import TeamRollout, gae
+from learners.run import Run
 
 
 @dataclass
@@ -61,3 +86,374 @@ class Settings:
     """Box actions: ``clip`` the Gaussian sample into the bounds, or ``squash`` it through tanh."""
     log_std_init: float = 0.0
     """Initial log standard deviation of Box actions."""
+
+
+class _Team:
+    """One team while training: its columns in the batch, actor, critic, value normaliser and rollout storage."""
+
+    def __init__(self, name: str, actor: TeamActor, columns: list[int], critic_dim: int | None, config: Config):
+        s = config.algo_settings
+        self.name, self.actor, self.agents = name, actor, actor.agents
+        self.columns = np.asarray(columns)
+        contiguous = columns == list(range(columns[0], columns[0] + len(columns)))
+        self.cols = slice(columns[0], columns[-1] + 1) if contiguous else self.columns
+        self.critic = Critic(critic_dim or actor.in_dim, s.hidden, s.activation, s.input_norm)
+        self.norm = RunningNorm() if s.value_norm else None
+        self.buf = TeamRollout(
+            s.rollout_steps,
+            config.env.num_worlds,
+            len(columns),
+            actor.in_dim,
+            critic_dim,
+            actor.id_dim,
+            actor.head.action_shape,
+            actor.head.action_dtype,
+        )
+
+    def team_obs(self, obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        """This team's observations (K, n, features) out of a stacked array or a per-agent dict."""
+        if isinstance(obs, dict):
+            return np.stack([obs[a].reshape(len(obs[a]), -1) for a in self.agents], 1)
+        part = obs[:, self.cols]
+        return part.reshape(part.shape[0], part.shape[1], -1)
+
+    def write_inputs(self, actor_in: np.ndarray, critic_in: np.ndarray, obs: Any, state: np.ndarray | None) -> None:
+        """Fill input rows (K, n, dim) from a step's observations (and global state, for a centralized critic)."""
+        own = self.team_obs(obs)
+        actor_in[..., : own.shape[-1]] = own
+        if critic_in is actor_in:
+            return
+        width = state.shape[-1]
+        critic_in[..., :width] = state.reshape(len(state), 1, -1)
+        if self.actor.id_dim < critic_in.shape[-1] - width:
+            critic_in[..., width : width + own.shape[-1]] = own
+
+
+def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
+    """Train IPPO or MAPPO (``config.algo``) until ``config.run.total_steps``; see learners.config for the contract."""
+    rs = config.run
+    centralized = config.algo == "mappo"
+    torch.set_num_threads(rs.threads)
+    device = mpi.select_device(rs.device)
+    worlds = _open_worlds(config, addresses, centralized)
+    try:
+        return _train(config, run, worlds, centralized, device)
+    finally:
+        worlds.close()
+
+
+def _open_worlds(config: Config, addresses: list[str], centralized: bool) -> BatchedWorlds:
+    env = config.env
+    kwargs = dict(
+        num_worlds=env.num_worlds, seed=mpi.seed_for_rank(config.run.seed), state=centralized, timeout_s=env.timeout_s
+    )
+    try:
+        return BatchedWorlds(addresses, env.scenario, env.config, layout="stacked", **kwargs)
+    except ValueError:  # agents differ in spaces: one array per agent instead
+        return BatchedWorlds(addresses, env.scenario, env.config, layout="agents", **kwargs)
+
+
+def _train(
+    config: Config, run: Run, worlds: BatchedWorlds, centralized: bool, device: torch.device
+) -> dict[str, float]:
+    s, rs = config.algo_settings, config.run
+    K, T = config.env.num_worlds, s.rollout_steps
+    agents = worlds.possible_agents
+    policy = MultiAgentPolicy(agents, worlds.observation_spaces, worlds.action_spaces, s)
+    if centralized and worlds.state_space is None:
+        raise ValueError(f"{config.env.scenario} has no global state (some observation is not a Box): use algo=ippo")
+    state_dim = flat_dim(worlds.state_space) if centralized else 0
+    teams = []
+    for name, actor in policy.teams.items():
+        critic_dim = state_dim + actor.obs_dim * s.critic_obs + actor.id_dim if centralized else None
+        teams.append(_Team(name, actor, [agents.index(a) for a in actor.agents], critic_dim, config))
+    critics = nn.ModuleDict({t.name: t.critic for t in teams})
+    norms = nn.ModuleDict({t.name: t.norm for t in teams if t.norm is not None})
+    policy.to(device), critics.to(device), norms.to(device)
+    params = [*policy.parameters(), *critics.parameters()]
+    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps)
+    clip_groups = [list(t.actor.parameters()) for t in teams] + [list(t.critic.parameters()) for t in teams]
+
+    step, update, episodes = 0, 0, 0
+    state = run.restore(device)
+    if state is not None:
+        policy.load_state_dict(state["actors"]), critics.load_state_dict(state["critics"])
+        norms.load_state_dict(state["value_norms"]), optimizer.load_state_dict(state["optimizer"])
+        step, update, episodes = state["step"], state["update"], state["episodes"]
+    for module in (policy, critics, norms):
+        mpi.broadcast_parameters(module)
+    reducer = mpi.GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
+    steps_per_update = K * T * mpi.size()
+    total_updates = math.ceil(rs.total_steps / steps_per_update)
+    progress = _progress_bar(rs.progress and mpi.is_root(), rs.total_steps, step)
+    alive = np.ones((K, len(agents)), bool)
+    returns_k = np.zeros((K, 1 + len(teams)))
+    lengths_k = np.zeros(K)
+    metrics: dict[str, float] = {}
+    while update < total_updates:
+        started = time.perf_counter()
+        # ---- rollout --------------------------------------------------------------------------------------
+        if update % rs.checkpoint_every == 0:
+            world_seed, torch_seed = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(2)
+            torch.manual_seed(int(torch_seed))
+            result = worlds.reset(seed=int(world_seed) & 0x3FFFFFFF)
+            for team in teams:
+                team.write_inputs(team.buf.actor_in[0], team.buf.critic_in[0], result.obs, result.state)
+            alive, returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
+        finished: list[np.ndarray] = []
+        finished_lengths: list[np.ndarray] = []
+        for t in range(T):
+            actions = _act(teams, worlds, t, device)
+            result = worlds.step(actions)
+            over = result.episode_over
+            rows = np.flatnonzero(over)
+            returns_k[:, 0] += result.rewards.sum(1)
+            lengths_k += 1
+            for i, team in enumerate(teams):
+                buf = team.buf
+                buf.active[t] = alive[:, team.columns]
+                buf.rewards[t] = result.rewards[:, team.columns]
+                buf.terminated[t] = result.terminated[:, team.columns]
+                truncated = result.truncated[:, team.columns]
+                buf.ended[t] = buf.terminated[t] | truncated | over[:, None]
+                buf.cut_short[t] = truncated & ~buf.terminated[t] & ~over[:, None]
+                team.write_inputs(buf.actor_in[t + 1], buf.critic_in[t + 1], result.obs, result.state)
+                if len(rows):
+                    buf.add_final(t, rows, _final_inputs(team, result, rows))
+                returns_k[:, 1 + i] += buf.rewards[t].sum(1)
+            if len(rows):
+                finished.append(returns_k[rows].copy())
+                finished_lengths.append(lengths_k[rows].copy())
+                returns_k[rows], lengths_k[rows] = 0.0, 0.0
+            alive = result.alive
+        step += steps_per_update
+        worlds.heartbeat()  # the update below may outlast nothing, but keep the seats alive regardless
+        rollout_s = time.perf_counter() - started
+        # ---- advantages -----------------------------------------------------------------------------------
+        batches = [_prepare(team, s, device) for team in teams]
+        # ---- update ---------------------------------------------------------------------------------------
+        lr = s.lr * (1.0 - update / total_updates) if s.lr_anneal else s.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        sums = np.zeros(6)
+        for _epoch in range(s.epochs):
+            orders = [torch.randperm(len(b["adv"]), device=device) for b in batches]
+            for j in range(s.minibatches):
+                reducer.zero_grad()
+                loss = torch.zeros((), device=device)
+                for team, batch, order in zip(teams, batches, orders, strict=True):
+                    size = math.ceil(len(order) / s.minibatches)
+                    team_loss, stats = _loss(team, batch, order[j * size : (j + 1) * size], s)
+                    loss = loss + team_loss
+                    sums += stats
+                loss.backward()
+                reducer.allreduce()
+                for group in clip_groups:
+                    nn.utils.clip_grad_norm_(group, s.max_grad_norm)
+                optimizer.step()
+        update += 1
+        # ---- log and checkpoint ---------------------------------------------------------------------------
+        metrics = _metrics(sums / (s.epochs * s.minibatches * len(teams)), finished, finished_lengths, teams)
+        episodes += int(metrics.pop("episodes"))
+        metrics.update(lr=lr, episodes=episodes, rollout_s=rollout_s, update_s=time.perf_counter() - started)
+        metrics["steps_per_s"] = steps_per_update / metrics["update_s"]
+        if update % rs.log_every == 0 or update == total_updates:
+            run.log(step, update, metrics)
+        if progress is not None:
+            progress.update(steps_per_update)
+            if "return" in metrics:
+                progress.set_postfix_str(f"return {metrics['return']:.1f}", refresh=False)
+        if update % rs.sync_every == 0:
+            mpi.check_in_sync([*params, *norms.buffers()])
+        if update % rs.checkpoint_every == 0 or update == total_updates:
+            run.save_checkpoint(
+                {
+                    "step": step,
+                    "update": update,
+                    "episodes": episodes,
+                    "algo": config.algo,
+                    "spec": _spec(worlds),
+                    "actors": policy.state_dict(),
+                    "critics": critics.state_dict(),
+                    "value_norms": norms.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "rng": {"seed": rs.seed, "reseeded_at_update": update},
+                }
+            )
+    if progress is not None:
+        progress.close()
+    return metrics
+
+
+@torch.no_grad()
+def _act(teams: list[_Team], worlds: BatchedWorlds, t: int, device: torch.device) -> Any:
+    """Sample every agent's action at step ``t`` (one forward pass per team) in the worlds' layout."""
+    K = worlds.num_worlds
+    stacked = worlds.layout == "stacked"
+    out: Any = None if stacked else {}
+    for team in teams:
+        buf = team.buf
+        x = torch.from_numpy(buf.actor_in[t]).reshape(K * buf.agents, -1).to(device)
+        actions, log_probs = team.actor.head.sample(team.actor.actor(x))
+        buf.actions[t] = actions.reshape(K, buf.agents, *buf.actions.shape[3:]).cpu()
+        buf.log_probs[t] = log_probs.reshape(K, buf.agents).cpu()
+        values = team.actor.head.to_env(actions)
+        values = values.reshape(K, buf.agents, *values.shape[1:])
+        if stacked and len(teams) == 1:
+            return values
+        if stacked:
+            if out is None:
+                out = np.empty((K, len(worlds.possible_agents), *values.shape[2:]), values.dtype)
+            out[:, team.cols] = values
+        else:
+            out.update({agent: values[:, j] for j, agent in enumerate(team.agents)})
+    return out
+
+
+def _final_inputs(team: _Team, result: BatchResult, rows: np.ndarray) -> np.ndarray:
+    """Critic inputs (len(rows), n, dim) of the final observations of the episodes that just ended."""
+    buf = team.buf
+    final_obs = (
+        {a: v[rows] for a, v in result.final_obs.items()}
+        if isinstance(result.final_obs, dict)
+        else result.final_obs[rows]
+    )
+    critic = np.zeros((len(rows), buf.agents, buf.critic_in.shape[-1]), np.float32)
+    critic[..., buf.critic_in.shape[-1] - team.actor.id_dim :] = buf.critic_in[
+        0, 0, :, buf.critic_in.shape[-1] - team.actor.id_dim :
+    ]
+    if buf.critic_in is buf.actor_in:
+        team.write_inputs(critic, critic, final_obs, None)
+    else:
+        team.write_inputs(
+            np.zeros((len(rows), buf.agents, buf.actor_in.shape[-1]), np.float32),
+            critic,
+            final_obs,
+            result.final_state[rows],
+        )
+    return critic
+
+
+def _prepare(team: _Team, s: Any, device: torch.device) -> dict[str, torch.Tensor]:
+    """A team's training batch: the active samples, with advantages, returns and (normalised) value targets."""
+    buf = team.buf
+    raw_values, raw_next = buf.values(team.critic, device)
+    values, next_values = raw_values, raw_next
+    if team.norm is not None:
+        values, next_values = (
+            team.norm.denormalize(raw_values.to(device)).cpu(),
+            team.norm.denormalize(raw_next.to(device)).cpu(),
+        )
+    rewards = torch.from_numpy(buf.rewards)
+    adv = gae(
+        rewards,
+        values,
+        next_values,
+        torch.from_numpy(buf.terminated),
+        torch.from_numpy(buf.ended),
+        s.gamma,
+        s.gae_lambda,
+    )
+    returns = adv + values
+    mask = torch.from_numpy(buf.active)
+    batch = {
+        "actor_in": torch.from_numpy(buf.actor_in[:-1])[mask],
+        "critic_in": torch.from_numpy(buf.critic_in[:-1])[mask],
+        "actions": buf.actions[mask],
+        "log_probs": buf.log_probs[mask],
+        "adv": adv[mask],
+        "returns": returns[mask],
+        "old_values": raw_values[mask],
+    }
+    buf.roll_over()
+    if s.normalize_advantages:
+        mean, std = mpi.mean_std(batch["adv"])
+        batch["adv"] = (batch["adv"] - mean) / (std + 1e-8)
+    targets = batch["returns"]
+    if team.norm is not None:
+        mean, std = mpi.mean_std(targets, unbiased=False)
+        team.norm.update(mean, std**2, mpi.allreduce_sum(float(len(targets))))
+        targets = team.norm.normalize(targets.to(device)).cpu()
+    batch["targets"] = targets
+    return {k: v.to(device) for k, v in batch.items()}
+
+
+def _loss(team: _Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any) -> tuple[torch.Tensor, np.ndarray]:
+    """The PPO loss of one team's minibatch, and stats (policy loss, value loss, entropy, approx KL, clip fraction,
+    explained variance)."""
+    params = team.actor.actor(batch["actor_in"][idx])
+    log_probs, entropy = team.actor.head.evaluate(params, batch["actions"][idx])
+    log_ratio = log_probs - batch["log_probs"][idx]
+    ratio = log_ratio.exp()
+    adv = batch["adv"][idx]
+    policy_loss = -torch.min(ratio * adv, ratio.clamp(1 - s.clip, 1 + s.clip) * adv).mean()
+    values = team.critic(batch["critic_in"][idx])
+    targets, old = batch["targets"][idx], batch["old_values"][idx]
+    value_loss = _value_error(values - targets, s.huber_delta)
+    if s.value_clip > 0:
+        clipped = old + (values - old).clamp(-s.value_clip, s.value_clip)
+        value_loss = torch.max(value_loss, _value_error(clipped - targets, s.huber_delta))
+    value_loss = value_loss.mean()
+    entropy = entropy.mean()
+    loss = policy_loss - s.entropy_coef * entropy + s.value_coef * value_loss
+    with torch.no_grad():
+        approx_kl = ((ratio - 1) - log_ratio).mean()
+        clip_frac = ((ratio - 1).abs() > s.clip).float().mean()
+        explained = 1 - (targets - values).var() / targets.var().clamp_min(1e-8)
+        stats = torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac, explained]).cpu().numpy()
+    return loss, stats
+
+
+def _value_error(error: torch.Tensor, delta: float) -> torch.Tensor:
+    if delta <= 0:
+        return 0.5 * error.square()
+    return nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=delta)
+
+
+def _metrics(
+    stats: np.ndarray, finished: list[np.ndarray], lengths: list[np.ndarray], teams: list[_Team]
+) -> dict[str, float]:
+    """Loss statistics of the update and the returns of the episodes that ended in its rollout (over all ranks)."""
+    names = ("loss/policy", "loss/value", "entropy", "approx_kl", "clip_frac", "explained_variance")
+    metrics = dict(zip(names, (float(x) for x in mpi.allreduce_mean(stats)), strict=True))
+    done = np.concatenate(finished) if finished else np.zeros((0, 1 + len(teams)))
+    lens = np.concatenate(lengths) if lengths else np.zeros(0)
+    totals = mpi.allreduce_sum(np.concatenate([[len(done)], done.sum(0), [lens.sum()]]))
+    metrics["episodes"] = float(totals[0])
+    if totals[0] > 0:
+        metrics["return"] = float(totals[1] / totals[0])
+        if len(teams) > 1:
+            metrics.update({f"return/{team.name}": float(totals[2 + i] / totals[0]) for i, team in enumerate(teams)})
+        metrics["episode_length"] = float(totals[-1] / totals[0])
+    return metrics
+
+
+def _progress_bar(enabled: bool, total: int, initial: int):
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(
+        total=total, initial=min(initial, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1
+    )
+
+
+def _spec(worlds: BatchedWorlds) -> dict[str, Any]:
+    return {
+        "possible_agents": list(worlds.possible_agents),
+        "observation_spaces": {a: encode_space(sp) for a, sp in worlds.observation_spaces.items()},
+        "action_spaces": {a: encode_space(sp) for a, sp in worlds.action_spaces.items()},
+    }
+
+
+def load_policy(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
+    """The trained actors of a PPO checkpoint, rebuilt from the spec stored in it (no server needed)."""
+    spec = state["spec"]
+    policy = MultiAgentPolicy(
+        spec["possible_agents"],
+        {a: decode_space(sp) for a, sp in spec["observation_spaces"].items()},
+        {a: decode_space(sp) for a, sp in spec["action_spaces"].items()},
+        config.algo_settings,
+    )
+    policy.load_state_dict(state["actors"])
+    return policy

@@ -1,0 +1,70 @@
+"""``agora plot RUN_DIR [RUN_DIR ...]``: learning curves from metrics.csv as a PNG (matplotlib, no display)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "plot",
+        help="write the learning-curve PNG of one or more runs",
+        description="Plot a metric of one or more runs against environment steps and wall-clock time.",
+    )
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run directories written by agora train")
+    parser.add_argument("--metric", default="return", help="the metrics.csv column to plot (default %(default)s)")
+    parser.add_argument("--out", type=Path, help="output PNG (default: RUN_DIR/learning_curve.png of the first run)")
+    parser.add_argument("--smooth", type=int, default=5, help="moving-average window in rows (default %(default)s)")
+    parser.add_argument("--hline", type=float, action="append", default=[], help="draw a reference line at this value")
+    parser.add_argument("--title", help="figure title")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from learners.config import load_config
+    from learners.run import CONFIG_FILE, METRICS_FILE, read_metrics
+
+    fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    for run_dir in map(Path, args.run_dirs):
+        rows = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get(args.metric, "") != ""]
+        if not rows:
+            raise SystemExit(f"agora plot: {run_dir / METRICS_FILE} has no values of {args.metric!r}")
+        steps = np.array([float(r["step"]) for r in rows])
+        minutes = np.array([float(r["time_s"]) for r in rows]) / 60
+        values = _smooth(np.array([float(r[args.metric]) for r in rows]), args.smooth)
+        label = f"{load_config(run_dir / CONFIG_FILE).algo} ({run_dir.name})"
+        by_step.plot(steps, values, label=label)
+        by_time.plot(minutes, values, label=label)
+    for value in args.hline:
+        for ax in (by_step, by_time):
+            ax.axhline(value, color="gray", linestyle="--", linewidth=0.8)
+    by_step.set_xlabel("environment steps")
+    by_time.set_xlabel("wall-clock minutes")
+    by_step.set_ylabel(args.metric)
+    for ax in (by_step, by_time):
+        ax.grid(alpha=0.3)
+    by_step.legend(fontsize=8)
+    if args.title:
+        fig.suptitle(args.title)
+    fig.tight_layout()
+    out = args.out or Path(args.run_dirs[0]) / "learning_curve.png"
+    fig.savefig(out, dpi=120)
+    print(f"agora plot: wrote {out}")
+    return 0
+
+
+def _smooth(values, window: int):
+    import numpy as np
+
+    if window <= 1 or len(values) < window:
+        return values
+    kernel = np.ones(window) / window
+    head = [values[: i + 1].mean() for i in range(window - 1)]
+    return np.concatenate([head, np.convolve(values, kernel, mode="valid")])

@@ -1,0 +1,84 @@
+"""``agora train``: train a learner in agora worlds; with no arguments, MAPPO on simple_spread with its own servers."""
+
+from __future__ import annotations
+
+import argparse
+
+_EPILOG = """\
+examples:
+  agora train                                   # MAPPO on mpe2 simple_spread (N=3), own env server, one rank
+  agora train algo=ippo run.total_steps=500000  # key=value overrides (see docs/learners.md for every key)
+  agora train --config launch/configs/mappo_simple_tag.toml
+  agora train --connect tcp://10.0.0.5:5555,tcp://10.0.0.5:5556   # use running servers
+  agora train --resume runs/mappo-simple_spread_v3-20261121-101500 run.total_steps=5000000
+  mpirun -n 4 agora train env.num_worlds=32     # data parallel: each rank steps its own worlds
+
+The run directory (run.dir, default runs/<algo>-<scenario>-<time>) receives config.toml, metrics.csv,
+TensorBoard events under tb/ and checkpoints/. Then: agora eval RUN_DIR, agora plot RUN_DIR.
+"""
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train IPPO, MAPPO or IDQN in agora worlds",
+        description="Train a learner through agora env servers (its own, or running ones with --connect).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "overrides", nargs="*", metavar="key=value", help="settings, e.g. ppo.lr=3e-4 env.num_worlds=32"
+    )
+    parser.add_argument("--config", help="a TOML file of settings (launch/configs/ has examples)")
+    parser.add_argument(
+        "--connect", metavar="ADDR[,ADDR]", help="use running env servers instead of starting them (ranks share them)"
+    )
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    parser.set_defaults(func=run)
+
+
+def rank_addresses(addresses: list[str], rank: int, size: int) -> list[str]:
+    """The servers rank ``rank`` of ``size`` uses: its share of the list, or one server shared round-robin."""
+    if len(addresses) >= size:
+        return addresses[rank::size]
+    return [addresses[rank % len(addresses)]]
+
+
+def run(args: argparse.Namespace) -> int:
+    from learners import mpi
+
+    with mpi.abort_on_exception():
+        return _train(args, mpi)
+
+
+def _train(args: argparse.Namespace, mpi) -> int:
+    from launch.local import LocalServers
+    from learners.config import algorithm_module, load_config
+    from learners.run import Run, default_run_dir
+
+    writer = mpi.is_root()
+    if args.resume:
+        if args.config:
+            raise SystemExit("agora train: --resume continues a run with its saved config; drop --config")
+        run_dir = Run.open(args.resume, args.overrides, writer=writer)
+    else:
+        config = load_config(args.config, args.overrides)
+        directory = mpi.broadcast_object(str(config.run.dir or default_run_dir(config)))
+        config.run.dir = directory
+        run_dir = Run.create(config, directory, writer=writer)
+    mpi.barrier()
+    config = run_dir.config
+    connect = args.connect.split(",") if args.connect else list(config.env.connect)
+    try:
+        if connect:
+            metrics = algorithm_module(config.algo).train(
+                config, run_dir, rank_addresses(connect, mpi.rank(), mpi.size())
+            )
+        else:
+            with LocalServers(count=config.env.servers) as servers:
+                metrics = algorithm_module(config.algo).train(config, run_dir, servers.addresses)
+    finally:
+        run_dir.close()
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("return"))
+    mpi.log(f"agora train: done: {run_dir.directory} ({summary or 'no episode finished'})")
+    return 0

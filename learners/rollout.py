@@ -1,0 +1,122 @@
+"""Rollout storage for one team and generalized advantage estimation that tells termination from truncation.
+
+Shapes: T steps × K worlds × n agents of the team. Inputs are stored as the networks will read them (observation
+features followed by the agent-id one-hot, which is written once), so that a step's actor input is a view of the
+buffer, and the update reads minibatches straight out of it.
+
+Episode ends, per agent and step ``t``:
+
+- ``terminated[t]``: the agent's episode ended in a terminal state; nothing is bootstrapped.
+- ``ended[t]``: its episode ended for any reason (terminated, truncated, or the world's episode is over); advantages
+  do not flow back across it.
+- a truncated end bootstraps from the value of the observation the episode ended in: the world's ``final_obs`` /
+  ``final_state``, recorded with :meth:`TeamRollout.add_final`. An agent truncated while its world goes on has no
+  final observation on the wire (``cut_short[t]``); it bootstraps from the value of its observation at ``t``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+class TeamRollout:
+    """One rollout of one team.
+
+    Args:
+        steps, worlds, agents: T, K, n.
+        actor_dim: width of an actor input row (observation features + id one-hot).
+        critic_dim: width of a critic input row; ``None`` when the critic reads the actor's inputs (IPPO).
+        id_dim: width of the agent-id one-hot at the end of each input row (0: none).
+        action_shape, action_dtype: one stored action.
+    """
+
+    def __init__(
+        self,
+        steps: int,
+        worlds: int,
+        agents: int,
+        actor_dim: int,
+        critic_dim: int | None,
+        id_dim: int,
+        action_shape: tuple[int, ...],
+        action_dtype: torch.dtype,
+    ):
+        self.steps, self.worlds, self.agents = steps, worlds, agents
+        # T + 1 rows of inputs: the last one is where the next rollout starts, and what it bootstraps from.
+        self.actor_in = np.zeros((steps + 1, worlds, agents, actor_dim), np.float32)
+        self.critic_in = (
+            self.actor_in if critic_dim is None else np.zeros((steps + 1, worlds, agents, critic_dim), np.float32)
+        )
+        if id_dim:
+            eye = np.eye(agents, dtype=np.float32)
+            self.actor_in[..., -id_dim:] = eye
+            if critic_dim is not None:
+                self.critic_in[..., -id_dim:] = eye
+        self.actions = torch.zeros((steps, worlds, agents, *action_shape), dtype=action_dtype)
+        self.log_probs = torch.zeros((steps, worlds, agents))
+        self.rewards = np.zeros((steps, worlds, agents), np.float32)
+        self.terminated = np.zeros((steps, worlds, agents), bool)
+        self.ended = np.zeros((steps, worlds, agents), bool)
+        self.active = np.zeros((steps, worlds, agents), bool)
+        self.cut_short = np.zeros((steps, worlds, agents), bool)
+        self.finals: list[tuple[int, np.ndarray, np.ndarray]] = []
+
+    def add_final(self, t: int, world_rows: np.ndarray, critic_inputs: np.ndarray) -> None:
+        """Critic inputs of the last observation of episodes that ended at step ``t`` in ``world_rows``."""
+        self.finals.append((t, world_rows, critic_inputs))
+
+    def roll_over(self) -> None:
+        """Make the last input row the first of the next rollout and forget the ended episodes' final inputs."""
+        self.actor_in[0] = self.actor_in[-1]
+        if self.critic_in is not self.actor_in:
+            self.critic_in[0] = self.critic_in[-1]
+        self.finals.clear()
+
+    @torch.no_grad()
+    def values(self, critic: torch.nn.Module, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The critic's raw outputs on every stored input, in one forward pass.
+
+        Returns ``(values, next_values)``, both (T, K, n): ``values[t]`` of the input at t, ``next_values[t]`` of
+        the input the step led to within the same episode (the final observation where the episode ended).
+        """
+        T, K, n = self.steps, self.worlds, self.agents
+        inputs = [torch.from_numpy(self.critic_in).reshape(-1, self.critic_in.shape[-1])]
+        inputs += [torch.from_numpy(x).reshape(-1, x.shape[-1]) for _, _, x in self.finals]
+        out = critic(torch.cat(inputs).to(device)).cpu()
+        all_values = out[: (T + 1) * K * n].reshape(T + 1, K, n)
+        next_values = all_values[1:].clone()
+        cut_short = torch.from_numpy(self.cut_short)
+        next_values[cut_short] = all_values[:-1][cut_short]
+        offset = (T + 1) * K * n
+        for t, rows, x in self.finals:
+            count = x.shape[0] * x.shape[1]
+            next_values[t, torch.from_numpy(rows)] = out[offset : offset + count].reshape(x.shape[0], x.shape[1])
+            offset += count
+        return all_values[:-1], next_values
+
+
+def gae(
+    rewards: torch.Tensor,
+    values: torch.Tensor,
+    next_values: torch.Tensor,
+    terminated: torch.Tensor,
+    ended: torch.Tensor,
+    gamma: float,
+    lam: float,
+) -> torch.Tensor:
+    """Generalized advantage estimates, all tensors (T, ...).
+
+    ``delta_t = r_t + gamma * (1 - terminated_t) * next_values_t - values_t`` and
+    ``A_t = delta_t + gamma * lam * (1 - ended_t) * A_{t+1}``, with ``A_T = 0``: rewards after an episode end never
+    leak into it, a terminal state is worth zero, and a truncated one is worth its critic's value.
+    """
+    not_terminal = 1.0 - terminated.float()
+    carry = 1.0 - ended.float()
+    deltas = rewards + gamma * not_terminal * next_values - values
+    advantages = torch.zeros_like(values)
+    running = torch.zeros_like(values[0])
+    for t in range(values.shape[0] - 1, -1, -1):
+        running = deltas[t] + gamma * lam * carry[t] * running
+        advantages[t] = running
+    return advantages
