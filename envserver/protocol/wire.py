@@ -17,6 +17,7 @@ everything a hostile peer could get wrong, raising :class:`ProtocolError` with c
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import msgpack
@@ -131,7 +132,7 @@ def _check_array_entry(entry: Any, frame: Any, request_id: int) -> tuple[list[st
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
         raise _fail(f"array {'/'.join(path)}: shape {shape!r} must hold non-negative ints", request_id)
     buffer = memoryview(_as_bytes_like(frame))
-    expected = int(np.prod(shape, dtype=np.int64)) * DTYPES[dtype].itemsize
+    expected = math.prod(shape) * DTYPES[dtype].itemsize  # exact ints: a hostile huge shape cannot overflow
     if buffer.nbytes != expected:
         raise _fail(
             f"array {'/'.join(path)}: frame has {buffer.nbytes} bytes, dtype {dtype} and shape {list(shape)} need "
