@@ -102,7 +102,8 @@ class _Player:
         self.tokens = dict(joined.seats)
         spec = joined.spec
         self.policies = {
-            s: load_policy(settings.policy, spec.observation_spaces[s], spec.action_spaces[s]) for s in self.tokens
+            s: load_policy(settings.policy, spec.observation_spaces[s], spec.action_spaces[s], agent=s)
+            for s in self.tokens
         }
         self.noops = {s: noop_value(spec.action_spaces[s]) for s in self.tokens}
         self.obs = dict(joined.obs)

@@ -113,12 +113,15 @@ _BUILTIN: dict[str, Callable[[spaces.Space, spaces.Space], Policy]] = {
 }
 
 
-def load_policy(spec: str, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
+def load_policy(
+    spec: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None = None
+) -> Policy:
     """The policy named by ``spec`` for one seat with these spaces.
 
     Args:
         spec: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable`` (called with the observation
             and action spaces, it returns the policy), or the path of a training run directory.
+        agent: the seat's agent name: a trained run plays that agent's network (the others ignore it).
 
     Raises:
         ValueError: the spec names nothing loadable (with what is accepted).
@@ -126,7 +129,7 @@ def load_policy(spec: str, observation_space: spaces.Space, action_space: spaces
     if spec in _BUILTIN:
         return _BUILTIN[spec](observation_space, action_space)
     if os.path.isdir(spec):
-        return _load_run(spec, observation_space, action_space)
+        return _load_run(spec, observation_space, action_space, agent)
     if ":" in spec:
         module_name, _, attr = spec.partition(":")
         try:
@@ -142,7 +145,7 @@ def load_policy(spec: str, observation_space: spaces.Space, action_space: spaces
     )
 
 
-def _load_run(path: str, observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
+def _load_run(path: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None) -> Policy:
     try:
         from learners.policy import load_run_policy
     except ImportError as exc:
@@ -150,7 +153,7 @@ def _load_run(path: str, observation_space: spaces.Space, action_space: spaces.S
             f"{path} looks like a training run, but loading trained policies needs learners.policy "
             f"(with torch installed): {exc}"
         ) from None
-    return load_run_policy(path, observation_space, action_space)
+    return load_run_policy(path, observation_space, action_space, agent=agent)
 
 
 def _copy_space(space: spaces.Space) -> spaces.Space:
