@@ -80,6 +80,7 @@ class Foraging(VectorScenario):
         self.t = np.zeros(k, np.int64)
         others = [[j for j in range(n_agents) if j != i] for i in range(n_agents)]
         self._others = np.array(others, np.intp).reshape(n_agents, n_agents - 1)
+        self._not_self = ~np.eye(n_agents, dtype=bool)
         interior = [(r, c) for r in range(1, size - 1) for c in range(1, size - 1)]
         self._interior = np.array(interior, np.int64)
 
@@ -111,11 +112,11 @@ class Foraging(VectorScenario):
         self.food_left &= ~eaten
         gained = (eaten * self.food_level).sum(1) / self.total_food
         self.t += 1
-        k, n = self.num_copies, self.n_agents
-        rewards = np.broadcast_to(gained.astype(np.float32)[:, None], (k, n)).copy()
+        n = self.n_agents
+        rewards = np.repeat(gained.astype(np.float32)[:, None], n, 1)
         done = ~self.food_left.any(1)
-        terminated = np.broadcast_to(done[:, None], (k, n)).copy()
-        truncated = np.broadcast_to(((self.t >= self.max_cycles) & ~done)[:, None], (k, n)).copy()
+        terminated = np.repeat(done[:, None], n, 1)
+        truncated = np.repeat(((self.t >= self.max_cycles) & ~done)[:, None], n, 1)
         return self._observe(), rewards, terminated, truncated
 
     def _move(self, act: np.ndarray) -> None:
@@ -127,7 +128,7 @@ class Foraging(VectorScenario):
         on_agent = (target[:, :, None, :] == self.agent_pos[:, None, :, :]).all(-1).any(-1)
         valid = moving & inside & ~on_food & ~on_agent
         proposed = np.where(valid[..., None], target, self.agent_pos)
-        same = (proposed[:, :, None, :] == proposed[:, None, :, :]).all(-1) & ~np.eye(self.n_agents, dtype=bool)
+        same = (proposed[:, :, None, :] == proposed[:, None, :, :]).all(-1) & self._not_self
         go = valid & ~same.any(-1)
         self.agent_pos = np.where(go[..., None], target, self.agent_pos)
 
