@@ -69,6 +69,7 @@ class BatchedWorlds:
             agent must share one observation and one action space).
         state: also return each world's global state (for centralized critics).
         timeout_s: how long to wait for any reply.
+        server_key: the servers' CurveZMQ public key (Z85), for servers run with ``--curve-secret``.
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class BatchedWorlds:
         layout: str = "agents",
         state: bool = False,
         timeout_s: float = 60.0,
+        server_key: str | None = None,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -97,7 +99,7 @@ class BatchedWorlds:
         self._clients: list[AgentClient] = []
         self._chunks: list[_Chunk] = []
         try:
-            self._create(addresses, scenario, config or {}, timeout_s)
+            self._create(addresses, scenario, config or {}, timeout_s, server_key)
             spec = self.spec
             self.possible_agents: list[str] = list(spec.possible_agents)
             self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
@@ -109,11 +111,13 @@ class BatchedWorlds:
             self.close()
             raise
 
-    def _create(self, addresses: list[str], scenario: str, config: dict, timeout_s: float) -> None:
+    def _create(
+        self, addresses: list[str], scenario: str, config: dict, timeout_s: float, server_key: str | None
+    ) -> None:
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
         self.spec: WorldSpec | None = None
         for address, rows in zip(addresses, shares, strict=False):
-            client = AgentClient(address, timeout_s=timeout_s, name="BatchedWorlds")
+            client = AgentClient(address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key)
             self._clients.append(client)
             max_batch = int(client.hello()["limits"].get("max_batch", len(rows)))
             for start in range(0, len(rows), max_batch):

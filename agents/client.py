@@ -49,11 +49,18 @@ class AgentClient:
         address: the server's endpoint, ``tcp://HOST:PORT`` or ``ipc://PATH``.
         timeout_s: how long to wait for a reply before raising :class:`TimeoutError` (per call, overridable).
         name: shown in the server's log (sent with :meth:`hello`).
+        server_key: the server's Z85 CurveZMQ public key, for a server run with ``--curve-secret``: the connection
+            is then encrypted, with a fresh client key pair.
         context: the ZeroMQ context to use (default: the process-wide one).
     """
 
     def __init__(
-        self, address: str, timeout_s: float = 30.0, name: str | None = None, context: zmq.Context | None = None
+        self,
+        address: str,
+        timeout_s: float = 30.0,
+        name: str | None = None,
+        server_key: str | bytes | None = None,
+        context: zmq.Context | None = None,
     ):
         self.address = address
         self.timeout_s = timeout_s
@@ -61,6 +68,10 @@ class AgentClient:
         self.welcome: dict | None = None
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
+        if server_key:
+            public, secret = zmq.curve_keypair()
+            self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
+            self._socket.curve_serverkey = server_key.encode() if isinstance(server_key, str) else server_key
         self._socket.connect(address)
         self._ids = itertools.count(1)
         self._ops: dict[int, str] = {}  # in-flight request id -> op

@@ -49,6 +49,8 @@ class PlaySettings:
     """Lockstep deadline of a created world (server default if None)."""
     timeout_s: float = 30.0
     """How long to wait for any one reply."""
+    server_key: str | None = None
+    """The server's CurveZMQ public key (Z85), for a server run with ``--curve-secret``."""
 
 
 def resolve_address(connect: str) -> str:
@@ -66,7 +68,8 @@ def play(settings: PlaySettings, out: Callable[[str], Any] = print) -> list[floa
     """Play until ``settings.episodes`` episodes ended (or Ctrl-C); returns each finished episode's team return."""
     if (settings.world is None) == (settings.scenario is None):
         raise ValueError("give exactly one of a world to join or a scenario to create")
-    client = AgentClient(resolve_address(settings.connect), timeout_s=settings.timeout_s, name="agora play")
+    address = resolve_address(settings.connect)
+    client = AgentClient(address, timeout_s=settings.timeout_s, name="agora play", server_key=settings.server_key)
     created_world = None
     try:
         client.hello()

@@ -9,6 +9,7 @@ import time
 
 import numpy as np
 import pytest
+import zmq
 from gymnasium import spaces
 
 from agents import AgentClient, ServerError
@@ -191,3 +192,14 @@ def test_agents_imports_only_the_protocol():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+@pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built without CURVE")
+def test_curve_server_needs_its_public_key(make_server):
+    public, secret = zmq.curve_keypair()
+    server = make_server(curve_secret_key=secret)
+    with AgentClient(server.address, timeout_s=10.0, server_key=public.decode()) as client:
+        world = client.create(SPREAD, join=True).worlds[0]
+        assert client.act(world, dict.fromkeys(AGENTS, 1)).tick == 1
+    with AgentClient(server.address, timeout_s=0.5) as plain, pytest.raises(TimeoutError):
+        plain.ping()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 
 _EPILOG = """\
 examples:
@@ -49,6 +50,7 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="seed of a created world")
     parser.add_argument("--fill", default="noop", choices=("noop", "random", "repeat"), help="unheld seats' action")
     parser.add_argument("--deadline-ms", type=int, help="lockstep deadline of a created world")
+    parser.add_argument("--server-key", metavar="KEY|FILE", help="the server's CurveZMQ public key (or a file of it)")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default %(default)s)")
     parser.set_defaults(func=run)
 
@@ -78,6 +80,13 @@ def _config(values: list[str]) -> dict:
     return config
 
 
+def _server_key(value: str | None) -> str | None:
+    if value and os.path.isfile(value):
+        with open(value) as handle:
+            return handle.read().strip()
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from agents.play import PlaySettings, play
 
@@ -94,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         fill=args.fill,
         deadline_ms=args.deadline_ms,
         timeout_s=args.timeout,
+        server_key=_server_key(args.server_key),
     )
     returns = play(settings, out=lambda line: print(line, flush=True))
     if returns:
