@@ -21,6 +21,7 @@ SPREAD = "mpe2.simple_spread_v3:parallel_env"
         (SPREAD, {}),
         ("mpe2.simple_tag_v3:parallel_env", {}),  # two teams with different observation spaces
         ("pettingzoo.butterfly.pistonball_v6:parallel_env", {"n_pistons": 3, "max_cycles": 8}),  # images
+        ("predator_prey_v0", {"n_prey": 2, "catch_radius": 0.5, "max_cycles": 20}),  # agents leave mid-episode
     ],
 )
 def test_parallel_api_test_over_the_wire(server, scenario, config):
@@ -140,3 +141,26 @@ def test_seat_env_in_a_shared_world_waits_for_the_next_episode(server):
             again.close()
         finally:
             env.client.close()
+
+
+def test_seat_env_whose_agent_leaves_early_waits_for_the_next_episode(server):
+    """A caught prey's seat is inactive until the world's episode ends; reset() then returns the next one's start."""
+    config = {"n_prey": 2, "catch_radius": 0.5, "max_cycles": 20}
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        world = owner.create("predator_prey_v0", config, seed=1, fill="random", wait_for_seats=False).worlds[0]
+        env = SeatEnv(server.address, world=world, seat="prey_0", timeout_s=10.0)
+        env.action_space.seed(0)
+        try:
+            outcomes = []
+            for _ in range(4):
+                obs, _ = env.reset()
+                assert obs in env.observation_space
+                steps, terminated, truncated = 0, False, False
+                while not (terminated or truncated):
+                    _, _, terminated, truncated, _ = env.step(env.action_space.sample())
+                    steps += 1
+                outcomes.append((steps, terminated, owner.list_worlds()[0]["tick"]))
+            # Some episode saw the prey caught while the world played on (its tick past 0, not yet reset).
+            assert any(terminated and tick > 0 for _, terminated, tick in outcomes), outcomes
+        finally:
+            env.close()
