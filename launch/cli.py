@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve", "play", "train", "eval", "plot")
+COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record")
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
@@ -23,6 +23,7 @@ agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train
   agora eval RUN_DIR          play a trained run greedily and print its mean and std return
   agora plot RUN_DIR          write the learning curve PNG of one or more runs
   agora scenarios list|check|new   see, check and author worlds
+  agora record                render an episode played by given policies into a GIF
 
 Run `agora COMMAND --help` for the options of each command.
 """

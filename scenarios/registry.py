@@ -14,6 +14,9 @@ calls the conventional PettingZoo constructors (``parallel_env``, ``env``, ``raw
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import os
+import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -76,6 +79,44 @@ def registered() -> dict[str, ScenarioEntry]:
 def _load_builtins() -> None:
     # The built-in worlds register themselves on import; importing here keeps `import scenarios.registry` light.
     importlib.import_module("scenarios.builtin")
+
+
+def load_scenario_module(spec: str) -> list[str]:
+    """Import a module of the operator's own scenarios so that its ``register(...)`` calls run.
+
+    Args:
+        spec: a module name (``my_worlds``, ``lab.worlds``), looked up on ``sys.path`` and then in the current
+            directory (so ``agora serve --scenario-module my_worlds`` finds ./my_worlds.py), or the path of a
+            ``.py`` file.
+
+    Returns:
+        The names the module registered (empty if it was imported before).
+
+    Raises:
+        ModuleNotFoundError / FileNotFoundError: nothing of that name; whatever the module raises on import.
+    """
+    _load_builtins()
+    before = set(_REGISTRY)
+    if spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec):
+        path = os.path.abspath(spec)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"no scenario file {spec!r}")
+        name = os.path.splitext(os.path.basename(path))[0]
+        if name not in sys.modules or getattr(sys.modules[name], "__file__", None) != path:
+            module_spec = importlib.util.spec_from_file_location(name, path)
+            module = importlib.util.module_from_spec(module_spec)
+            sys.modules[name] = module
+            module_spec.loader.exec_module(module)
+    else:
+        try:
+            importlib.import_module(spec)
+        except ModuleNotFoundError as exc:
+            # A console script's sys.path lacks the working directory; `python -m` and scripts have it.
+            if exc.name != spec.split(".", 1)[0] or os.getcwd() in sys.path:
+                raise
+            sys.path.insert(0, os.getcwd())
+            importlib.import_module(spec)
+    return sorted(set(_REGISTRY) - before)
 
 
 def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES) -> None:

@@ -107,6 +107,6 @@ parallel_env = vector_env(Cover)
 register(
     "cover_v0",
     parallel_env,
-    "coordination: agents blind to one another must each cover a different landmark (MAPPO's critic helps; vectorised)",
+    "coordination: agents blind to one another must each cover a different landmark (MAPPO's critic helps)",
     vector_factory=Cover,
 )

@@ -199,6 +199,6 @@ parallel_env = vector_env(Foraging)
 register(
     "foraging_v0",
     parallel_env,
-    "cooperative level-based foraging on a grid: agents load food together when their levels add up (vectorised)",
+    "cooperative level-based foraging on a grid: agents load food together when their levels add up",
     vector_factory=Foraging,
 )
