@@ -99,6 +99,7 @@ class _Team:
         self.cols = slice(columns[0], columns[-1] + 1) if contiguous else self.columns
         self.critic = Critic(critic_dim or actor.in_dim, s.hidden, s.activation, s.input_norm)
         self.norm = RunningNorm() if s.value_norm else None
+        self.centralized, self.critic_obs = critic_dim is not None, s.critic_obs
         self.buf = TeamRollout(
             s.rollout_steps,
             config.env.num_worlds,
@@ -117,15 +118,20 @@ class _Team:
         part = obs[:, self.cols]
         return part.reshape(part.shape[0], part.shape[1], -1)
 
-    def write_inputs(self, actor_in: np.ndarray, critic_in: np.ndarray, obs: Any, state: np.ndarray | None) -> None:
-        """Fill input rows (K, n, dim) from a step's observations (and global state, for a centralized critic)."""
+    def write_inputs(self, actor_in: np.ndarray | None, critic_in: np.ndarray, obs: Any, state: Any) -> None:
+        """Fill input rows (K, n, dim) from a step's observations and, for a centralized critic, global states.
+
+        ``actor_in`` None: write the critic's inputs only. Without a centralized critic they are the actor's.
+        """
         own = self.team_obs(obs)
-        actor_in[..., : own.shape[-1]] = own
-        if critic_in is actor_in:
+        if actor_in is not None:
+            actor_in[..., : own.shape[-1]] = own
+        if not self.centralized:
+            critic_in[..., : own.shape[-1]] = own
             return
         width = state.shape[-1]
         critic_in[..., :width] = state.reshape(len(state), 1, -1)
-        if self.actor.id_dim < critic_in.shape[-1] - width:
+        if self.critic_obs:
             critic_in[..., width : width + own.shape[-1]] = own
 
 
@@ -159,6 +165,7 @@ def _train(
     s, rs = config.algo_settings, config.run
     K, T = config.env.num_worlds, s.rollout_steps
     agents = worlds.possible_agents
+    torch.manual_seed(rs.seed)  # the initial parameters (rank 0's are broadcast to all)
     policy = MultiAgentPolicy(agents, worlds.observation_spaces, worlds.action_spaces, s)
     if centralized and worlds.state_space is None:
         raise ValueError(f"{config.env.scenario} has no global state (some observation is not a Box): use algo=ippo")
@@ -312,26 +319,12 @@ def _act(teams: list[_Team], worlds: BatchedWorlds, t: int, device: torch.device
 
 def _final_inputs(team: _Team, result: BatchResult, rows: np.ndarray) -> np.ndarray:
     """Critic inputs (len(rows), n, dim) of the final observations of the episodes that just ended."""
-    buf = team.buf
-    final_obs = (
-        {a: v[rows] for a, v in result.final_obs.items()}
-        if isinstance(result.final_obs, dict)
-        else result.final_obs[rows]
-    )
-    critic = np.zeros((len(rows), buf.agents, buf.critic_in.shape[-1]), np.float32)
-    critic[..., buf.critic_in.shape[-1] - team.actor.id_dim :] = buf.critic_in[
-        0, 0, :, buf.critic_in.shape[-1] - team.actor.id_dim :
-    ]
-    if buf.critic_in is buf.actor_in:
-        team.write_inputs(critic, critic, final_obs, None)
-    else:
-        team.write_inputs(
-            np.zeros((len(rows), buf.agents, buf.actor_in.shape[-1]), np.float32),
-            critic,
-            final_obs,
-            result.final_state[rows],
-        )
-    return critic
+    final_obs = result.final_obs
+    final_obs = {a: v[rows] for a, v in final_obs.items()} if isinstance(final_obs, dict) else final_obs[rows]
+    final_state = result.final_state[rows] if team.centralized else None
+    inputs = np.repeat(team.buf.critic_in[0, :1], len(rows), axis=0)  # keeps the agent-id columns
+    team.write_inputs(None, inputs, final_obs, final_state)
+    return inputs
 
 
 def _prepare(team: _Team, s: Any, device: torch.device) -> dict[str, torch.Tensor]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 _EPILOG = """\
 examples:
@@ -46,9 +47,15 @@ def rank_addresses(addresses: list[str], rank: int, size: int) -> list[str]:
 
 def run(args: argparse.Namespace) -> int:
     from learners import mpi
+    from learners.config import ConfigError
+    from learners.run import RunDirError
 
-    with mpi.abort_on_exception():
-        return _train(args, mpi)
+    try:
+        with mpi.abort_on_exception():
+            return _train(args, mpi)
+    except (ConfigError, RunDirError) as exc:
+        print(f"agora train: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def _train(args: argparse.Namespace, mpi) -> int:

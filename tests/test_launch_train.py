@@ -1,0 +1,63 @@
+"""`agora train`, `agora eval` and `agora plot` as a user runs them: real subprocesses, their own env servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from learners.config import load_config
+from learners.run import read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _agora(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGORA_MPI": "off"}
+    return subprocess.run(
+        [sys.executable, "-m", "launch.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+@pytest.mark.slow
+def test_train_eval_plot_on_a_tiny_budget(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    trained = _agora(
+        "train",
+        "run.total_steps=2000",
+        "env.num_worlds=8",
+        "run.checkpoint_every=5",
+        f"run.dir={run_dir}",
+        "ppo.epochs=2",
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "agora train: done" in trained.stdout
+    config = load_config(run_dir / "config.toml")
+    assert config.algo == "mappo" and config.run.total_steps == 2000 and config.env.num_worlds == 8
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [200 * (i + 1) for i in range(10)]
+    assert all(r["return"] for r in rows)
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update_0000005.pt", "update_0000010.pt"]
+
+    resumed = _agora("train", "--resume", str(run_dir), "run.total_steps=2400")
+    assert resumed.returncode == 0, resumed.stderr
+    assert int(read_metrics(run_dir / "metrics.csv")[-1]["step"]) == 2400
+
+    evaluated = _agora("eval", str(run_dir), "--episodes", "10")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert "10 episodes (greedy): return mean" in evaluated.stdout and " std " in evaluated.stdout
+
+    plotted = _agora("plot", str(run_dir))
+    assert plotted.returncode == 0, plotted.stderr
+    png = run_dir / "learning_curve.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_refuses_bad_settings_with_the_fix(tmp_path) -> None:
+    result = _agora("train", "ppo.lrr=1", f"run.dir={tmp_path / 'run'}", timeout=60)
+    assert result.returncode != 0 and "unknown key(s) ['lrr'] in [ppo]" in result.stderr
+    assert not (tmp_path / "run").exists()
