@@ -19,9 +19,11 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import operator
 import os
 import sys
 from collections.abc import Iterable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -33,6 +35,7 @@ _LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE"
 #: Rank r seeds with ``seed + r * _SEED_STRIDE``: room for a million worlds per rank seeded ``seed + k``.
 _SEED_STRIDE = 1_000_003
 _CUDA_MODES = ("auto", "on", "off", "probe")
+_GRAD = operator.attrgetter("grad")
 
 
 class ParameterDriftError(RuntimeError):
@@ -173,8 +176,10 @@ class GradientAllreducer:
     """Keeps the gradients of ``params`` as views into one flat buffer and averages them across ranks in one call.
 
     Every parameter's ``.grad`` is a view into :attr:`flat`, allocated once; ``backward()`` accumulates into those
-    views in place, so :meth:`allreduce` is a single in-place ``Allreduce`` of the buffer and a division, with no
-    flattening or copying back.
+    views in place, so :meth:`allreduce` is a scaling by ``1 / size`` and a single in-place ``Allreduce`` of the
+    buffer, with no flattening or copying back. A buffer over ``chunk_bytes`` goes in several calls on
+    consecutive slices of it: MPICH here reduces a 42 MB buffer 3x faster as 4 MB pieces than in one call, and
+    pieces of a few MB already run at full bandwidth on networks.
 
     The rule: clear gradients with :meth:`zero_grad` (or ``optimizer.zero_grad(set_to_none=False)``). The default
     ``optimizer.zero_grad()`` sets them to ``None`` and the next backward allocates new tensors; :meth:`allreduce`
@@ -187,9 +192,16 @@ class GradientAllreducer:
         mpi_cuda: for CUDA parameters, ``"auto"``, ``"on"``, ``"off"`` or ``"probe"``; see :func:`cuda_aware`.
         staged: force the path through a host buffer (``True``) or MPI on the buffer itself (``False``); ``None``
             chooses: staged exactly for CUDA buffers when the MPI is not CUDA-aware.
+        chunk_bytes: the most bytes per ``Allreduce`` call (0: the whole buffer in one call).
     """
 
-    def __init__(self, params: Iterable[torch.Tensor], mpi_cuda: str | None = None, staged: bool | None = None) -> None:
+    def __init__(
+        self,
+        params: Iterable[torch.Tensor],
+        mpi_cuda: str | None = None,
+        staged: bool | None = None,
+        chunk_bytes: int = 4 << 20,
+    ) -> None:
         self.params = [p for p in params if p.requires_grad]
         if not self.params:
             raise ValueError("GradientAllreducer needs at least one parameter with requires_grad=True")
@@ -213,9 +225,14 @@ class GradientAllreducer:
         self._host: torch.Tensor | None = None
         if staged:
             self._host = torch.empty(self.flat.numel(), dtype=dtype, pin_memory=torch.cuda.is_available())
-        # MPI reads a CPU buffer through numpy: one cached view, so each call costs what a raw mpi4py call costs.
+        # MPI reads CPU memory through numpy views made once, so that a call costs what a raw mpi4py call costs.
         target = self._host if staged else self.flat
         self._buffer = target.numpy() if target.device.type == "cpu" else target
+        step = max(1, chunk_bytes // self.flat.element_size()) if chunk_bytes > 0 else len(self._buffer)
+        self._chunks = [self._buffer[i : i + step] for i in range(0, len(self._buffer), step)]
+        self._size, self._scale = state.size, 1.0 / state.size
+        self._sync_cuda = device.type == "cuda" and not staged
+        self._reduce = partial(state.comm.Allreduce, state.MPI.IN_PLACE, op=state.MPI.SUM) if state.size > 1 else None
         self._warned = False
 
     @property
@@ -231,22 +248,24 @@ class GradientAllreducer:
     def allreduce(self) -> None:
         """Average the gradients over all ranks, in place. Call after ``backward()``, before ``optimizer.step()``."""
         self._attach()
-        state = _state()
-        if state.size == 1:
+        if self._reduce is None:
             return
-        if self._host is None:
-            _collective(self._buffer, lambda buf: state.comm.Allreduce(state.MPI.IN_PLACE, buf, op=state.MPI.SUM))
-            if isinstance(self._buffer, np.ndarray):
-                np.divide(self._buffer, state.size, out=self._buffer)
-            else:
-                self.flat.div_(state.size)
-            return
-        # Staged: the blocking device-to-host copy waits for backward; the copy back is ordered on the stream
-        # before the optimizer's kernels, and the next call's blocking copy waits for it before MPI writes again.
-        self._host.copy_(self.flat)
-        state.comm.Allreduce(state.MPI.IN_PLACE, self._buffer, op=state.MPI.SUM)
-        np.divide(self._buffer, state.size, out=self._buffer)
-        self.flat.copy_(self._host, non_blocking=True)
+        # Each rank scales by 1/size before the sum, while backward's output is still in cache: MPI leaves its result
+        # out of cache, so a pass after it costs several times more (5-7 us against ~1.5 us for 14K floats here).
+        if self._host is not None:
+            # Staged: the blocking device-to-host copy waits for backward; the copy back is ordered on the stream
+            # before the optimizer's kernels, and the next call's blocking copy waits for it before MPI writes again.
+            self._host.copy_(self.flat)
+            np.multiply(self._buffer, self._scale, out=self._buffer)
+        elif self._sync_cuda:
+            self.flat.mul_(self._scale)
+            torch.cuda.current_stream(self.flat.device).synchronize()
+        else:
+            np.multiply(self._buffer, self._scale, out=self._buffer)
+        for chunk in self._chunks:
+            self._reduce(chunk)
+        if self._host is not None:
+            self.flat.copy_(self._host, non_blocking=True)
 
     def clip_grad_norm_(self, max_norm: float) -> float:
         """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the norm before.
@@ -259,6 +278,8 @@ class GradientAllreducer:
         return float(norm)
 
     def _attach(self) -> None:
+        if all(map(operator.is_, map(_GRAD, self.params), self._views)):  # the usual case, in ~1.5 us
+            return
         for p, view in zip(self.params, self._views, strict=True):
             if p.grad is view:
                 continue

@@ -206,6 +206,7 @@ def test_two_ranks_average_gradients_stay_in_sync_and_detect_drift() -> None:
         "broadcast",
         "gradient direct",
         "gradient staged",
+        "gradient direct chunked",
         "in sync after updates",
         "in sync after updates (set_to_none)",
         "statistics",

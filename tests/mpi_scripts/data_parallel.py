@@ -46,8 +46,9 @@ def check_broadcast(net: torch.nn.Module) -> None:
     ok("broadcast")
 
 
-def check_averaged_gradient(net: torch.nn.Module, staged: bool) -> None:
-    reducer = mpi.GradientAllreducer(net.parameters(), staged=staged)
+def check_averaged_gradient(net: torch.nn.Module, staged: bool, chunk_bytes: int = 4 << 20) -> None:
+    reducer = mpi.GradientAllreducer(net.parameters(), staged=staged, chunk_bytes=chunk_bytes)
+    assert len(reducer._chunks) == (1 if chunk_bytes > 1000 else -(-reducer.num_params // (chunk_bytes // 4)))
     reducer.zero_grad()
     loss_of(net, *batch_of(mpi.rank(), 0)).backward()
     reducer.allreduce()
@@ -59,7 +60,7 @@ def check_averaged_gradient(net: torch.nn.Module, staged: bool) -> None:
     expected = torch.cat([p.grad.reshape(-1) for p in alone.parameters()])
     assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-7), f"max error {(ours - expected).abs().max()}"
     assert all(p.grad.data_ptr() == v.data_ptr() for p, v in zip(net.parameters(), reducer._views, strict=True))
-    ok(f"gradient {'staged' if staged else 'direct'}")
+    ok(f"gradient {'staged' if staged else 'direct'}{' chunked' if chunk_bytes < 1000 else ''}")
 
 
 def check_training_stays_in_sync(set_to_none: bool) -> None:
@@ -121,6 +122,7 @@ def main() -> None:
     check_broadcast(net)
     check_averaged_gradient(net, staged=False)
     check_averaged_gradient(make_net(0), staged=True)
+    check_averaged_gradient(make_net(0), staged=False, chunk_bytes=100)
     check_training_stays_in_sync(set_to_none=False)
     check_training_stays_in_sync(set_to_none=True)
     check_statistics()
