@@ -166,8 +166,10 @@ def broadcast_parameters(module: torch.nn.Module | Iterable[torch.Tensor], root:
     # Sorted so that every rank walks the groups in the same order.
     for _kind, group in sorted(groups.items(), key=lambda item: str(item[0])):
         flat = torch.cat([t.detach().reshape(-1) for t in group])
+        # A broadcast only moves bytes: half-precision values travel as int16, which MPI and numpy both know.
+        raw = flat.view(torch.int16) if flat.dtype in (torch.bfloat16, torch.float16) else flat
         with torch.no_grad():
-            _collective(flat, lambda buf: state.comm.Bcast(buf, root=root))
+            _collective(raw, lambda buf: state.comm.Bcast(buf, root=root))
             for tensor, chunk in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 tensor.copy_(chunk.view_as(tensor))
 

@@ -43,6 +43,9 @@ def check_broadcast(net: torch.nn.Module) -> None:
     flat = flat_params(net)
     assert torch.equal(mpi.allreduce_max(flat), mpi.allreduce_min(flat)), "parameters differ after the broadcast"
     assert torch.equal(flat, flat_params(make_net(0))), "the broadcast did not take rank 0's parameters"
+    halves = [torch.full((3,), 1.5 + mpi.rank(), dtype=torch.bfloat16), torch.arange(4.0) * (mpi.rank() + 1)]
+    mpi.broadcast_parameters(halves)
+    assert torch.equal(halves[0].float(), torch.full((3,), 1.5)) and torch.equal(halves[1], torch.arange(4.0))
     ok("broadcast")
 
 
