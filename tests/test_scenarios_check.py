@@ -1,0 +1,116 @@
+"""The checker passes every registered scenario and the template, in process and over the wire, and catches bugs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from gymnasium.spaces import Box, Discrete
+
+import scenarios.registry as registry
+from scenarios.api import Scenario, scenario_env
+from scenarios.builtin.cover import Cover
+from scenarios.check import CheckSettings, check_scenario
+from scenarios.new import write_scenario_template
+from scenarios.vector import vector_env
+
+QUICK = CheckSettings(api_cycles=100, steps=120, rate_seconds=0.05, batch_worlds=16)
+
+
+@pytest.fixture
+def scratch_registry(monkeypatch):
+    """Scenarios registered inside the test are forgotten after it."""
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.registered()))
+
+
+def _verdicts(report) -> dict[str, bool | None]:
+    return {r.name: r.passed for r in report.results}
+
+
+@pytest.mark.parametrize("name", sorted(registry.registered()))
+def test_every_registered_scenario_passes_in_process_and_over_the_wire(name):
+    report = check_scenario(name, QUICK)
+    assert report.ok, report.table()
+    verdicts = _verdicts(report)
+    assert verdicts["wire"] is True and verdicts["determinism"] is True
+    assert verdicts["vector"] is (True if registry.registered()[name].vector_factory else None)
+    assert "in process, 1 world" in report.rates and "served, K=16 batched" in report.rates
+
+
+def test_the_template_passes_as_written(tmp_path, scratch_registry):
+    path, name = write_scenario_template("tiny_world", tmp_path)
+    assert registry.load_scenario_module(str(path)) == ["tiny_world_v0"] and name == "tiny_world_v0"
+    report = check_scenario(name, QUICK)
+    assert report.ok, report.table()
+    assert _verdicts(report)["wire"] is True
+
+
+class _Base(Scenario):
+    name = "broken_v0"
+    max_cycles = 20
+
+    def __init__(self):
+        self.possible_agents = ["a", "b"]
+
+    def observation_space(self, agent):
+        return Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent):
+        return Discrete(3)
+
+    def reset(self):
+        self.x = self.rng.uniform(-1, 1, 2)
+
+    def step(self, actions):
+        self.x = np.clip(self.x + 0.1 * (np.array([actions["a"], actions["b"]]) - 1), -1, 1)
+
+    def observe(self, agent):
+        return self.x.astype(np.float32)
+
+    def reward(self, agent):
+        return -float(abs(self.x).sum())
+
+
+class _GlobalRandom(_Base):
+    def reset(self):
+        self.x = np.random.uniform(-1, 1, 2)  # not self.rng: the seed does not reach it
+
+
+class _OutOfSpace(_Base):
+    def observe(self, agent):
+        return (self.x * 3).astype(np.float32)
+
+
+class _BadCopySeeds(Cover):
+    """Seeds every copy with ``seed`` instead of ``seed + i`` (one copy, the per-copy form, is still right)."""
+
+    def seed_copies(self, seed, copies):
+        index = super().seed_copies(None, copies)
+        if seed is not None:
+            for i in index.tolist():
+                self.rngs[i] = np.random.default_rng(seed)
+        return index
+
+
+@pytest.mark.parametrize(
+    ("cls", "failing"),
+    [(_GlobalRandom, "determinism"), (_OutOfSpace, "values")],
+)
+def test_broken_scenarios_fail_the_named_check(cls, failing, scratch_registry):
+    registry.register("broken_v0", scenario_env(cls))
+    report = check_scenario("broken_v0", CheckSettings(api_cycles=30, steps=60, rate_seconds=0.02, wire=False))
+    assert not report.ok
+    assert _verdicts(report)[failing] is False, report.table()
+    assert "FAIL" in report.table().splitlines()[-1]
+
+
+def test_a_vector_form_that_seeds_copies_wrongly_fails_the_vector_check(scratch_registry):
+    registry.register("badcopies_v0", vector_env(_BadCopySeeds), vector_factory=_BadCopySeeds)
+    report = check_scenario("badcopies_v0", CheckSettings(steps=30, rate_seconds=0.02, batch_worlds=8, wire=False))
+    assert _verdicts(report)["vector"] is False, report.table()
+    assert _verdicts(report)["determinism"] is True
+
+
+def test_an_unbuildable_name_fails_at_build_and_stops():
+    report = check_scenario("no_such_world_v0", QUICK)
+    assert [(r.name, r.passed) for r in report.results] == [("build", False)]
+    assert "not a registered scenario" in report.results[0].detail
