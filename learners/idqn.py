@@ -93,13 +93,16 @@ class Settings:
 class QPolicy(nn.Module):
     """Every team's Q-network and how its inputs are laid out; acts greedily or epsilon-greedily.
 
-    ``act`` and ``possible_agents`` make it a policy for learners.policy (evaluation, ``agora play``).
+    ``possible_agents``, ``observation_spaces``, ``action_spaces`` and ``act`` make it a policy for learners.policy
+    (evaluation, ``agora play --policy RUN_DIR``).
     """
 
     def __init__(self, spec: WorldSpec, settings: Settings):
         super().__init__()
         self.spec = spec
         self.possible_agents = list(spec.possible_agents)
+        self.observation_spaces = dict(spec.observation_spaces)
+        self.action_spaces = dict(spec.action_spaces)
         self.epsilon = settings.eps_end
         self.rng = np.random.default_rng()  # exploration draws; the learner swaps in its seeded generator
         self.teams: list[tuple[str, list[str]]] = group_agents(

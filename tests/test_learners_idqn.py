@@ -18,7 +18,7 @@ from agents.types import WorldSpec
 from launch.local import LocalServers
 from learners import idqn
 from learners.config import load_config
-from learners.policy import evaluate, load_policy
+from learners.policy import evaluate, load_policy, load_run_policy
 from learners.run import Run, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,6 +113,9 @@ def test_resume_continues_counters_and_experience(tmp_path: Path, server: list[s
     assert last["buffers"]["agent"]["size"] == 2048 and metrics["gradient_steps"] > first["gradient_steps"]
     steps = [int(r["step"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")]
     assert steps == sorted(steps) and steps[-1] == 2048 and len(steps) == len(set(steps))
+    # The checkpoint alone rebuilds a seat's policy, as `agora play --policy RUN_DIR` needs.
+    seat = load_run_policy(tmp_path / "run", action_space=spaces.Discrete(2))
+    assert seat(np.zeros(4, np.float32)) in (0, 1)
 
 
 @pytest.mark.slow
