@@ -71,6 +71,15 @@ class VectorScenario:
                 self.rngs[i] = np.random.default_rng()
         return index
 
+    def uniforms(self, index: np.ndarray, size: int) -> np.ndarray:
+        """``size`` uniform numbers in [0, 1) from each listed copy's generator, as a ``(len(index), size)`` array.
+
+        One generator call per copy, then numpy across copies: resetting many copies costs little Python.
+        """
+        if not index.size:
+            return np.empty((0, size))
+        return np.stack([self.rngs[i].random(size) for i in index.tolist()])
+
     def reset(self, seed: int | None = None, copies: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Reset all copies or the listed ones; return the observations of all copies."""
         raise NotImplementedError

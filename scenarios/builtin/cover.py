@@ -60,11 +60,12 @@ class Cover(VectorScenario):
         self.t = np.zeros(self.num_copies, np.int64)
 
     def reset(self, seed: int | None = None, copies: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        for i in self.seed_copies(seed, copies).tolist():
-            rng = self.rngs[i]
-            self.pos[i] = rng.uniform(-1, 1, (self.n_agents, 2))
-            self.landmarks[i] = rng.uniform(-0.8, 0.8, (self.n_agents, 2))
-            self.t[i] = 0
+        index = self.seed_copies(seed, copies)
+        n = self.n_agents
+        u = self.uniforms(index, 4 * n).reshape(-1, 2, n, 2)  # one draw per copy: agents, then landmarks
+        self.pos[index] = 2 * u[:, 0] - 1
+        self.landmarks[index] = 1.6 * u[:, 1] - 0.8
+        self.t[index] = 0
         return self._observe()
 
     def step(self, actions: dict[str, np.ndarray]):

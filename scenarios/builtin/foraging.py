@@ -85,20 +85,24 @@ class Foraging(VectorScenario):
         self._interior = np.array(interior, np.int64)
 
     def reset(self, seed: int | None = None, copies: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        for i in self.seed_copies(seed, copies).tolist():
-            rng = self.rngs[i]
-            levels = rng.integers(1, self.max_level + 1, self.n_agents)
-            food_cells = self._interior[rng.choice(len(self._interior), self.n_food, replace=False)]
-            free = np.ones(self.size * self.size, bool)
-            free[food_cells[:, 0] * self.size + food_cells[:, 1]] = False
-            agent_cells = rng.choice(np.flatnonzero(free), self.n_agents, replace=False)
-            self.agent_pos[i] = np.stack(np.divmod(agent_cells, self.size), axis=-1)
-            self.agent_level[i] = levels
-            self.food_pos[i] = food_cells
-            self.food_level[i] = rng.integers(1, levels.sum() + 1, self.n_food)
-            self.food_left[i] = True
-            self.total_food[i] = self.food_level[i].sum()
-            self.t[i] = 0
+        index = self.seed_copies(seed, copies)
+        n, f, size, interior = self.n_agents, self.n_food, self.size, len(self._interior)
+        u = self.uniforms(index, n + interior + size * size + f)  # one draw per copy, split below
+        levels = 1 + (u[:, :n] * self.max_level).astype(np.int64)
+        # Sorting random keys gives a uniformly random order: the first f interior cells get food, and the first n
+        # cells that hold no food get agents.
+        food_cells = self._interior[np.argsort(u[:, n : n + interior], axis=1)[:, :f]]
+        cell_keys = u[:, n + interior : n + interior + size * size].copy()
+        np.put_along_axis(cell_keys, food_cells[..., 0] * size + food_cells[..., 1], np.inf, axis=1)
+        agent_cells = np.argsort(cell_keys, axis=1)[:, :n]
+        food_levels = 1 + (u[:, -f:] * levels.sum(1, keepdims=True)).astype(np.int64)
+        self.agent_pos[index] = np.stack(np.divmod(agent_cells, size), axis=-1)
+        self.agent_level[index] = levels
+        self.food_pos[index] = food_cells
+        self.food_level[index] = food_levels
+        self.food_left[index] = True
+        self.total_food[index] = food_levels.sum(1)
+        self.t[index] = 0
         return self._observe()
 
     def step(self, actions: dict[str, np.ndarray]):
