@@ -357,8 +357,9 @@ def _train(
                 metrics.update(loss=totals[4] / totals[6], q_mean=totals[5] / totals[6])
             run.log(step, update, metrics)
             if bar is not None:
-                bar.update(step - bar.n)
-                bar.set_postfix({k: f"{metrics[k]:.3g}" for k in ("return_recent", "steps_per_s") if k in metrics})
+                bar.update(min(step, bar.total) - bar.n)
+                if "return_recent" in metrics:  # the mean of the last 100 episodes: steadier than one update's
+                    bar.set_postfix_str(f"return {metrics['return_recent']:.1f}", refresh=False)
             finished, count = [], 0
             sums.zero_()
         if update % config.run.checkpoint_every == 0:
@@ -438,4 +439,5 @@ def _progress(config: Config, step: int):
         return None
     from tqdm import tqdm
 
-    return tqdm(total=config.run.total_steps, initial=step, unit="step", unit_scale=True, dynamic_ncols=True)
+    total = config.run.total_steps
+    return tqdm(total=total, initial=min(step, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1)
