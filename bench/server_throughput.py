@@ -12,7 +12,7 @@ One run prints, measured side by side on the same machine:
   bare ping p50 (<= 2).
 
 Wall-clock figures on a shared machine move with its load; the CPU-time figures and the ratios of one run are the
-ones to compare. usage: python bench/server_throughput.py [--seconds 4] [--profile-server FILE]
+ones to compare. usage: python bench/server_throughput.py [--seconds 4] [--transport ipc] [--profile-server FILE]
 """
 
 from __future__ import annotations
@@ -43,20 +43,27 @@ SPREAD = "mpe2.simple_spread_v3:parallel_env"
 N = 3
 
 
-def in_process(seconds: float) -> tuple[float, float, float]:
-    """Agent-steps/s, and wall and CPU seconds per step, of the scenario stepped in this process (random actions)."""
-    env = make_env(SPREAD, {"N": N})
-    env.reset(seed=0)
-    actions = np.random.default_rng(0).integers(5, size=(1024, N)).tolist()
-    steps, started, cpu = 0, time.perf_counter(), time.process_time()
-    while time.perf_counter() - started < seconds:
-        row = actions[steps % 1024]
-        env.step({a: row[i] for i, a in enumerate(env.agents)})
-        if not env.agents:
-            env.reset()
-        steps += 1
-    elapsed, cpu = time.perf_counter() - started, time.process_time() - cpu
-    return steps * N / elapsed, elapsed / steps, cpu / steps
+class InProcess:
+    """The scenario stepped in this process with random discrete actions, measured over one or more slices."""
+
+    def __init__(self) -> None:
+        self.env = make_env(SPREAD, {"N": N})
+        self.env.reset(seed=0)
+        self.actions = np.random.default_rng(0).integers(5, size=(1024, N)).tolist()
+        self.steps, self.wall, self.cpu = 0, 0.0, 0.0
+
+    def run(self, seconds: float) -> None:
+        env, actions, steps = self.env, self.actions, 0
+        started, cpu = time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < seconds:
+            row = actions[steps % 1024]
+            env.step({a: row[i] for i, a in enumerate(env.agents)})
+            if not env.agents:
+                env.reset()
+            steps += 1
+        self.steps += steps
+        self.wall += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
 
 
 def cpu_seconds(pid: int) -> float:
@@ -68,19 +75,30 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def batched(address: str, num_worlds: int, seconds: float, server_pid: int) -> tuple[float, float]:
-    """Agent-steps/s of one client stepping ``num_worlds`` worlds per message, and server CPU µs per world-step."""
-    with BatchedWorlds(address, SPREAD, {"N": N}, num_worlds=num_worlds, seed=0, layout="stacked") as worlds:
-        worlds.reset()
-        actions = np.random.default_rng(0).integers(5, size=(64, num_worlds, N))
+class Batched:
+    """One client stepping K worlds per message (stacked layout), measured over one or more slices."""
+
+    def __init__(self, address: str, num_worlds: int, server_pid: int) -> None:
+        self.worlds = BatchedWorlds(address, SPREAD, {"N": N}, num_worlds=num_worlds, seed=0, layout="stacked")
+        self.worlds.reset()
+        self.actions = np.random.default_rng(0).integers(5, size=(64, num_worlds, N))
         for i in range(20):  # warm up
-            worlds.step(actions[i % 64])
-        steps, cpu, started = 0, cpu_seconds(server_pid), time.perf_counter()
+            self.worlds.step(self.actions[i % 64])
+        self.server_pid, self.steps, self.wall, self.server_cpu = server_pid, 0, 0.0, 0.0
+
+    def run(self, seconds: float) -> None:
+        steps, cpu, started = 0, cpu_seconds(self.server_pid), time.perf_counter()
         while time.perf_counter() - started < seconds:
-            worlds.step(actions[steps % 64])
+            self.worlds.step(self.actions[steps % 64])
             steps += 1
-        elapsed, cpu = time.perf_counter() - started, cpu_seconds(server_pid) - cpu
-        return steps * num_worlds * N / elapsed, cpu / (steps * num_worlds) * 1e6
+        self.steps += steps
+        self.wall += time.perf_counter() - started
+        self.server_cpu += cpu_seconds(self.server_pid) - cpu
+
+    def figures(self) -> tuple[float, float]:
+        """Agent-steps/s, and the server's CPU µs per world-step."""
+        k = self.worlds.num_worlds
+        return self.steps * k * N / self.wall, self.server_cpu / (self.steps * k) * 1e6
 
 
 def _lockstep_client(address: str, world: int, seat: str, steps: int, start, results) -> None:
@@ -233,9 +251,7 @@ def _bare_bind(bind: str, name: str) -> str:
 
 def measure(args: argparse.Namespace) -> dict[str, float]:
     f: dict[str, float] = {}
-    rate, step_s, step_cpu_s = in_process(args.seconds)
-    f["in_process_agent_steps_per_s"], f["in_process_step_us"] = rate, step_s * 1e6
-    f["in_process_step_cpu_us"] = step_cpu_s * 1e6
+    local = InProcess()
     with tempfile.TemporaryDirectory() as tmp:
         bind = "tcp://127.0.0.1:0" if args.transport == "tcp" else f"ipc://{tmp}/"
         ping, f["bare_ping_router_cpu_us"] = bare_round_trips(1, 3000, _bare_bind(bind, "ping"))
@@ -249,14 +265,28 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             pings, f["agora_ping_server_cpu_us"] = agora_ping(address, 3000, server.pid)
             f["agora_ping_p50_us"] = np.percentile(pings, 50) * 1e6
             if "batched" in args.phases:
-                f["k1_agent_steps_per_s"], f["k1_server_cpu_us"] = batched(address, 1, args.seconds, server.pid)
-                f["k64_agent_steps_per_s"], f["k64_server_cpu_us"] = batched(address, 64, args.seconds, server.pid)
+                one = Batched(address, 1, server.pid)
+                one.run(args.seconds)
+                f["k1_agent_steps_per_s"], f["k1_server_cpu_us"] = one.figures()
+                one.worlds.close()
+                # In-process and K=64 alternate in short slices, so that a change in the machine's load between
+                # phases cannot make one of them look faster.
+                many = Batched(address, 64, server.pid)
+                for _ in range(args.rounds):
+                    local.run(args.seconds / args.rounds)
+                    many.run(args.seconds / args.rounds)
+                f["k64_agent_steps_per_s"], f["k64_server_cpu_us"] = many.figures()
+                many.worlds.close()
+            else:
+                local.run(args.seconds)
             if "lockstep" in args.phases:
                 round_trips, f["lockstep_server_cpu_us"] = lockstep(address, args.lockstep_steps, server.pid)
                 f["lockstep_p50_us"], f["lockstep_p99_us"] = np.percentile(round_trips, [50, 99]) * 1e6
         finally:
             server.terminate()
             server.wait(30)
+    f["in_process_agent_steps_per_s"] = local.steps * N / local.wall
+    f["in_process_step_us"], f["in_process_step_cpu_us"] = local.wall / local.steps * 1e6, local.cpu / local.steps * 1e6
     return {k: float(v) for k, v in f.items()}
 
 
@@ -307,6 +337,7 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time of each throughput phase")
+    parser.add_argument("--rounds", type=int, default=8, help="alternating in-process / K=64 slices")
     parser.add_argument("--lockstep-steps", type=int, default=2000, help="acts per lockstep client")
     parser.add_argument("--transport", default="tcp", choices=["tcp", "ipc"], help="loopback tcp:// or ipc://")
     parser.add_argument("--phases", nargs="+", default=["batched", "lockstep"], choices=["batched", "lockstep"])
