@@ -178,7 +178,7 @@ def _train(
     norms = nn.ModuleDict({t.name: t.norm for t in teams if t.norm is not None})
     policy.to(device), critics.to(device), norms.to(device)
     params = [*policy.parameters(), *critics.parameters()]
-    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps)
+    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps, foreach=True)
     clip_groups = [list(t.actor.parameters()) for t in teams] + [list(t.critic.parameters()) for t in teams]
 
     step, update, episodes = 0, 0, 0
@@ -242,17 +242,19 @@ def _train(
         lr = s.lr * (1.0 - update / total_updates) if s.lr_anneal else s.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
-        sums = np.zeros(6)
-        for _epoch in range(s.epochs):
+        sums = torch.zeros(6, device=device)
+        for epoch in range(s.epochs):
+            last_epoch = epoch == s.epochs - 1  # statistics from the last pass only: they cost a sync per minibatch
             orders = [torch.randperm(len(b["adv"]), device=device) for b in batches]
             for j in range(s.minibatches):
                 reducer.zero_grad()
                 loss = torch.zeros((), device=device)
                 for team, batch, order in zip(teams, batches, orders, strict=True):
                     size = math.ceil(len(order) / s.minibatches)
-                    team_loss, stats = _loss(team, batch, order[j * size : (j + 1) * size], s)
+                    team_loss, stats = _loss(team, batch, order[j * size : (j + 1) * size], s, last_epoch)
                     loss = loss + team_loss
-                    sums += stats
+                    if last_epoch:
+                        sums += stats
                 loss.backward()
                 reducer.allreduce()
                 for group in clip_groups:
@@ -260,7 +262,7 @@ def _train(
                 optimizer.step()
         update += 1
         # ---- log and checkpoint ---------------------------------------------------------------------------
-        metrics = _metrics(sums / (s.epochs * s.minibatches * len(teams)), finished, finished_lengths, teams)
+        metrics = _metrics(sums.cpu().numpy() / (s.minibatches * len(teams)), finished, finished_lengths, teams)
         episodes += int(metrics.pop("episodes"))
         metrics.update(lr=lr, episodes=episodes, rollout_s=rollout_s, update_s=time.perf_counter() - started)
         metrics["steps_per_s"] = steps_per_update / metrics["update_s"]
@@ -371,9 +373,11 @@ def _prepare(team: _Team, s: Any, device: torch.device) -> dict[str, torch.Tenso
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _loss(team: _Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any) -> tuple[torch.Tensor, np.ndarray]:
-    """The PPO loss of one team's minibatch, and stats (policy loss, value loss, entropy, approx KL, clip fraction,
-    explained variance)."""
+def _loss(
+    team: _Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any, with_stats: bool
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The PPO loss of one team's minibatch and, ``with_stats``, its statistics (policy loss, value loss, entropy,
+    approx KL, clip fraction, explained variance)."""
     params = team.actor.actor(batch["actor_in"][idx])
     log_probs, entropy = team.actor.head.evaluate(params, batch["actions"][idx])
     log_ratio = log_probs - batch["log_probs"][idx]
@@ -389,11 +393,13 @@ def _loss(team: _Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any
     value_loss = value_loss.mean()
     entropy = entropy.mean()
     loss = policy_loss - s.entropy_coef * entropy + s.value_coef * value_loss
+    if not with_stats:
+        return loss, None
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clip_frac = ((ratio - 1).abs() > s.clip).float().mean()
         explained = 1 - (targets - values).var() / targets.var().clamp_min(1e-8)
-        stats = torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac, explained]).cpu().numpy()
+        stats = torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac, explained])
     return loss, stats
 
 

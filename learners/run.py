@@ -65,9 +65,9 @@ class Run:
 
     @classmethod
     def create(cls, config: Config, directory: str | Path, writer: bool = True) -> Run:
-        """Start a new run in ``directory`` (which must not hold a run yet) and save its config."""
+        """Start a new run in ``directory`` (which must not hold a run yet) and save its config (writer only)."""
         directory = Path(directory)
-        if (directory / CONFIG_FILE).exists():
+        if writer and (directory / CONFIG_FILE).exists():
             raise RunDirError(
                 f"{directory} already holds a run; continue it with --resume {directory}, or choose another run.dir"
             )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,13 +14,17 @@ from learners.config import load_config
 from learners.run import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
 
 
-def _agora(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "AGORA_MPI": "off"}
-    return subprocess.run(
-        [sys.executable, "-m", "launch.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
+def _agora(*args: str, timeout: float = 120, ranks: int = 1) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    command = [sys.executable, "-m", "launch.cli", *args]
+    if ranks > 1:
+        command = [MPIRUN, "-n", str(ranks), *command]
+    else:
+        env["AGORA_MPI"] = "off"
+    return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.mark.slow
@@ -61,3 +66,19 @@ def test_train_refuses_bad_settings_with_the_fix(tmp_path) -> None:
     result = _agora("train", "ppo.lrr=1", f"run.dir={tmp_path / 'run'}", timeout=60)
     assert result.returncode != 0 and "unknown key(s) ['lrr'] in [ppo]" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_train_under_mpirun_keeps_ranks_in_sync(tmp_path) -> None:
+    """Two ranks, each with its own server and worlds, check parameter sync after every update; rank 0 writes."""
+    if MPIRUN is None:
+        pytest.skip("no mpirun on PATH or next to the interpreter: install an MPI (pip install mpich)")
+    run_dir = tmp_path / "run"
+    args = ["train", "run.total_steps=2000", "env.num_worlds=4", "run.sync_every=1", f"run.dir={run_dir}"]
+    trained = _agora(*args, "ppo.epochs=2", "ppo.minibatches=2", ranks=2)
+    assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.count("agora train: done") == 1  # rank 0 alone reports
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [200 * (i + 1) for i in range(10)]  # 2 ranks x 4 worlds x 25 steps
+    assert float(rows[0]["episodes"]) == 8  # both ranks' episodes are counted
