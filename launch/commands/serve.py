@@ -60,7 +60,7 @@ def register(subparsers) -> None:
         action="append",
         default=[],
         metavar="MODULE",
-        help="import MODULE first, so that its scenarios register themselves (repeatable)",
+        help="import MODULE (a module name or a .py file) first, so that its scenarios register themselves (repeatable)",
     )
     parser.add_argument(
         "--max-message-bytes", type=int, default=64 << 20, help="refuse larger requests (default %(default)s)"
@@ -109,28 +109,23 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--workers must be at least 1")
     if args.workers > 1:
         return _run_workers(args)
-    import importlib
-
     import scenarios
     from envserver.server import EnvServer, ServerConfig
+    from scenarios.registry import load_scenario_module
 
     for module in args.scenario_module:
-        importlib.import_module(module)
+        load_scenario_module(module)
     config = ServerConfig(
         bind=args.bind,
         max_message_bytes=args.max_message_bytes,
         max_worlds_per_client=args.max_worlds_per_client,
         heartbeat_timeout_s=args.heartbeat_timeout,
         default_deadline_ms=args.deadline_ms,
-        allowed_packages=(
-            *scenarios.DEFAULT_ALLOWED_PACKAGES,
-            *args.allow,
-            *(m.split(".")[0] for m in args.scenario_module),
-        ),
+        allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
         curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
     )
     server = EnvServer(config)
-    signal.signal(signal.SIGTERM, lambda *_: server._stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if args.addr_file:
         write_addr_file(args.addr_file, [server.address])
     logging.getLogger("agora.server").info("serving on %s", server.address)
