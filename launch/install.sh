@@ -17,7 +17,7 @@ MPI=${AGORA_MPI:-pip}
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
-pip install "$TORCH"
+pip install $TORCH  # unquoted on purpose: it may carry pip flags (--index-url ...)
 if [ "$MPI" = site ]; then
   pip install --no-binary=mpi4py --no-cache-dir mpi4py
   pip install -e ".[test]"
