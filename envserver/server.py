@@ -131,13 +131,11 @@ class EnvServer:
                 if self._deadlines:
                     timeout = min(timeout, max(0.0, self._deadlines[0][0] - now))
                 if poller.poll(timeout * 1000):
-                    # Drain what is queued before looking at timers again: replies are batched per wake-up.
+                    # Drain what is queued before looking at timers again (bounded, so deadlines still fire).
                     for _ in range(256):
-                        try:
-                            frames = self.socket.recv_multipart(zmq.NOBLOCK, copy=False)
-                        except zmq.Again:
+                        self._serve_one(self.socket.recv_multipart(copy=False))
+                        if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
                             break
-                        self._serve_one(frames)
                 now = time.monotonic()
                 self._fire_deadlines(now)
                 if now >= next_sweep:

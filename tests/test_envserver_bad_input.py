@@ -46,6 +46,7 @@ BAD_FRAMES = {
     "object dtype": [_header({"op": "ping", "arrays": [[["a"], "object", [1]]]}), b"\x00" * 8],
     "pickle dtype name": [_header({"op": "ping", "arrays": [[["a"], "O", [1]]]}), b"\x00" * 8],
     "negative shape": [_header({"op": "ping", "arrays": [[["a"], "uint8", [-1]]]}), b""],
+    "shape whose size overflows int64": [_header({"op": "ping", "arrays": [[["a"], "uint8", [2**32, 2**32]]]}), b""],
     "path not strings": [_header({"op": "ping", "arrays": [[[1], "uint8", [1]]]}), b"\x00"],
     "path conflict": [
         _header({"op": "ping", "x": 1, "arrays": [[["x", "y"], "uint8", [1]]]}),

@@ -139,6 +139,11 @@ def check_value(space: spaces.Space, value: Any, batch_shape: tuple[int, ...] = 
             k: check_value(s, value[k], batch_shape, f"{name}/{k}") for k, s in zip(keys, subspaces, strict=True)
         }
         return checked if isinstance(space, spaces.Dict) else tuple(checked[k] for k in keys)
+    if type(value) is int and not batch_shape and isinstance(space, spaces.Discrete):
+        # The lockstep hot path: one Discrete action inline in a header. Skip numpy for a plain int.
+        if not space.start <= value < space.start + space.n:
+            raise ValueError(f"{name} is outside {space}")
+        return np.int64(value)
     if isinstance(value, dict | str | bytes) or value is None:
         raise ValueError(f"{name} must be a number or an array, got {type(value).__name__}")
     try:
