@@ -10,6 +10,11 @@ Under ``mpirun -n R`` every rank runs the same learner on its own worlds and:
 - reduces statistics the same way, one call per vector (:func:`allreduce_mean`, :func:`mean_std`);
 - checks every so often that the parameters still agree (:func:`check_in_sync`).
 
+A job may also mix kinds of processes (MPMD: ``mpirun -n 4 agora train : -n 2 agora serve``): each joins with its
+role (:func:`join`), the collectives here run among one role's ranks, and what each process announced (a server's
+addresses) reaches every other (:func:`published`); the learners release the servers when done
+(:func:`release_servers`).
+
 CUDA tensors go to MPI directly when the library is CUDA-aware and through one pinned host buffer otherwise; see
 :func:`cuda_aware`. An exception in one rank must end the job rather than leave the others waiting in a collective:
 run under ``python -m mpi4py`` or wrap the entry point in :func:`abort_on_exception`.
@@ -22,7 +27,7 @@ import ctypes
 import operator
 import os
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import Any
 
@@ -47,7 +52,12 @@ class _State:
 
     ready = False
     MPI: Any = None  # the mpi4py.MPI module, or None when running alone without MPI
-    comm: Any = None
+    comm: Any = None  # this role's ranks (all of COMM_WORLD unless the job mixes roles)
+    node: Any = None  # this role's ranks on this node
+    world: Any = None  # every process of the job, whatever its role
+    role = "learner"
+    peers: list[tuple[str, Any]] = []  # (role, payload) of every process of the job, by COMM_WORLD rank
+    released = False
     rank = 0
     size = 1
     local_rank = 0
@@ -56,26 +66,34 @@ class _State:
 
 
 def _state() -> type[_State]:
-    if _State.ready:
-        return _State
+    if not _State.ready:
+        _start("learner", None)
+    return _State
+
+
+def _start(role: str, payload: Any) -> None:
     _State.ready = True
+    _State.role, _State.peers = role, [(role, payload)]
     if os.environ.get("AGORA_MPI", "").lower() in ("0", "off", "no"):
         _refuse_alone_if_launched("AGORA_MPI=off")
-        return _State
+        return
     try:
         from mpi4py import MPI
     except (ImportError, RuntimeError, OSError) as exc:
         reason = " ".join(str(exc).split())
         _refuse_alone_if_launched(f"mpi4py could not load ({reason})")
         print(f"agora: MPI unavailable ({type(exc).__name__}: {reason}); running as a single process", file=sys.stderr)
-        return _State
-    comm = MPI.COMM_WORLD
-    local = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
-    _State.MPI, _State.comm = MPI, comm
+        return
+    world = MPI.COMM_WORLD
+    if world.Get_size() > 1:
+        _State.peers = world.allgather((role, payload))
+    roles = sorted({r for r, _ in _State.peers})
+    # An MPMD job (`mpirun -n 4 agora train : -n 2 agora serve`): each role's collectives run among its own ranks.
+    comm = world if len(roles) == 1 else world.Split(roles.index(role), key=world.Get_rank())
+    node = comm.Split_type(MPI.COMM_TYPE_SHARED, key=comm.Get_rank())
+    _State.MPI, _State.comm, _State.node, _State.world = MPI, comm, node, world
     _State.rank, _State.size = comm.Get_rank(), comm.Get_size()
-    _State.local_rank, _State.local_size = local.Get_rank(), local.Get_size()
-    local.Free()
-    return _State
+    _State.local_rank, _State.local_size = node.Get_rank(), node.Get_size()
 
 
 def _refuse_alone_if_launched(why: str) -> None:
@@ -152,6 +170,80 @@ def broadcast_object(obj: Any, root: int = 0) -> Any:
     """Rank ``root``'s ``obj`` on every rank (pickled: for small things between our own ranks, never the wire)."""
     state = _state()
     return obj if state.size == 1 else state.comm.bcast(obj, root=root)
+
+
+def allgather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj``, in rank order, on every rank (pickled: small things between our own ranks)."""
+    state = _state()
+    return [obj] if state.size == 1 else state.comm.allgather(obj)
+
+
+def node_broadcast_object(obj: Any) -> Any:
+    """The ``obj`` of this node's local rank 0, on every rank of the node."""
+    state = _state()
+    return obj if state.local_size == 1 else state.node.bcast(obj, root=0)
+
+
+def node_allgather_object(obj: Any) -> list[Any]:
+    """Every rank's ``obj`` on this node, in local-rank order, on every rank of the node."""
+    state = _state()
+    return [obj] if state.local_size == 1 else state.node.allgather(obj)
+
+
+def node_barrier() -> None:
+    """Wait until every rank of this node gets here."""
+    state = _state()
+    if state.local_size > 1:
+        state.node.Barrier()
+
+
+# ---------------------------------------------------------------------------------------------- roles (MPMD)
+
+
+def join(role: str, payload: Any = None) -> None:
+    """Start this process's MPI view as one of the job's ``role`` ranks, announcing ``payload`` to every process.
+
+    A job may run processes of several kinds: ``mpirun -n 4 agora train : -n 2 agora serve``. Every process joins
+    once, first, with its role (a learner joins as ``"learner"`` implicitly on its first call of anything here); the
+    other functions of this module then work among the ranks of the same role, so servers never enter the learners'
+    collectives, and :func:`published` gives any rank what the others announced. Collective over the whole job.
+
+    Raises:
+        RuntimeError: this process already started its MPI view under another role or without this payload.
+    """
+    if _State.ready:
+        if _State.role != role or payload is not None:
+            raise RuntimeError(f"join({role!r}) must come before any other use of learners.mpi in this process")
+        return
+    _start(role, payload)
+
+
+def published(role: str) -> list[Any]:
+    """What the processes of ``role`` announced with :func:`join`, in COMM_WORLD order (empty if none)."""
+    return [payload for r, payload in _state().peers if r == role]
+
+
+def release_servers() -> None:
+    """Learners: tell the job's server ranks that training is over. Every learner calls it once, on success.
+
+    The server ranks stop when every learner has (see :func:`learners_released`). Nothing to do in a job without
+    server ranks. Never call it on an error path: a learner waiting here while another waits in a collective would
+    hang the job instead of letting it abort.
+    """
+    state = _state()
+    if state.released or state.role != "learner" or not published("server"):
+        return
+    state.released = True
+    state.world.Ibarrier().Wait()
+
+
+def learners_released() -> Callable[[], bool]:
+    """Server ranks: a poll that turns true once every learner has called :func:`release_servers`."""
+    state = _state()
+    if state.world is None or state.world.Get_size() == 1:
+        return lambda: True
+    request = state.world.Ibarrier()
+    return request.Test
 
 
 def broadcast_parameters(module: torch.nn.Module | Iterable[torch.Tensor], root: int = 0) -> None:
@@ -431,7 +523,7 @@ def cuda_aware(mode: str | None = None) -> bool:
     if state.size == 1 or not torch.cuda.is_available():
         state.cuda_aware = False
         return False
-    claims = _library_claims_cuda(state.MPI)
+    claims, _why = library_cuda_support()
     # One rank's "no" is everyone's "no": the decision must be the same on every rank.
     probe = allreduce_min(1.0 if (claims or mode == "probe") else 0.0) == 1.0
     state.cuda_aware = probe and _probe_cuda(state)
@@ -439,26 +531,40 @@ def cuda_aware(mode: str | None = None) -> bool:
     return state.cuda_aware
 
 
-def _library_claims_cuda(MPI: Any) -> bool:  # noqa: N803 (the module's own name)
+def library_cuda_support() -> tuple[bool, str]:
+    """Whether the MPI library says it takes CUDA buffers, and how it says so (for ``agora doctor``).
+
+    Asks ``MPIX_Query_cuda_support`` (Open MPI, MPICH), ``MPIX_GPU_query_support`` (MPICH), ``MPICH_GPU_SUPPORT_ENABLED``
+    (Cray MPICH) and the library version string (MVAPICH2-GDR, builds configured with CUDA), in that order. Not
+    collective; ``(False, why)`` without MPI.
+    """
+    MPI = _state().MPI  # noqa: N806 (the module's own name)
+    if MPI is None:
+        return False, "no MPI library loaded"
     version = MPI.Get_library_version()
-    lib = _libmpi_handle(MPI)
+    path = library_path()
+    lib = ctypes.CDLL(path) if path else None
     query = getattr(lib, "MPIX_Query_cuda_support", None) if lib is not None else None
     if query is not None:
         query.restype = ctypes.c_int
         if query():
-            return True
+            return True, "MPIX_Query_cuda_support() = 1"
     gpu_query = getattr(lib, "MPIX_GPU_query_support", None) if lib is not None else None
     if gpu_query is not None:
         supported = ctypes.c_int(0)
         if gpu_query(0, ctypes.byref(supported)) == 0 and supported.value:  # 0 is MPIX_GPU_SUPPORT_CUDA
-            return True
+            return True, "MPIX_GPU_query_support(CUDA) = 1"
     if "CRAY MPICH" in version.upper() and os.environ.get("MPICH_GPU_SUPPORT_ENABLED") == "1":
-        return True
-    return any(mark in version for mark in ("MVAPICH2-GDR", "MVAPICH-Plus", "--with-cuda", "--enable-cuda"))
+        return True, "Cray MPICH with MPICH_GPU_SUPPORT_ENABLED=1"
+    for mark in ("MVAPICH2-GDR", "MVAPICH-Plus", "--with-cuda", "--enable-cuda"):
+        if mark in version:
+            return True, f"library version string names {mark}"
+    asked = [name for name, fn in (("MPIX_Query_cuda_support", query), ("MPIX_GPU_query_support", gpu_query)) if fn]
+    return False, f"{' and '.join(asked)} say(s) no" if asked else "the library has no CUDA query and does not say"
 
 
-def _libmpi_handle(MPI: Any) -> ctypes.CDLL | None:  # noqa: N803
-    """The MPI library mpi4py loaded, found from the address of one of its symbols."""
+def library_path() -> str | None:
+    """The file of the MPI library mpi4py loaded (what ``python -m mpi4py --mpi-library`` prints), or None."""
 
     class _DlInfo(ctypes.Structure):
         _fields_ = [
@@ -468,12 +574,15 @@ def _libmpi_handle(MPI: Any) -> ctypes.CDLL | None:  # noqa: N803
             ("saddr", ctypes.c_void_p),
         ]
 
+    MPI = _state().MPI  # noqa: N806
+    if MPI is None:
+        return None
     try:
         dladdr = ctypes.CDLL(None).dladdr
         dladdr.argtypes = [ctypes.c_void_p, ctypes.POINTER(_DlInfo)]
         symbol = ctypes.cast(ctypes.CDLL(MPI.__file__).MPI_Init, ctypes.c_void_p)
         info = _DlInfo()
-        return ctypes.CDLL(os.fsdecode(info.fname)) if dladdr(symbol, ctypes.byref(info)) else None
+        return os.fsdecode(info.fname) if dladdr(symbol, ctypes.byref(info)) else None
     except (OSError, AttributeError):
         return None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -133,12 +134,12 @@ def test_library_cuda_query_is_found() -> None:
     from mpi4py import MPI
 
     version = MPI.Get_library_version()
-    lib = mpi._libmpi_handle(MPI)
-    assert lib is not None, "could not locate the MPI library mpi4py loaded"
+    path = mpi.library_path()
+    assert path is not None, "could not locate the MPI library mpi4py loaded"
     if "MPICH" in version or "Open MPI" in version:
-        assert hasattr(lib, "MPIX_Query_cuda_support")
-    claims = mpi._library_claims_cuda(MPI)
-    assert isinstance(claims, bool)
+        assert hasattr(ctypes.CDLL(path), "MPIX_Query_cuda_support")
+    claims, why = mpi.library_cuda_support()
+    assert isinstance(claims, bool) and why
 
 
 def _alone(env: dict[str, str]) -> subprocess.CompletedProcess:
