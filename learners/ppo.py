@@ -36,13 +36,14 @@ from learners.run import Run
 
 @dataclass
 class Settings:
-    """PPO settings (the ``[ppo]`` table). Defaults follow the MAPPO paper's MPE settings."""
+    """PPO settings (the ``[ppo]`` table). Defaults: the MAPPO paper's MPE settings, tuned for simple_spread on a
+    small budget (gamma 0.95, 15 epochs of 4 minibatches; see docs/learners.md)."""
 
     rollout_steps: int = 25
     """Steps per world per update. A multiple of the episode length keeps every update on episode boundaries."""
-    epochs: int = 10
+    epochs: int = 15
     """Passes over each rollout."""
-    minibatches: int = 1
+    minibatches: int = 4
     """Minibatches per epoch (per team)."""
     lr: float = 7e-4
     """Adam learning rate (actor and critic)."""
@@ -50,8 +51,8 @@ class Settings:
     """Decay the learning rate linearly to zero over the run."""
     adam_eps: float = 1e-5
     """Adam epsilon."""
-    gamma: float = 0.99
-    """Discount."""
+    gamma: float = 0.95
+    """Discount. 0.95 learns 25-step MPE episodes much faster than 0.99 for the same steps (docs/learners.md)."""
     gae_lambda: float = 0.95
     """GAE lambda."""
     clip: float = 0.2
@@ -197,10 +198,11 @@ def _train(
     returns_k = np.zeros((K, 1 + len(teams)))
     lengths_k = np.zeros(K)
     metrics: dict[str, float] = {}
+    first_update = update  # a run resumed off a checkpoint boundary (an early stop) also starts from a reset
     while update < total_updates:
         started = time.perf_counter()
         # ---- rollout --------------------------------------------------------------------------------------
-        if update % rs.checkpoint_every == 0:
+        if update % rs.checkpoint_every == 0 or update == first_update:
             world_seed, torch_seed = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(2)
             torch.manual_seed(int(torch_seed))
             result = worlds.reset(seed=int(world_seed) & 0x3FFFFFFF)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -9,6 +11,8 @@ from launch.local import LocalServers
 from learners import ppo
 from learners.config import ConfigError, load_config, save_config, to_toml
 from learners.run import Run, RunDirError, load_checkpoint, read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_overrides_parse_as_toml_and_the_saved_config_round_trips(tmp_path) -> None:
@@ -91,3 +95,9 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path) -> None:
     straight_rows = read_metrics(run.directory / "metrics.csv")
     resumed_rows = read_metrics(resumed.directory / "metrics.csv")
     assert [r["return"] for r in straight_rows] == [r["return"] for r in resumed_rows]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "launch" / "configs").glob("*.toml")), ids=lambda p: p.name)
+def test_shipped_configs_load(path) -> None:
+    config = load_config(path)
+    assert to_toml(config).startswith(f'algo = "{config.algo}"')
