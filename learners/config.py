@@ -70,8 +70,12 @@ class EnvSettings:
     """Worlds stepped together by each rank (one batched request per step per server)."""
     connect: list[str] = field(default_factory=list)
     """Addresses of running env servers (empty: ``agora train`` starts its own). Ranks share them round-robin."""
-    servers: int = 1
-    """Env server processes ``agora train`` starts per rank when ``connect`` is empty; worlds are spread over them."""
+    servers: int = 0
+    """Env server processes ``agora train`` starts when ``connect`` is empty, per node or per rank (``servers_per``);
+    0: one per learner rank. A rank spreads its worlds over its share of them."""
+    servers_per: str = "node"
+    """``node``: each node's local rank 0 starts the node's servers and the node's ranks share them over ipc://;
+    ``rank``: every rank starts its own."""
     timeout_s: float = 60.0
     """How long a request to a server may take before the learner gives up."""
 
@@ -88,8 +92,9 @@ class RunSettings:
     """Run directory (empty: ``runs/<algo>-<time>``)."""
     device: str = "cpu"
     """``cpu``, ``cuda`` or ``auto`` (CUDA when available; each rank takes its node-local GPU)."""
-    threads: int = 1
-    """torch intra-op threads per rank; 1 is fastest for small networks and stays fast under load."""
+    threads: int = 0
+    """torch intra-op threads per rank; 0: ``OMP_NUM_THREADS`` if set, else a fair share of the cores this rank may
+    run on (divided among the ranks and env servers sharing them, at least 1)."""
     mpi_cuda: str = "auto"
     """Pass CUDA buffers to MPI directly (``on``), stage through host memory (``off``), or detect (``auto``)."""
     log_every: int = 1

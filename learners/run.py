@@ -12,6 +12,12 @@ Layout::
 Every rank builds a :class:`Run`; only the writer (rank 0) creates files. A checkpoint is a dict of tensors and
 plain Python values that the algorithm assembles; it must hold the counters ``step`` and ``update``. It is written
 atomically and loaded with ``weights_only=True``, so a checkpoint file can never run code.
+
+Stopping early (a job's time limit, preemption): :meth:`Run.stop_on` gives the run a poll, such as "a SIGTERM
+came". At every logged update all ranks combine their polls with one allreduce, so they agree to stop after the same
+update even when the signal reaches them at different times; that update is then checkpointed and
+:class:`TrainingStopped` raised. This relies on what every algorithm's loop does after an update: ``run.log`` on all
+ranks, then ``save_checkpoint`` when ``update % config.run.checkpoint_every == 0``.
 """
 
 from __future__ import annotations
@@ -20,11 +26,13 @@ import csv
 import os
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from learners import mpi
 from learners.config import Config, load_config, save_config
 
 CONFIG_FILE = "config.toml"
@@ -35,6 +43,20 @@ _FIXED_COLUMNS = ("step", "update", "time_s")
 
 class RunDirError(RuntimeError):
     """The run directory is missing, or already holds a run that would be overwritten."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped early, as asked through :meth:`Run.stop_on`, after checkpointing ``update``.
+
+    Attributes:
+        step: environment steps done.
+        update: the update checkpointed last (the resumed run continues after it).
+        reason: the largest of the ranks' stop polls (for a signal, its number).
+    """
+
+    def __init__(self, step: int, update: int, reason: int):
+        super().__init__(f"training stopped after update {update} (step {step}), reason {reason}")
+        self.step, self.update, self.reason = step, update, reason
 
 
 def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
@@ -62,6 +84,8 @@ class Run:
         self._tb = None
         self._purge_step: int | None = None
         self._columns: list[str] | None = None
+        self._stop_poll: Callable[[], int] | None = None
+        self._stop_reason = 0
 
     @classmethod
     def create(cls, config: Config, directory: str | Path, writer: bool = True) -> Run:
@@ -75,6 +99,7 @@ class Run:
         if writer:
             (directory / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             save_config(config, directory / CONFIG_FILE)
+        settle_threads(config)
         return run
 
     @classmethod
@@ -87,6 +112,7 @@ class Run:
         run = cls(directory, config, writer)
         if writer and overrides:
             save_config(config, directory / CONFIG_FILE)
+        settle_threads(config)
         return run
 
     # -- metrics ---------------------------------------------------------------------------------------------
@@ -97,14 +123,30 @@ class Run:
         return self._elapsed_before + time.monotonic() - self._start
 
     def log(self, step: int, update: int, metrics: dict[str, float]) -> None:
-        """Append one row to metrics.csv and write the scalars to TensorBoard (writer rank only)."""
-        if not self.writer:
-            return
-        row = {"step": step, "update": update, "time_s": round(self.elapsed_s, 3), **metrics}
-        self._append_csv(row)
-        tb = self._tensorboard()
-        for key, value in metrics.items():
-            tb.add_scalar(key, value, step)
+        """Append one row to metrics.csv and write the scalars to TensorBoard (writer rank only).
+
+        Called by every rank at the same updates; with :meth:`stop_on`, this is where the ranks agree to stop.
+        """
+        if self.writer:
+            row = {"step": step, "update": update, "time_s": round(self.elapsed_s, 3), **metrics}
+            self._append_csv(row)
+            tb = self._tensorboard()
+            for key, value in metrics.items():
+                tb.add_scalar(key, value, step)
+        if self._stop_poll is not None and not self._stop_reason:
+            self._stop_reason = int(mpi.allreduce_max(float(self._stop_poll())))
+            if self._stop_reason:
+                # The loop's own checkpoint test comes next: make it pass for this update.
+                self.config.run.checkpoint_every = 1
+
+    def stop_on(self, poll: Callable[[], int]) -> None:
+        """Stop training after the next logged update at which ``poll()`` is positive on any rank.
+
+        That update is checkpointed, then :meth:`save_checkpoint` raises :class:`TrainingStopped` on every rank
+        (unless the run just reached ``total_steps``: it then ends as usual). Costs one allreduce of one number per
+        logged update.
+        """
+        self._stop_poll = poll
 
     def _tensorboard(self):
         if self._tb is None:
@@ -137,16 +179,17 @@ class Run:
     def save_checkpoint(self, state: dict[str, Any]) -> Path | None:
         """Write ``state`` (with its ``step`` and ``update`` counters) and prune old periodic checkpoints."""
         assert "step" in state and "update" in state, "a checkpoint carries its step and update counters"
-        if not self.writer:
-            return None
-        state = {**state, "elapsed_s": self.elapsed_s}
-        path = self.directory / CHECKPOINT_DIR / f"update_{state['update']:07d}.pt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-        for old in self.checkpoints()[: -max(1, self.config.run.keep_checkpoints)]:
-            old.unlink()
+        path = None
+        if self.writer:
+            path = self.directory / CHECKPOINT_DIR / f"update_{state['update']:07d}.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({**state, "elapsed_s": self.elapsed_s}, tmp)
+            os.replace(tmp, path)
+            for old in self.checkpoints()[: -max(1, self.config.run.keep_checkpoints)]:
+                old.unlink()
+        if self._stop_reason and state["step"] < self.config.run.total_steps:
+            raise TrainingStopped(int(state["step"]), int(state["update"]), self._stop_reason)
         return path
 
     def restore(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -174,6 +217,24 @@ class Run:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
+
+
+def settle_threads(config: Config) -> None:
+    """Turn ``run.threads = 0`` (automatic) into this rank's number, after the config is saved. Collective (node).
+
+    ``OMP_NUM_THREADS`` when set, else :func:`learners.mpi.fair_threads` counting the env servers that
+    ``agora train`` starts on this rank's cores when the config names none (``env.servers``, ``env.servers_per``).
+    """
+    env, starts = config.env, 0
+    if not env.connect and not mpi.published("server"):
+        if env.servers_per == "rank":
+            starts = env.servers or 1
+        elif mpi.local_rank() == 0:
+            starts = env.servers or mpi.local_size()
+    share = mpi.fair_threads(starts)  # collective: every rank calls it, whatever it decides
+    if config.run.threads <= 0:
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        config.run.threads = int(omp) if omp.isdigit() and int(omp) > 0 else share
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
