@@ -139,7 +139,8 @@ class LocalServers:
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHONPATH": path},
+                # No MPI rank, whatever it inherits from one (`agora serve` would otherwise join the rank's MPI job).
+                env={**os.environ, "PYTHONPATH": path, "AGORA_MPI": "off"},
                 start_new_session=True,
             )
 

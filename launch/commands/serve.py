@@ -107,23 +107,15 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
+    from launch import cluster
+
+    if cluster.launched_by_mpi():  # `mpirun -n 4 agora train : -n 2 agora serve`: addresses travel over MPI
+        return cluster.serve_as_rank(args, lambda bind: server_config(args, bind))
     if args.workers > 1:
         return _run_workers(args)
-    import scenarios
-    from envserver.server import EnvServer, ServerConfig
-    from scenarios.registry import load_scenario_module
+    from envserver.server import EnvServer
 
-    for module in args.scenario_module:
-        load_scenario_module(module)
-    config = ServerConfig(
-        bind=args.bind,
-        max_message_bytes=args.max_message_bytes,
-        max_worlds_per_client=args.max_worlds_per_client,
-        heartbeat_timeout_s=args.heartbeat_timeout,
-        default_deadline_ms=args.deadline_ms,
-        allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
-        curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
-    )
+    config = server_config(args)
     server = EnvServer(config)
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
     if args.addr_file:
@@ -132,6 +124,25 @@ def run(args: argparse.Namespace) -> int:
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
+
+
+def server_config(args: argparse.Namespace, bind: str | None = None):
+    """The ServerConfig of ``agora serve``'s flags (bound to ``bind`` instead of ``--bind`` if given)."""
+    import scenarios
+    from envserver.server import ServerConfig
+    from scenarios.registry import load_scenario_module
+
+    for module in args.scenario_module:
+        load_scenario_module(module)
+    return ServerConfig(
+        bind=bind or args.bind,
+        max_message_bytes=args.max_message_bytes,
+        max_worlds_per_client=args.max_worlds_per_client,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        default_deadline_ms=args.deadline_ms,
+        allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
+        curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
+    )
 
 
 def _run_workers(args: argparse.Namespace) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 
 _EPILOG = """\
@@ -12,7 +13,12 @@ examples:
   agora train --config launch/configs/mappo_simple_tag.toml
   agora train --connect tcp://10.0.0.5:5555,tcp://10.0.0.5:5556   # use running servers
   agora train --resume runs/mappo-simple_spread_v3-20261121-101500 run.total_steps=5000000
-  mpirun -n 4 agora train env.num_worlds=32     # data parallel: each rank steps its own worlds
+  mpirun -n 4 agora train env.num_worlds=32     # data parallel: each rank steps its own worlds on its node's servers
+  srun agora train env.servers_per=rank         # every rank starts its own servers instead of one set per node
+  mpirun -n 4 agora train : -n 2 agora serve --bind tcp://0.0.0.0:0   # server ranks (MPMD)
+
+On SIGTERM or SIGUSR1 (SLURM's time limit, preemption, --signal) all ranks stop after the same update, write a
+checkpoint and exit with status 75; `agora train --resume RUN_DIR` continues. See docs/cluster.md.
 
 The run directory (run.dir, default runs/<algo>-<scenario>-<time>) receives config.toml, metrics.csv,
 TensorBoard events under tb/ and checkpoints/. Then: agora eval RUN_DIR, agora plot RUN_DIR.
@@ -32,36 +38,36 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", help="a TOML file of settings (launch/configs/ has examples)")
     parser.add_argument(
-        "--connect", metavar="ADDR[,ADDR]", help="use running env servers instead of starting them (ranks share them)"
+        "--connect",
+        metavar="ADDR[,ADDR]",
+        help="use running env servers instead of starting them (ranks share them); an entry may be a JSON connection "
+        "file written by `agora serve --addr-file`",
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
     parser.set_defaults(func=run)
 
 
-def rank_addresses(addresses: list[str], rank: int, size: int) -> list[str]:
-    """The servers rank ``rank`` of ``size`` uses: its share of the list, or one server shared round-robin."""
-    if len(addresses) >= size:
-        return addresses[rank::size]
-    return [addresses[rank % len(addresses)]]
-
-
 def run(args: argparse.Namespace) -> int:
+    from launch.cluster import StopSignals
     from learners import mpi
     from learners.config import ConfigError
     from learners.run import RunDirError
 
-    try:
-        with mpi.abort_on_exception():
-            return _train(args, mpi)
-    except (ConfigError, RunDirError) as exc:
-        print(f"agora train: error: {exc}", file=sys.stderr)
-        return 2
+    with StopSignals() as stop:
+        try:
+            with mpi.abort_on_exception():
+                code = _train(args, mpi, stop)
+        except (ConfigError, RunDirError) as exc:
+            print(f"agora train: error: {exc}", file=sys.stderr)
+            return 2
+        mpi.release_servers()
+    return code
 
 
-def _train(args: argparse.Namespace, mpi) -> int:
-    from launch.local import LocalServers
+def _train(args: argparse.Namespace, mpi, stop) -> int:
+    from launch.cluster import EXIT_STOPPED, training_servers
     from learners.config import algorithm_module, load_config
-    from learners.run import Run, default_run_dir
+    from learners.run import Run, TrainingStopped, default_run_dir
 
     writer = mpi.is_root()
     if args.resume:
@@ -75,17 +81,30 @@ def _train(args: argparse.Namespace, mpi) -> int:
         run_dir = Run.create(config, directory, writer=writer)
     mpi.barrier()
     config = run_dir.config
-    connect = args.connect.split(",") if args.connect else list(config.env.connect)
+    run_dir.stop_on(stop.requested)
+    connect = args.connect.split(",") if args.connect else []
+    stopped = None
     try:
-        if connect:
-            metrics = algorithm_module(config.algo).train(
-                config, run_dir, rank_addresses(connect, mpi.rank(), mpi.size())
-            )
-        else:
-            with LocalServers(count=config.env.servers) as servers:
-                metrics = algorithm_module(config.algo).train(config, run_dir, servers.addresses)
+        with training_servers(config.env, connect, run_dir.directory / "servers") as addresses:
+            try:
+                metrics = algorithm_module(config.algo).train(config, run_dir, addresses)
+            except TrainingStopped as exc:  # every rank, after the same update
+                stopped = exc
     finally:
         run_dir.close()
+    if stopped is not None:
+        mpi.log(
+            f"agora train: {_signal_name(stopped.reason)}: stopped after update {stopped.update} "
+            f"(step {stopped.step}), checkpoint written; continue with: agora train --resume {run_dir.directory}"
+        )
+        return EXIT_STOPPED
     summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("return"))
     mpi.log(f"agora train: done: {run_dir.directory} ({summary or 'no episode finished'})")
     return 0
+
+
+def _signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"stop request {number}"
