@@ -12,7 +12,7 @@ import importlib
 import sys
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record")
+COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record", "doctor")
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
@@ -24,6 +24,7 @@ agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train
   agora plot RUN_DIR          write the learning curve PNG of one or more runs
   agora scenarios list|check|new   see, check and author worlds
   agora record                render an episode played by given policies into a GIF
+  agora doctor                check MPI, GPUs, threads and env servers (run it as the job runs: mpirun -n R ...)
 
 Run `agora COMMAND --help` for the options of each command.
 """

@@ -102,7 +102,9 @@ def share(addresses: Sequence[str], index: int, count: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def training_servers(env: Any, connect: Sequence[str] = (), log_dir: str | Path | None = None) -> Iterator[list[str]]:
+def training_servers(
+    env: Any, connect: Sequence[str] = (), log_dir: str | Path | None = None, report: bool = True
+) -> Iterator[list[str]]:
     """This rank's env server addresses for training, starting (and at the end stopping) servers where asked.
 
     Args:
@@ -110,6 +112,7 @@ def training_servers(env: Any, connect: Sequence[str] = (), log_dir: str | Path 
         connect: addresses or connection files given on the command line (they win over ``env.connect``).
         log_dir: where started servers write their output (``node<N>/server<I>.log`` or ``rank<R>/...``); default:
             a temporary directory, removed with them.
+        report: rank 0 prints which ranks use which servers.
 
     Collective over the learners (rank 0 prints where the servers are). On success the ranks of a node wait for
     each other before its servers stop. On an exception a rank's own servers stop at once and nothing waits: the
@@ -131,7 +134,8 @@ def training_servers(env: Any, connect: Sequence[str] = (), log_dir: str | Path 
         per_node = env.servers_per == "node"
         servers, mine = _start(env, where, per_node, log_dir)
         origin = "started per node" if per_node else "started per rank"
-    _report(where, mine, origin)
+    if report:
+        _report(where, mine, origin)
     try:
         yield mine
     except BaseException:

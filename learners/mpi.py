@@ -573,7 +573,7 @@ def library_cuda_support() -> tuple[bool, str]:
         if mark in version:
             return True, f"library version string names {mark}"
     asked = [name for name, fn in (("MPIX_Query_cuda_support", query), ("MPIX_GPU_query_support", gpu_query)) if fn]
-    return False, f"{' and '.join(asked)} say(s) no" if asked else "the library has no CUDA query and does not say"
+    return False, f"{' and '.join(asked)}: no" if asked else "the library has no CUDA query and does not say"
 
 
 def library_path() -> str | None:
