@@ -1,0 +1,307 @@
+"""launch.cluster and `agora train` on a cluster: servers per node or rank, MPMD server ranks, stopping on SIGTERM.
+
+The multi-rank tests run a real ``mpirun -n 2`` (MPICH's Hydra from the venv). Each job carries a unique token in its
+environment, which every process it starts inherits (ranks, env servers), so that "no process left behind" is
+checked by scanning /proc for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from agents.client import AgentClient
+from launch import cluster
+from learners.config import load_config
+from learners.run import Run, TrainingStopped, read_metrics
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
+MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
+#: A tiny budget: 2 ranks x 4 worlds x 25 steps = 200 steps per update, one epoch per update.
+TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
+
+
+# ---------------------------------------------------------------------------------------------- helpers
+
+
+def _pids(needle: str, where: str = "environ") -> list[int]:
+    """Processes whose environment (or command line) holds ``needle``."""
+    found = []
+    for path in Path("/proc").glob(f"[0-9]*/{where}"):
+        try:
+            if needle.encode() in path.read_bytes():
+                found.append(int(path.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid() and _alive(pid)]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+def _no_leftovers(token: str, timeout_s: float = 15.0) -> list[int]:
+    deadline = time.monotonic() + timeout_s
+    while _pids(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return _pids(token)
+
+
+class Job:
+    """``mpirun`` ARGS in its own session with a unique token in its environment; killed if a test leaves it."""
+
+    def __init__(self, *args: str, ranks: int = 2) -> None:
+        if MPIRUN is None:
+            pytest.skip("no mpirun on PATH or next to the interpreter: install an MPI (pip install mpich)")
+        self.token = uuid.uuid4().hex
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "AGORA_TEST_TOKEN": self.token, "OMP_NUM_THREADS": "1"}
+        self.started = time.monotonic()
+        self.proc = subprocess.Popen(
+            [MPIRUN, "-n", str(ranks), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout_s: float) -> tuple[int, str, str]:
+        try:
+            out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"the job did not end within {timeout_s} s:\n{out}\n{err}")
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        for pid in [self.proc.pid, *_pids(self.token)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def _train(run_dir: Path, *settings: str) -> list[str]:
+    return [sys.executable, "-m", "launch.cli", "train", f"run.dir={run_dir}", *TINY, *settings]
+
+
+def _wait_for_rows(path: Path, rows: int, job: Job, timeout_s: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if job.proc.poll() is not None:
+            pytest.fail(f"the job ended early ({job.proc.returncode}): {job.proc.communicate()}")
+        if path.exists() and len(read_metrics(path)) >= rows:
+            return
+        time.sleep(0.2)
+    job.kill()
+    pytest.fail(f"{path} did not reach {rows} rows in {timeout_s} s")
+
+
+# ---------------------------------------------------------------------------------------------- one process
+
+
+def test_share_spreads_ranks_over_servers() -> None:
+    addresses = ["a", "b", "c", "d"]
+    assert [cluster.share(addresses, i, 2) for i in range(2)] == [["a", "c"], ["b", "d"]]
+    assert [cluster.share(addresses[:1], i, 3) for i in range(3)] == [["a"]] * 3
+    assert [cluster.share(addresses[:2], i, 3) for i in range(3)] == [["a"], ["b"], ["a"]]
+    with pytest.raises(ValueError, match="no env server"):
+        cluster.share([], 0, 1)
+
+
+def test_connect_reads_connection_files_written_later(tmp_path) -> None:
+    path = tmp_path / "servers.json"
+    writer = threading.Timer(0.3, lambda: path.write_text(json.dumps({"addresses": ["tcp://h:1", "tcp://h:2"]})))
+    writer.start()
+    assert cluster.read_connect(["ipc:///x", str(path)], timeout_s=30) == ["ipc:///x", "tcp://h:1", "tcp://h:2"]
+    with pytest.raises(FileNotFoundError, match="no such connection file after 0 s"):
+        cluster.read_connect([str(tmp_path / "missing.json")], timeout_s=0.2)
+
+
+def test_mpi_rank_detection_ignores_children_of_ranks(monkeypatch) -> None:
+    for var in (*cluster._RANK_VARS, "AGORA_MPI"):
+        monkeypatch.delenv(var, raising=False)
+    assert not cluster.launched_by_mpi()
+    monkeypatch.setenv("PMI_RANK", "1")
+    assert cluster.launched_by_mpi()
+    monkeypatch.setenv("AGORA_MPI", "off")  # what LocalServers gives the servers a rank starts
+    assert not cluster.launched_by_mpi()
+
+
+def test_stop_signals_are_recorded_then_restored() -> None:
+    before = signal.getsignal(signal.SIGTERM)
+    with cluster.StopSignals() as stop:
+        assert stop.requested() == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        deadline = time.monotonic() + 5
+        while not stop.requested() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert stop.requested() == signal.SIGUSR1  # the first one counts
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+@pytest.mark.parametrize("per", ["node", "rank"])
+def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: str) -> None:
+    env = load_config(None, [f"env.servers_per={per}", "env.servers=2"]).env
+    with cluster.training_servers(env, report=False) as addresses:
+        assert len(addresses) == 2 and all(a.startswith("ipc://") for a in addresses)
+        pids = [pid for a in addresses for pid in _pids(a.removeprefix("ipc://"), "cmdline")]
+        assert len(pids) == 2
+        for pid in pids:  # what SLURM sends every process of a step: the learner decides when its servers go
+            os.kill(pid, signal.SIGUSR1)
+            os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+        for address in addresses:
+            with AgentClient(address, timeout_s=20) as client:
+                assert client.hello()["server"] == "agora"
+    deadline = time.monotonic() + 10
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(map(_alive, pids))
+
+
+def test_an_error_stops_the_servers_at_once() -> None:
+    env = load_config(None, ["env.servers=1"]).env
+    with pytest.raises(RuntimeError, match="boom"), cluster.training_servers(env, report=False) as addresses:
+        pids = _pids(addresses[0].removeprefix("ipc://"), "cmdline")
+        raise RuntimeError("boom")
+    time.sleep(0.2)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, pids)) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert pids and not any(map(_alive, pids))
+
+
+def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:
+    from learners import ppo
+
+    overrides = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false", "run.total_steps=2000"]
+    config = load_config(None, [*overrides, "run.checkpoint_every=100"])
+    run = Run.create(config, tmp_path / "run")
+    polls = iter(range(100))
+    run.stop_on(lambda: 15 if next(polls) >= 2 else 0)  # a SIGTERM seen at the third logged update
+    with cluster.training_servers(config.env, report=False) as addresses, pytest.raises(TrainingStopped) as stopped:
+        ppo.train(config, run, addresses)
+    run.close()
+    assert (stopped.value.update, stopped.value.step, stopped.value.reason) == (3, 300, 15)
+    assert [p.name for p in run.checkpoints()] == ["update_0000003.pt"]
+    resumed = Run.open(tmp_path / "run", ["run.total_steps=500"])
+    assert resumed.config.run.checkpoint_every == 100  # the stop changed nothing on disk
+    with cluster.training_servers(resumed.config.env, report=False) as addresses:
+        ppo.train(resumed.config, resumed, addresses)
+    resumed.close()
+    assert [int(r["update"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2, 3, 4, 5]
+
+
+# ---------------------------------------------------------------------------------------------- mpirun -n 2
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_train_two_ranks_share_their_node_server(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    job = Job(*_train(run_dir, "run.total_steps=1200", "env.servers=1", "run.checkpoint_every=3"))
+    code, out, err = job.wait(180)
+    assert code == 0, out + err
+    assert "agora: 2 rank(s) on 1 node(s), env servers: started per node" in err
+    used = [line for line in err.splitlines() if line.startswith("agora:   node 0")]
+    assert len(used) == 1 and used[0].endswith("<- rank(s) 0 1"), err  # one server, both ranks on it
+    assert out.count("agora train: done") == 1
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [int(r["step"]) for r in rows] == [200 * (i + 1) for i in range(6)]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update_0000003.pt", "update_0000006.pt"]
+    assert list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert [p.name for p in (run_dir / "servers" / "node0").iterdir()] == ["server0.log"]
+    assert _no_leftovers(job.token) == []
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+@pytest.mark.parametrize("fail_rank", [0, 1], ids=["server-starting-rank", "other-rank"])
+def test_one_rank_raising_aborts_train_and_leaves_no_process(tmp_path, fail_rank: int) -> None:
+    script = [sys.executable, str(SCRIPTS / "train_rank_fails.py"), "--fail-rank", str(fail_rank)]
+    job = Job(*script, f"run.dir={tmp_path / 'run'}", *TINY, "run.total_steps=10000000")
+    code, out, err = job.wait(120)  # the budget would take hours: only an abort ends it this soon
+    assert code != 0
+    assert f"deliberate failure in rank {fail_rank} at update 3" in err
+    assert "agora train: done" not in out
+    assert _no_leftovers(job.token) == [], "a rank or an env server outlived the aborted job"
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> None:
+    """What SLURM does at a time limit: SIGTERM to every process of the step, env servers included."""
+    run_dir = tmp_path / "run"
+    job = Job(*_train(run_dir, "run.total_steps=10000000", "run.checkpoint_every=1000"))
+    _wait_for_rows(run_dir / "metrics.csv", 3, job)
+    for pid in [job.proc.pid, *_pids(job.token)]:
+        os.kill(pid, signal.SIGTERM)
+    code, out, err = job.wait(90)
+    assert code == cluster.EXIT_STOPPED, out + err
+    assert "agora train: SIGTERM: stopped after update" in out
+    update = int(out.split("stopped after update ")[1].split()[0])
+    assert update >= 3
+    assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"update_{update:07d}.pt"]
+    assert int(read_metrics(run_dir / "metrics.csv")[-1]["update"]) == update
+    assert _no_leftovers(job.token) == []
+
+    args = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "train",
+        "--resume",
+        str(run_dir),
+        f"run.total_steps={200 * (update + 2)}",
+    ]
+    resumed = Job(*args)
+    code, out, err = resumed.wait(180)
+    assert code == 0, out + err
+    rows = read_metrics(run_dir / "metrics.csv")
+    assert [int(r["update"]) for r in rows] == list(range(1, update + 3))
+    assert [int(r["step"]) for r in rows[-2:]] == [200 * (update + 1), 200 * (update + 2)]
+    assert _no_leftovers(resumed.token) == []
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_mpmd_server_rank_serves_both_train_ranks(tmp_path) -> None:
+    run_dir = tmp_path / "run"
+    serve = [
+        sys.executable,
+        "-m",
+        "launch.cli",
+        "serve",
+        "--log-level",
+        "WARNING",
+        "--addr-file",
+        str(tmp_path / "s.json"),
+    ]
+    job = Job(*_train(run_dir, "run.total_steps=1200"), ":", "-n", "1", *serve)
+    code, out, err = job.wait(180)
+    assert code == 0, out + err
+    assert "agora serve: 1 server rank(s) for 2 learner rank(s)" in err
+    assert "env servers: MPMD server ranks" in err
+    used = [line for line in err.splitlines() if line.startswith("agora:   node 0")]
+    assert len(used) == 1 and "/server.sock <- rank(s) 0 1" in used[0], err
+    assert json.loads((tmp_path / "s.json").read_text())["addresses"][0].startswith("tcp://127.0.0.1:")
+    assert len(read_metrics(run_dir / "metrics.csv")) == 6
+    assert _no_leftovers(job.token) == []
