@@ -84,8 +84,9 @@ class EnvSettings:
 class RunSettings:
     """Budget, reproducibility, hardware and what gets written where."""
 
-    total_steps: int = 3_000_000
-    """Environment steps to train for, counted per world step and summed over ranks."""
+    total_steps: int = 1_500_000
+    """Environment steps to train for, counted per world step and summed over ranks (the default run takes about 12
+    minutes on two busy cores and passes a team return of -45 on simple_spread; docs/learners.md)."""
     seed: int = 1
     """Base seed; rank r uses streams derived from (seed, r)."""
     dir: str = ""
