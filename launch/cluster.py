@@ -42,12 +42,19 @@ EXIT_STOPPED = 75
 #: Set in processes that an MPI launcher started as ranks (an env server started by a rank inherits them: see
 #: :func:`launched_by_mpi`).
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-#: Run in each server process before the server: it is no MPI rank (whatever it inherits); SIGTERM and SIGUSR1 wait
-#: (blocked) while its rank lives, which stops it with SIGINT; the kernel SIGKILLs it if that rank dies.
+#: Run in each server process before the server: it is no MPI rank (whatever it inherits); it may run on the given
+#: cores (a node's servers on all of its ranks' cores, not only those its starter is bound to); SIGTERM and SIGUSR1
+#: wait (blocked) while its rank lives, which stops it with SIGINT; the kernel SIGKILLs it if that rank dies.
 _BOOTSTRAP = """\
 import ctypes, os, runpy, signal, sys
 parent = int(sys.argv.pop(1))
+cores = {int(c) for c in sys.argv.pop(1).split(",") if c}
 os.environ["AGORA_MPI"] = "off"
+if cores and hasattr(os, "sched_setaffinity"):
+    try:
+        os.sched_setaffinity(0, cores)
+    except OSError:
+        pass
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
 if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
@@ -153,12 +160,14 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
     from learners import mpi
 
     servers, outcome = None, None
+    # A launcher that binds each rank to its cores (srun does) would squeeze a node's servers onto local rank 0's.
+    cores = sorted({c for ranks in mpi.node_allgather_object(sorted(_affinity())) for c in ranks}) if per_node else []
     if where.local_rank == 0 or not per_node:
         folder = f"node{where.node}" if per_node else f"rank{where.rank}"
         servers = LocalServers(
             count=env.servers or (where.local_size if per_node else 1),
             log_dir=Path(log_dir) / folder if log_dir is not None else None,
-            command=[sys.executable, "-c", _BOOTSTRAP, str(os.getpid())],
+            command=[sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), ",".join(map(str, cores))],
         )
         try:
             outcome = servers.start()
@@ -307,6 +316,10 @@ def _public(address: str) -> str:
 def _loopback(address: str) -> bool:
     host = address.removeprefix("tcp://").rpartition(":")[0]
     return host in ("localhost", "[::1]") or host.startswith("127.")
+
+
+def _affinity() -> set[int]:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
 
 
 def _host() -> str:

@@ -197,17 +197,17 @@ def node_barrier() -> None:
         state.node.Barrier()
 
 
-def fair_threads(own_processes: int = 0) -> int:
+def fair_threads(own_processes: float = 0.0) -> int:
     """A fair share of the cores this rank may run on, for its torch threads (at least 1). Collective over the node.
 
     The cores in this rank's CPU affinity, divided among the ranks of the node whose affinity overlaps it (all of
     them when the launcher binds nothing; none but itself when it binds each rank to its own cores) and the busy
-    processes each of those starts on its cores (``own_processes``: its env servers).
+    processes each of those adds on its cores (``own_processes``: its env servers, or its part of the node's).
     """
     mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    node = node_allgather_object((sorted(mine), int(own_processes)))
+    node = node_allgather_object((sorted(mine), float(own_processes)))
     sharing = sum(1 + extra for cores, extra in node if mine.intersection(cores))
-    return max(1, len(mine) // sharing)
+    return max(1, int(len(mine) // sharing))
 
 
 # ---------------------------------------------------------------------------------------------- roles (MPMD)

@@ -223,14 +223,15 @@ def settle_threads(config: Config) -> None:
     """Turn ``run.threads = 0`` (automatic) into this rank's number, after the config is saved. Collective (node).
 
     ``OMP_NUM_THREADS`` when set, else :func:`learners.mpi.fair_threads` counting the env servers that
-    ``agora train`` starts on this rank's cores when the config names none (``env.servers``, ``env.servers_per``).
+    ``agora train`` starts when the config names none (``env.servers``, ``env.servers_per``).
     """
-    env, starts = config.env, 0
+    env, starts = config.env, 0.0
     if not env.connect and not mpi.published("server"):
+        # Per rank: on the rank's own cores. Per node: anywhere on the node's, so each rank counts its part of them.
         if env.servers_per == "rank":
-            starts = env.servers or 1
-        elif mpi.local_rank() == 0:
-            starts = env.servers or mpi.local_size()
+            starts = float(env.servers or 1)
+        else:
+            starts = (env.servers or mpi.local_size()) / mpi.local_size()
     share = mpi.fair_threads(starts)  # collective: every rank calls it, whatever it decides
     if config.run.threads <= 0:
         omp = os.environ.get("OMP_NUM_THREADS", "").strip()
