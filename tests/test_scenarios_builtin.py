@@ -119,7 +119,7 @@ def test_predator_prey_speeds_and_walls():
 
 
 def test_cover_reward_is_minus_the_mean_distance_of_each_landmark_to_its_nearest_agent():
-    world = Cover(1, n_agents=2, max_cycles=2)
+    world = Cover(1, n_agents=2, delay=0, max_cycles=2)
     world.reset(seed=0)
     world.pos[0] = [[0.0, 0.0], [0.5, 0.5]]
     world.landmarks[0] = [[0.1, 0.0], [0.2, 0.0]]
@@ -132,3 +132,21 @@ def test_cover_reward_is_minus_the_mean_distance_of_each_landmark_to_its_nearest
     _, _, _, truncated = world.step({"agent_0": np.array([1]), "agent_1": np.array([3])})
     assert world.pos[0].tolist() == [[1.0, 1.0], [-0.1, 0.0]]  # the wall holds agent_0
     assert truncated.all()
+
+
+def test_cover_pays_each_steps_score_delay_steps_later_and_keeps_it_in_the_state():
+    world = Cover(1, n_agents=1, delay=2, max_cycles=4)
+    world.reset(seed=0)
+    world.landmarks[0] = [[0.0, 0.0]]
+    stay = {"agent_0": np.array([0])}
+    paid, pending = [], []
+    for x in (0.5, 0.4, 0.3, 0.2):
+        world.pos[0] = [[x, 0.0]]
+        _, rewards, _, truncated = world.step(stay)
+        paid.append(float(rewards[0, 0]))
+        pending.append(world.state()[0, -2:].tolist())
+    assert paid == pytest.approx([0, 0, -0.5, -0.4])  # steps 1 and 2 are paid at steps 3 and 4
+    assert pending[1] == pytest.approx([-0.5, -0.4]) and pending[3] == pytest.approx([-0.3, -0.2])
+    assert truncated.all()
+    world.reset(copies=np.array([0]))
+    assert world.state()[0, -2:].tolist() == [0, 0]  # a new episode owes nothing
