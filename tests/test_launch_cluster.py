@@ -305,3 +305,15 @@ def test_mpmd_server_rank_serves_both_train_ranks(tmp_path) -> None:
     assert json.loads((tmp_path / "s.json").read_text())["addresses"][0].startswith("tcp://127.0.0.1:")
     assert len(read_metrics(run_dir / "metrics.csv")) == 6
     assert _no_leftovers(job.token) == []
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "launch" / "templates").iterdir()))
+def test_job_templates_are_valid_shell_that_resumes_after_a_stop(template: str) -> None:
+    path = ROOT / "launch" / "templates" / template
+    checked = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, timeout=30)
+    assert checked.returncode == 0, checked.stderr
+    text = path.read_text()
+    assert "agora train" in text and "--resume" in text and "agora doctor" in text
+    assert f"status == {cluster.EXIT_STOPPED}" in text  # requeue or resubmit on a checkpointed stop
+    directives = [line for line in text.splitlines() if line.startswith(("#SBATCH --account", "#PBS -A"))]
+    assert directives and all("# EDIT" in line for line in directives)
