@@ -1,21 +1,31 @@
-"""agora's worlds: a registry of hostable scenarios, and the small API for authoring new ones."""
+"""agora's worlds: a registry of hostable scenarios, and the small API for authoring new ones (docs/scenarios.md)."""
 
+from scenarios.api import Scenario, ScenarioEnv, scenario_env
 from scenarios.registry import (
     DEFAULT_ALLOWED_PACKAGES,
     ScenarioNotAllowed,
     check_allowed,
+    load_scenario_module,
     make_env,
     make_vector,
     register,
     registered,
 )
+from scenarios.vector import VectorParallelEnv, VectorScenario, vector_env
 
 __all__ = [
     "DEFAULT_ALLOWED_PACKAGES",
+    "Scenario",
+    "ScenarioEnv",
     "ScenarioNotAllowed",
+    "VectorParallelEnv",
+    "VectorScenario",
     "check_allowed",
+    "load_scenario_module",
     "make_env",
     "make_vector",
     "register",
     "registered",
+    "scenario_env",
+    "vector_env",
 ]

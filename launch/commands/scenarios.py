@@ -176,5 +176,5 @@ def run_new(args: argparse.Namespace) -> int:
     print("next:")
     print(f"  agora scenarios check {name} --module {path}")
     print(f"  agora record --scenario {name} --module {path} --policy random --out {name}.gif")
-    print(f"  agora serve --scenario-module {path.stem}      # from {path.parent}, so the module is importable")
+    print(f"  PYTHONPATH={path.parent} agora serve --scenario-module {path.stem}")
     return 0
