@@ -56,6 +56,7 @@ if cores and hasattr(os, "sched_setaffinity"):
     except OSError:
         pass
 signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
+signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell's background job
 if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     if os.getppid() != parent:
