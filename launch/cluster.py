@@ -168,7 +168,7 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
         servers = LocalServers(
             count=env.servers or (where.local_size if per_node else 1),
             log_dir=Path(log_dir) / folder if log_dir is not None else None,
-            command=[sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), ",".join(map(str, cores))],
+            command=server_command(cores),
         )
         try:
             outcome = servers.start()
@@ -180,6 +180,11 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
     if isinstance(outcome, str):
         raise ServerStartError(f"the env servers of {where.host} did not start: {outcome}")
     return servers, share(outcome, where.local_rank, where.local_size) if per_node else outcome
+
+
+def server_command(cores: Sequence[int] = ()) -> list[str]:
+    """The command that starts one env server for this process (flags follow): see the module docstring."""
+    return [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), ",".join(map(str, cores))]
 
 
 def _report(where: Placement, mine: list[str], origin: str) -> None:

@@ -23,6 +23,7 @@ import pytest
 
 from agents.client import AgentClient
 from launch import cluster
+from launch.local import LocalServers
 from learners.config import load_config
 from learners.run import Run, TrainingStopped, read_metrics
 
@@ -175,6 +176,18 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
     while any(map(_alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert not any(map(_alive, pids))
+
+
+def test_servers_stop_cleanly_on_sigint_even_if_started_with_it_ignored() -> None:
+    """A batch script's background job starts with SIGINT ignored; the servers must still take it as their stop."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)  # inherited by the servers, as from `cmd &` in a script
+    try:
+        servers = LocalServers(count=1, command=cluster.server_command())
+        servers.start()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    cluster.stop_servers(servers, grace_s=60)
+    assert [proc.returncode for proc in servers.procs] == [0]  # it served to a clean end, not SIGKILLed
 
 
 def test_an_error_stops_the_servers_at_once() -> None:
