@@ -146,7 +146,8 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         raise ProtocolError(SCENARIO_NOT_ALLOWED, str(exc), "ask the operator to --allow the package") from None
     group = None
     try:
-        vector = scenarios.make_vector(name, copies, scenario_config) if join and copies >= 2 else None
+        vectorise = join and copies >= 2 and auto_reset  # the batched training path; see envserver/vector.py
+        vector = scenarios.make_vector(name, copies, scenario_config) if vectorise else None
         if vector is not None:
             group = VectorGroup(vector)
             group.last_obs = vector.reset(seed=seed)
@@ -179,7 +180,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         world.obs, world.infos = firsts[i]
         if group is not None:
             world.group, world.index = group, i
-            group.worlds.append(world)
+            group.add(world)
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
         worlds.append(world)
@@ -364,28 +365,33 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
         raise ProtocolError(BAD_REQUEST, f"'worlds' must list 1..{server.config.max_batch} worlds", "")
     if layout not in LAYOUTS:
         raise ProtocolError(BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r}", "")
+    group = server.world(ids[0]).group
+    if group is not None:
+        # A vector group is checked as a whole: one list comparison instead of K lookups.
+        if not group.intact or ids != group.world_ids:
+            raise ProtocolError(
+                BATCH_MISMATCH,
+                "vector-backed worlds step only as their whole group, in order",
+                f"send worlds {group.world_ids}" if group.intact else "a world of this group was closed",
+            )
+        if group.sole_holder() != session.identity:
+            raise ProtocolError(BATCH_MISMATCH, "you do not hold every seat of these worlds", "create with join: true")
+        return VectorStepper(group, layout, with_state)  # its worlds share spec and options by construction
     worlds = [server.world(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ProtocolError(BATCH_MISMATCH, "'worlds' lists a world twice", "list each world once")
     key = worlds[0].spec_key
     for world in worlds:
-        if world.spec_key != key:
-            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} has another spec than world {ids[0]}", "")
         if world.sole_holder() != session.identity:
             raise ProtocolError(
                 BATCH_MISMATCH, f"you do not hold every seat of world {world.world_id}", "create with join: true"
             )
+        if world.group is not None:
+            raise ProtocolError(BATCH_MISMATCH, "vector-backed worlds step only as their whole group", "")
+        if world.spec_key != key:
+            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} has another spec than world {ids[0]}", "")
         if not world.options.auto_reset:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
-    group = worlds[0].group
-    if group is not None or any(w.group is not None for w in worlds):
-        if group is None or ids != group.world_ids:
-            raise ProtocolError(
-                BATCH_MISMATCH,
-                "vector-backed worlds step only as their whole group, in order",
-                f"send worlds {group.world_ids if group else '(one whole group)'}",
-            )
-        return VectorStepper(group, layout, with_state)
     return BatchStepper(worlds, layout, with_state)
 
 

@@ -28,6 +28,7 @@ from envserver.world import World
 log = logging.getLogger("agora.server")
 
 VERSION = "0.1.0"
+_ZERO_COPY_BYTES = 1 << 16
 
 
 @dataclass
@@ -184,8 +185,14 @@ class EnvServer:
             self.send(identity, error.to_header(request_id))
 
     def send(self, identity: bytes, message: dict) -> None:
+        frames = [identity, *pack(message)]
+        last = len(frames) - 1
         try:
-            self.socket.send_multipart([identity, *pack(message)], copy=False)
+            for i, frame in enumerate(frames):
+                # Zero-copy only pays for large frames: a small one sent without copying costs a Frame object and
+                # a cross-thread release far dearer than copying its bytes.
+                big = getattr(frame, "nbytes", 0) >= _ZERO_COPY_BYTES
+                self.socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
         except zmq.ZMQError as exc:  # the peer is gone or its queue is full: its loss, not the server's
             log.warning("dropping a reply to %s: %s", identity.hex(), exc)
 
@@ -250,6 +257,8 @@ class EnvServer:
                 self._step_and_reply(world)
 
     def _close_world(self, world: World, reason: str) -> None:
+        if world.group is not None:
+            world.group.intact = False
         for identity, header in world.cancel_waiters(f"world {world.world_id} was closed: {reason}"):
             self.send(identity, header)
         for agent, seat in world.seats.items():

@@ -26,13 +26,23 @@ class VectorGroup:
         self.vector = vector
         self.agents = list(vector.possible_agents)
         self.worlds: list = []
+        self.world_ids: list[int] = []
+        self.intact = True  # False once any of its worlds is closed: the group no longer steps
+        self.holders_dirty = True  # set by a copy whose seats change
+        self._holder: bytes | None = None
         self.last_obs: dict[str, np.ndarray] = {}
         self.ticks = np.zeros(vector.num_copies, np.int64)
         self.episodes = np.zeros(vector.num_copies, np.int64)
 
-    @property
-    def world_ids(self) -> list[int]:
-        return [w.world_id for w in self.worlds]
+    def sole_holder(self) -> bytes | None:
+        """The connection holding every seat of every copy, if one does (cached by each world)."""
+        holders = {w.sole_holder() for w in self.worlds} if self.holders_dirty else {self._holder}
+        self._holder, self.holders_dirty = (holders.pop() if len(holders) == 1 else None), False
+        return self._holder
+
+    def add(self, world: Any) -> None:
+        self.worlds.append(world)
+        self.world_ids.append(world.world_id)
 
     def refuse_single(self, world_id: int) -> ProtocolError:
         return ProtocolError(

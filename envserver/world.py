@@ -126,6 +126,8 @@ class World:
     group: Any = None
     """The :class:`envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
     index: int = 0
+    _sole_holder: bytes | None = None
+    _holder_dirty: bool = True
     deadline_at: float | None = None
     rng: np.random.Generator = field(default_factory=np.random.default_rng)
 
@@ -171,12 +173,24 @@ class World:
     def held_by(self, identity: bytes) -> list[str]:
         return [a for a, s in self.seats.items() if s.holder == identity]
 
+    def _seats_changed(self) -> None:
+        self._holder_dirty = True
+        if self.group is not None:
+            self.group.holders_dirty = True
+
     def sole_holder(self) -> bytes | None:
-        """The connection holding every seat, if one does (the condition for batched stepping)."""
-        holders = {s.holder for s in self.seats.values()}
-        return holders.pop() if len(holders) == 1 else None
+        """The connection holding every seat, if one does (the condition for batched stepping).
+
+        Asked on every batched step for every world, so it is cached and recomputed only after a seat changes.
+        """
+        if self._holder_dirty:
+            holders = {s.holder for s in self.seats.values()}
+            self._sole_holder = holders.pop() if len(holders) == 1 else None
+            self._holder_dirty = False
+        return self._sole_holder
 
     def take_seat(self, agent: str, identity: bytes) -> str:
+        self._seats_changed()
         seat = self.seats[agent]
         seat.holder, seat.state = identity, HELD
         if not seat.token:
@@ -187,6 +201,7 @@ class World:
 
     def release_seat(self, agent: str, lost: bool) -> None:
         """The holder left (seat becomes free, token void) or went silent (seat lost, token kept)."""
+        self._seats_changed()
         seat = self.seats[agent]
         seat.holder = None
         seat.state = LOST if lost else FREE
