@@ -162,7 +162,7 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
 
     servers, outcome = None, None
     # A launcher that binds each rank to its cores (srun does) would squeeze a node's servers onto local rank 0's.
-    cores = sorted({c for ranks in mpi.node_allgather_object(sorted(_affinity())) for c in ranks}) if per_node else []
+    cores = sorted({c for ranks in mpi.node_cores() for c in ranks}) if per_node else []
     if where.local_rank == 0 or not per_node:
         folder = f"node{where.node}" if per_node else f"rank{where.rank}"
         servers = LocalServers(
@@ -322,10 +322,6 @@ def _public(address: str) -> str:
 def _loopback(address: str) -> bool:
     host = address.removeprefix("tcp://").rpartition(":")[0]
     return host in ("localhost", "[::1]") or host.startswith("127.")
-
-
-def _affinity() -> set[int]:
-    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set()
 
 
 def _host() -> str:

@@ -62,6 +62,7 @@ class _State:
     size = 1
     local_rank = 0
     local_size = 1
+    node_cores: list[list[int]] = []  # the CPU affinity of each rank of this node, by local rank
     cuda_aware: bool | None = None
 
 
@@ -74,6 +75,7 @@ def _state() -> type[_State]:
 def _start(role: str, payload: Any) -> None:
     _State.ready = True
     _State.role, _State.peers = role, [(role, payload)]
+    _State.node_cores = [sorted(_affinity())]
     if os.environ.get("AGORA_MPI", "").lower() in ("0", "off", "no"):
         _refuse_alone_if_launched("AGORA_MPI=off")
         return
@@ -94,6 +96,8 @@ def _start(role: str, payload: Any) -> None:
     _State.MPI, _State.comm, _State.node, _State.world = MPI, comm, node, world
     _State.rank, _State.size = comm.Get_rank(), comm.Get_size()
     _State.local_rank, _State.local_size = node.Get_rank(), node.Get_size()
+    if node.Get_size() > 1:
+        _State.node_cores = node.allgather(_State.node_cores[0])
 
 
 def _refuse_alone_if_launched(why: str) -> None:
@@ -184,10 +188,9 @@ def node_broadcast_object(obj: Any) -> Any:
     return obj if state.local_size == 1 else state.node.bcast(obj, root=0)
 
 
-def node_allgather_object(obj: Any) -> list[Any]:
-    """Every rank's ``obj`` on this node, in local-rank order, on every rank of the node."""
-    state = _state()
-    return [obj] if state.local_size == 1 else state.node.allgather(obj)
+def node_cores() -> list[list[int]]:
+    """The CPU affinity of each rank of this node, by local rank (exchanged when MPI started)."""
+    return [list(cores) for cores in _state().node_cores]
 
 
 def node_barrier() -> None:
@@ -198,16 +201,21 @@ def node_barrier() -> None:
 
 
 def fair_threads(own_processes: float = 0.0) -> int:
-    """A fair share of the cores this rank may run on, for its torch threads (at least 1). Collective over the node.
+    """A fair share of the cores this rank may run on, for its torch threads (at least 1).
 
     The cores in this rank's CPU affinity, divided among the ranks of the node whose affinity overlaps it (all of
     them when the launcher binds nothing; none but itself when it binds each rank to its own cores) and the busy
-    processes each of those adds on its cores (``own_processes``: its env servers, or its part of the node's).
+    processes each of them adds (``own_processes``: its env servers, or its part of the node's). The ranks' affinities
+    were exchanged when MPI started, so this is not collective.
     """
-    mine = set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
-    node = node_allgather_object((sorted(mine), float(own_processes)))
-    sharing = sum(1 + extra for cores, extra in node if mine.intersection(cores))
+    state = _state()
+    mine = set(state.node_cores[state.local_rank])
+    sharing = sum(1 for cores in state.node_cores if mine.intersection(cores)) * (1 + own_processes)
     return max(1, int(len(mine) // sharing))
+
+
+def _affinity() -> set[int]:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
 # ---------------------------------------------------------------------------------------------- roles (MPMD)

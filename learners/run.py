@@ -86,6 +86,11 @@ class Run:
         self._columns: list[str] | None = None
         self._stop_poll: Callable[[], int] | None = None
         self._stop_reason = 0
+        # ``threads = 0`` asks for a fair share of the cores: create() and open() settle it (after saving the config,
+        # which keeps the 0, so that a resumed run on other hardware settles it anew); a bare Run trains on one thread.
+        self._auto_threads = config.run.threads <= 0
+        if self._auto_threads:
+            config.run.threads = 1
 
     @classmethod
     def create(cls, config: Config, directory: str | Path, writer: bool = True) -> Run:
@@ -95,11 +100,12 @@ class Run:
             raise RunDirError(
                 f"{directory} already holds a run; continue it with --resume {directory}, or choose another run.dir"
             )
-        run = cls(directory, config, writer)
         if writer:
             (directory / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             save_config(config, directory / CONFIG_FILE)
-        settle_threads(config)
+        run = cls(directory, config, writer)
+        if run._auto_threads:
+            settle_threads(config)
         return run
 
     @classmethod
@@ -109,10 +115,11 @@ class Run:
         if not (directory / CONFIG_FILE).exists():
             raise RunDirError(f"{directory} is not a run directory (no {CONFIG_FILE})")
         config = load_config(directory / CONFIG_FILE, overrides)
-        run = cls(directory, config, writer)
         if writer and overrides:
             save_config(config, directory / CONFIG_FILE)
-        settle_threads(config)
+        run = cls(directory, config, writer)
+        if run._auto_threads:
+            settle_threads(config)
         return run
 
     # -- metrics ---------------------------------------------------------------------------------------------
@@ -220,7 +227,7 @@ class Run:
 
 
 def settle_threads(config: Config) -> None:
-    """Turn ``run.threads = 0`` (automatic) into this rank's number, after the config is saved. Collective (node).
+    """Set ``run.threads`` to this rank's share, for a config that asked for one (``threads = 0``).
 
     ``OMP_NUM_THREADS`` when set, else :func:`learners.mpi.fair_threads` counting the env servers that
     ``agora train`` starts when the config names none (``env.servers``, ``env.servers_per``).
@@ -232,10 +239,8 @@ def settle_threads(config: Config) -> None:
             starts = float(env.servers or 1)
         else:
             starts = (env.servers or mpi.local_size()) / mpi.local_size()
-    share = mpi.fair_threads(starts)  # collective: every rank calls it, whatever it decides
-    if config.run.threads <= 0:
-        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-        config.run.threads = int(omp) if omp.isdigit() and int(omp) > 0 else share
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    config.run.threads = int(omp) if omp.isdigit() and int(omp) > 0 else mpi.fair_threads(starts)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
