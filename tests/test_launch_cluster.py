@@ -202,6 +202,19 @@ def test_an_error_stops_the_servers_at_once() -> None:
     assert pids and not any(map(_alive, pids))
 
 
+def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_path, monkeypatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    run = Run.create(load_config(None, []), tmp_path / "a")
+    assert run.config.run.threads == max(1, cores // 2)  # this rank and the env server it starts
+    assert load_config(tmp_path / "a" / "config.toml").run.threads == 0  # settled anew on resume
+    given = Run.create(load_config(None, ["env.connect=tcp://elsewhere:5555"]), tmp_path / "b")
+    assert given.config.run.threads == cores
+    assert Run.create(load_config(None, ["run.threads=3"]), tmp_path / "c").config.run.threads == 3
+    monkeypatch.setenv("OMP_NUM_THREADS", "5")
+    assert Run.open(tmp_path / "a").config.run.threads == 5
+
+
 def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:
     from learners import ppo
 
