@@ -21,7 +21,8 @@ On SIGTERM or SIGUSR1 (SLURM's time limit, preemption, --signal) all ranks stop 
 checkpoint and exit with status 75; `agora train --resume RUN_DIR` continues. See docs/cluster.md.
 
 The run directory (run.dir, default runs/<algo>-<scenario>-<time>) receives config.toml, metrics.csv,
-TensorBoard events under tb/ and checkpoints/. Then: agora eval RUN_DIR, agora plot RUN_DIR.
+TensorBoard events under tb/, checkpoints/ and the output of the env servers it started under servers/.
+Then: agora eval RUN_DIR, agora plot RUN_DIR.
 """
 
 
