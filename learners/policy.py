@@ -25,6 +25,7 @@ from gymnasium import spaces
 from torch import nn
 
 from agents.batched import BatchedWorlds
+from envserver.protocol.spaces import decode_space, encode_space
 from learners.config import Config, algorithm_module, load_config
 from learners.networks import Actor, flat_dim
 from learners.run import CONFIG_FILE, Run, load_checkpoint
@@ -146,6 +147,27 @@ class MultiAgentPolicy(nn.Module):
             for j, agent in enumerate(present):
                 actions[agent] = values[:, j]
         return actions
+
+
+def encode_spec(
+    possible_agents: list[str], observation_spaces: dict[str, spaces.Space], action_spaces: dict[str, spaces.Space]
+) -> dict[str, Any]:
+    """A world's agents and spaces as plain data for a checkpoint (spaces in their wire encoding)."""
+    return {
+        "possible_agents": list(possible_agents),
+        "observation_spaces": {a: encode_space(observation_spaces[a]) for a in possible_agents},
+        "action_spaces": {a: encode_space(action_spaces[a]) for a in possible_agents},
+    }
+
+
+def decode_spec(spec: dict[str, Any]) -> tuple[list[str], dict[str, spaces.Space], dict[str, spaces.Space]]:
+    """``(possible_agents, observation_spaces, action_spaces)`` back from :func:`encode_spec`."""
+    agents = list(spec["possible_agents"])
+    return (
+        agents,
+        {a: decode_space(spec["observation_spaces"][a]) for a in agents},
+        {a: decode_space(spec["action_spaces"][a]) for a in agents},
+    )
 
 
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, dict[str, Any]]:

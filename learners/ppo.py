@@ -25,11 +25,10 @@ import torch
 from torch import nn
 
 from agents.batched import BatchedWorlds, BatchResult
-from envserver.protocol.spaces import decode_space, encode_space
 from learners import mpi
 from learners.config import Config
 from learners.networks import Critic, RunningNorm, flat_dim
-from learners.policy import MultiAgentPolicy, TeamActor
+from learners.policy import MultiAgentPolicy, TeamActor, decode_spec, encode_spec
 from learners.rollout import TeamRollout, gae
 from learners.run import Run
 
@@ -193,7 +192,7 @@ def _train(
     reducer = mpi.GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
     steps_per_update = K * T * mpi.size()
     total_updates = math.ceil(rs.total_steps / steps_per_update)
-    progress = _progress_bar(rs.progress and mpi.is_root(), rs.total_steps, step)
+    progress = _progress_bar(rs.progress and mpi.is_root(), total_updates * steps_per_update, step)
     alive = np.ones((K, len(agents)), bool)
     returns_k = np.zeros((K, 1 + len(teams)))
     lengths_k = np.zeros(K)
@@ -283,7 +282,7 @@ def _train(
                     "update": update,
                     "episodes": episodes,
                     "algo": config.algo,
-                    "spec": _spec(worlds),
+                    "spec": encode_spec(agents, worlds.observation_spaces, worlds.action_spaces),
                     "actors": policy.state_dict(),
                     "critics": critics.state_dict(),
                     "value_norms": norms.state_dict(),
@@ -439,22 +438,8 @@ def _progress_bar(enabled: bool, total: int, initial: int):
     )
 
 
-def _spec(worlds: BatchedWorlds) -> dict[str, Any]:
-    return {
-        "possible_agents": list(worlds.possible_agents),
-        "observation_spaces": {a: encode_space(sp) for a, sp in worlds.observation_spaces.items()},
-        "action_spaces": {a: encode_space(sp) for a, sp in worlds.action_spaces.items()},
-    }
-
-
 def load_policy(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
     """The trained actors of a PPO checkpoint, rebuilt from the spec stored in it (no server needed)."""
-    spec = state["spec"]
-    policy = MultiAgentPolicy(
-        spec["possible_agents"],
-        {a: decode_space(sp) for a, sp in spec["observation_spaces"].items()},
-        {a: decode_space(sp) for a, sp in spec["action_spaces"].items()},
-        config.algo_settings,
-    )
+    policy = MultiAgentPolicy(*decode_spec(state["spec"]), config.algo_settings)
     policy.load_state_dict(state["actors"])
     return policy
