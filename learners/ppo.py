@@ -252,11 +252,15 @@ def _train(
                 loss = torch.zeros((), device=device)
                 for team, batch, order in zip(teams, batches, orders, strict=True):
                     size = math.ceil(len(order) / s.minibatches)
-                    team_loss, stats = _loss(team, batch, order[j * size : (j + 1) * size], s, last_epoch)
+                    idx = order[j * size : (j + 1) * size]
+                    if len(idx) == 0:  # fewer live samples than minibatches: this rank adds a zero gradient
+                        continue
+                    team_loss, stats = _loss(team, batch, idx, s, last_epoch)
                     loss = loss + team_loss
                     if last_epoch:
                         sums += stats
-                loss.backward()
+                if loss.requires_grad:
+                    loss.backward()
                 reducer.allreduce()
                 for group in clip_groups:
                     nn.utils.clip_grad_norm_(group, s.max_grad_norm)
@@ -399,7 +403,7 @@ def _loss(
     with torch.no_grad():
         approx_kl = ((ratio - 1) - log_ratio).mean()
         clip_frac = ((ratio - 1).abs() > s.clip).float().mean()
-        explained = 1 - (targets - values).var() / targets.var().clamp_min(1e-8)
+        explained = 1 - (targets - values).var(correction=0) / targets.var(correction=0).clamp_min(1e-8)
         stats = torch.stack([policy_loss, value_loss, entropy, approx_kl, clip_frac, explained])
     return loss, stats
 
