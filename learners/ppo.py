@@ -139,7 +139,7 @@ def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
     """Train IPPO or MAPPO (``config.algo``) until ``config.run.total_steps``; see learners.config for the contract."""
     rs = config.run
     centralized = config.algo == "mappo"
-    torch.set_num_threads(rs.threads)
+    torch.set_num_threads(max(1, rs.threads))  # 0 (automatic) is settled by Run; 1 suits these small networks
     device = mpi.select_device(rs.device)
     worlds = _open_worlds(config, addresses, centralized)
     try:
@@ -235,7 +235,7 @@ def _train(
                 returns_k[rows], lengths_k[rows] = 0.0, 0.0
             alive = result.alive
         step += steps_per_update
-        worlds.heartbeat()  # the update below may outlast nothing, but keep the seats alive regardless
+        worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
         rollout_s = time.perf_counter() - started
         # ---- advantages -----------------------------------------------------------------------------------
         batches = [_prepare(team, s, device) for team in teams]
