@@ -11,7 +11,7 @@ from launch.local import LocalServers
 from learners import ppo
 from learners.config import load_config
 from learners.networks import RunningNorm, make_head
-from learners.policy import evaluate, group_agents, load_policy
+from learners.policy import evaluate, group_agents, load_policy, load_run_policy
 from learners.rollout import gae
 from learners.run import Run, read_metrics
 
@@ -128,6 +128,9 @@ def test_variants_train_and_log_finite_losses(tmp_path, servers, overrides) -> N
     assert len(rows) == 20  # 2000 steps / (4 worlds x 25 steps)
     assert all(np.isfinite(float(rows[-1][key])) for key in ("loss/policy", "loss/value", "entropy"))
     policy = load_policy(run.directory)
-    assert set(policy.possible_agents) == set(
-        policy.act({a: np.zeros((2, *policy.observation_spaces[a].shape), np.float32) for a in policy.possible_agents})
-    )
+    observations = {a: np.zeros((2, *policy.observation_spaces[a].shape), np.float32) for a in policy.possible_agents}
+    actions = policy.act(observations)
+    assert all(policy.action_spaces[a].contains(actions[a][0]) for a in policy.possible_agents)
+    seat = policy.possible_agents[-1]
+    play = load_run_policy(run.directory, policy.observation_spaces[seat], policy.action_spaces[seat], agent=seat)
+    assert policy.action_spaces[seat].contains(play(observations[seat][0]))
