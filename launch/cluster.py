@@ -169,6 +169,7 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
             count=env.servers or (where.local_size if per_node else 1),
             log_dir=Path(log_dir) / folder if log_dir is not None else None,
             command=server_command(cores),
+            server_args=[flag for module in env.scenario_modules for flag in ("--scenario-module", module)],
         )
         try:
             outcome = servers.start()

@@ -76,6 +76,9 @@ class EnvSettings:
     servers_per: str = "node"
     """``node``: each node's local rank 0 starts the node's servers and the node's ranks share them over ipc://;
     ``rank``: every rank starts its own."""
+    scenario_modules: list[str] = field(default_factory=list)
+    """Modules (names or .py files) the servers ``agora train`` starts import first, so that their scenarios register
+    (``agora serve --scenario-module``)."""
     timeout_s: float = 60.0
     """How long a request to a server may take before the learner gives up."""
 

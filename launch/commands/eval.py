@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     if args.connect:
         returns = evaluate(policy, args.connect.split(","), config.env.scenario, config.env.config, **play)
     else:
-        with LocalServers(count=1) as servers:
+        modules = [flag for module in config.env.scenario_modules for flag in ("--scenario-module", module)]
+        with LocalServers(count=1, server_args=modules) as servers:
             returns = evaluate(policy, servers.addresses, config.env.scenario, config.env.config, **play)
     mode = "sampled" if args.sample else "greedy"
     print(
