@@ -178,7 +178,7 @@ def _job_facts() -> dict[str, Any]:
 
     from learners import mpi
 
-    MPI = mpi._state().MPI  # noqa: N806 (the module's own name)
+    MPI = mpi.mpi_module()  # noqa: N806 (the module's own name)
     version = MPI.Get_library_version().strip() if MPI else ""
     launchers: dict[str, tuple[str, str, str]] = {}
     for where, path in (("on PATH", shutil.which("mpirun")), ("next to python", _beside_python("mpirun"))):
