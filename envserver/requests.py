@@ -6,6 +6,7 @@ the server as it was. ``None`` means the reply comes later (``act`` waits for it
 
 from __future__ import annotations
 
+import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -163,6 +164,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         ) from None
     spec_key = server.spec_key(spec)
     options = WorldOptions(deadline_ms / 1000.0, fill, auto_reset, wait_for_seats)
+    owner_token = secrets.token_hex(16)  # one for all the copies created together
     worlds = []
     for i, env in enumerate(envs):
         world = World(
@@ -178,6 +180,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             None if seed is None else seed + i,
         )
         world.obs, world.infos = firsts[i]
+        world.owner_token = owner_token
         if group is not None:
             world.group, world.index = group, i
             group.add(world)
@@ -188,10 +191,8 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         "op": "created",
         "worlds": [w.world_id for w in worlds],
         "spec": spec,
-        "owner_token": worlds[0].owner_token,
+        "owner_token": owner_token,
     }
-    for world in worlds[1:]:
-        world.owner_token = worlds[0].owner_token
     if join:
         reply["tokens"] = [_take_all(world, session) for world in worlds]
         reply["obs"] = {

@@ -26,6 +26,7 @@ from launch import cluster
 from launch.local import LocalServers
 from learners.config import load_config
 from learners.run import Run, TrainingStopped, read_metrics
+from tests.procs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -46,15 +47,7 @@ def _pids(needle: str, where: str = "environ") -> list[int]:
                 found.append(int(path.parent.name))
         except OSError:
             continue
-    return [pid for pid in found if pid != os.getpid() and _alive(pid)]
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return [pid for pid in found if pid != os.getpid() and alive(pid)]
 
 
 def _no_leftovers(token: str, timeout_s: float = 15.0) -> list[int]:
@@ -173,9 +166,9 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
             with AgentClient(address, timeout_s=20) as client:
                 assert client.hello()["server"] == "agora"
     deadline = time.monotonic() + 10
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert not any(map(_alive, pids))
+    assert not any(map(alive, pids))
 
 
 def test_servers_stop_cleanly_on_sigint_even_if_started_with_it_ignored() -> None:
@@ -197,9 +190,9 @@ def test_an_error_stops_the_servers_at_once() -> None:
         raise RuntimeError("boom")
     time.sleep(0.2)
     deadline = time.monotonic() + 10
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert pids and not any(map(_alive, pids))
+    assert pids and not any(map(alive, pids))
 
 
 def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_path, monkeypatch) -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from agents.client import AgentClient
 from launch.local import LocalServers, ServerStartError
+from tests.procs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,19 +31,11 @@ _STUBBORN = textwrap.dedent(
 )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
-
-
 def _wait_dead(pids: list[int], timeout_s: float = 10.0) -> list[int]:
     deadline = time.monotonic() + timeout_s
-    while any(map(_alive, pids)) and time.monotonic() < deadline:
+    while any(map(alive, pids)) and time.monotonic() < deadline:
         time.sleep(0.05)
-    return [pid for pid in pids if _alive(pid)]
+    return [pid for pid in pids if alive(pid)]
 
 
 def test_servers_start_bound_answer_and_stop() -> None:
@@ -53,7 +46,7 @@ def test_servers_start_bound_answer_and_stop() -> None:
             with AgentClient(address, timeout_s=10) as client:
                 assert client.hello()["server"] == "agora"
         pids, tmp = servers.pids, servers._tmp
-        assert all(map(_alive, pids))
+        assert all(map(alive, pids))
     assert _wait_dead(pids, timeout_s=0.5) == []
     assert not tmp.exists(), "the socket directory was left behind"
 
@@ -96,7 +89,7 @@ def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
     start = time.monotonic()
     servers.stop()
     assert 0.4 < time.monotonic() - start < 5
-    assert _wait_dead(servers.pids, timeout_s=0.5) == []
+    assert _wait_dead(servers.pids, timeout_s=5.0) == []
     servers.stop()  # a second stop is harmless
 
 
@@ -128,7 +121,7 @@ def test_servers_do_not_outlive_their_job(ending: str) -> None:
         pids = [int(p) for p in owner.stdout.readline().split()]
         assert pids, "the owner did not start its server"
         if ending == "sigkill":
-            assert all(map(_alive, pids))
+            assert all(map(alive, pids))
             owner.send_signal(signal.SIGKILL)
         owner.wait(30)
     finally:
