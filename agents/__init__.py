@@ -4,11 +4,11 @@ Needs only pyzmq, msgpack, numpy, gymnasium, pettingzoo and ``envserver.protocol
 custom agent can run on any machine that can reach a server.
 """
 
-from agents.batched import BatchedWorlds, BatchResult
-from agents.client import AgentClient, ServerError
-from agents.gym_env import SeatEnv
-from agents.parallel_env import RemoteParallelEnv
-from agents.types import Created, Joined, Observation, StepResult, WorldSpec
+from agora_marl.agents.batched import BatchedWorlds, BatchResult
+from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.gym_env import SeatEnv
+from agora_marl.agents.parallel_env import RemoteParallelEnv
+from agora_marl.agents.types import Created, Joined, Observation, StepResult, WorldSpec
 
 __all__ = [
     "AgentClient",

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agents.client import AgentClient
-from agents.types import WorldSpec, encode_value
-from envserver.protocol import from_wire
+from agora_marl.agents.client import AgentClient
+from agora_marl.agents.types import WorldSpec, encode_value
+from agora_marl.envserver.protocol import from_wire
 
 LAYOUTS = ("agents", "stacked")
 

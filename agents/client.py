@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from agents.types import Created, Joined, Observation, StepResult, WorldSpec
-from envserver.protocol import ProtocolError, pack, unpack
+from agora_marl.agents.types import Created, Joined, Observation, StepResult, WorldSpec
+from agora_marl.envserver.protocol import ProtocolError, pack, unpack
 
 
 class ServerError(Exception):

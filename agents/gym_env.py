@@ -7,9 +7,9 @@ from typing import Any
 
 import gymnasium
 
-from agents.client import AgentClient, ServerError
-from agents.types import StepResult
-from envserver.protocol import noop_value
+from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.types import StepResult
+from agora_marl.envserver.protocol import noop_value
 
 
 class SeatEnv(gymnasium.Env):

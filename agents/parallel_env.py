@@ -9,8 +9,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from agents.client import AgentClient
-from agents.types import Observation, WorldSpec
+from agora_marl.agents.client import AgentClient
+from agora_marl.agents.types import Observation, WorldSpec
 
 
 class RemoteParallelEnv(ParallelEnv):

@@ -15,10 +15,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agents.client import AgentClient, ServerError
-from agents.policies import load_policy
-from agents.types import StepResult
-from envserver.protocol import noop_value
+from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.policies import load_policy
+from agora_marl.agents.types import StepResult
+from agora_marl.envserver.protocol import noop_value
 
 
 @dataclass

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envserver.protocol import noop_value
+from agora_marl.envserver.protocol import noop_value
 
 Policy = Callable[[Any], Any]
 
@@ -147,7 +147,7 @@ def load_policy(
 
 def _load_run(path: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None) -> Policy:
     try:
-        from learners.policy import load_run_policy
+        from agora_marl.learners.policy import load_run_policy
     except ImportError as exc:
         raise ValueError(
             f"{path} looks like a training run, but loading trained policies needs learners.policy "

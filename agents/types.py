@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envserver.protocol import decode_space, from_wire
+from agora_marl.envserver.protocol import decode_space, from_wire
 
 
 @dataclass(frozen=True)

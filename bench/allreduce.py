@@ -36,8 +36,8 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from learners import mpi  # noqa: E402
-from learners.networks import Actor, Critic  # noqa: E402
+from agora_marl.learners import mpi  # noqa: E402
+from agora_marl.learners.networks import Actor, Critic  # noqa: E402
 
 
 def default_networks() -> nn.Module:

@@ -36,8 +36,8 @@ import zmq
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents import AgentClient, BatchedWorlds  # noqa: E402
-from scenarios import make_env  # noqa: E402
+from agora_marl.agents import AgentClient, BatchedWorlds  # noqa: E402
+from agora_marl.scenarios import make_env  # noqa: E402
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 N = 3
@@ -213,7 +213,7 @@ def start_server(bind: str, addr_file: Path, profile: str | None) -> subprocess.
         command = [
             sys.executable,
             "-m",
-            "envserver",
+            "agora_marl.envserver",
             "--bind",
             bind,
             "--addr-file",
@@ -235,7 +235,7 @@ def serve_profiled(bind: str, addr_file: str, out: str) -> None:
     import cProfile
     import signal
 
-    from envserver.server import EnvServer, ServerConfig
+    from agora_marl.envserver.server import EnvServer, ServerConfig
 
     server = EnvServer(ServerConfig(bind=bind))
     signal.signal(signal.SIGTERM, lambda *_: server._stop.set())

@@ -31,10 +31,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents import BatchedWorlds  # noqa: E402
-from launch.local import LocalServers  # noqa: E402
-from learners.config import DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG  # noqa: E402
-from learners.run import read_metrics  # noqa: E402
+from agora_marl.agents import BatchedWorlds  # noqa: E402
+from agora_marl.launch.local import LocalServers  # noqa: E402
+from agora_marl.learners.config import DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG  # noqa: E402
+from agora_marl.learners.run import read_metrics  # noqa: E402
 
 
 def server_alone(worlds: int, seconds: float) -> float:
@@ -61,7 +61,7 @@ def learner(ranks: int, worlds: int, seconds: float, rate_guess: float, override
     """Env steps/s of ``agora train`` over about ``seconds``: end to end, and during rollouts only."""
     run_dir = Path(tempfile.mkdtemp(prefix="agora-bench-")) / "run"
     steps = int(rate_guess * seconds)
-    command = [sys.executable, "-m", "launch.cli", "train", f"run.dir={run_dir}", f"env.num_worlds={worlds}"]
+    command = [sys.executable, "-m", "agora_marl", "train", f"run.dir={run_dir}", f"env.num_worlds={worlds}"]
     command += [f"run.total_steps={steps}", "run.progress=false", "run.checkpoint_every=100000", *overrides]
     if ranks > 1:
         mpirun = shutil.which("mpirun") or str(Path(sys.executable).parent / "mpirun")

@@ -28,9 +28,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from agents import BatchedWorlds  # noqa: E402
-from launch.local import LocalServers  # noqa: E402
-from scenarios import make_env, make_vector  # noqa: E402
+from agora_marl.agents import BatchedWorlds  # noqa: E402
+from agora_marl.launch.local import LocalServers  # noqa: E402
+from agora_marl.scenarios import make_env, make_vector  # noqa: E402
 
 SCENARIOS = ("foraging_v0", "cover_v0")
 

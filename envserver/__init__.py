@@ -9,7 +9,7 @@ __all__ = ["EnvServer"]
 
 def __getattr__(name: str):
     if name == "EnvServer":
-        from envserver.server import EnvServer
+        from agora_marl.envserver.server import EnvServer
 
         return EnvServer
     raise AttributeError(f"module 'envserver' has no attribute {name!r}")

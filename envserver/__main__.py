@@ -2,6 +2,6 @@
 
 import sys
 
-from launch.cli import main
+from agora_marl.launch.cli import main
 
 sys.exit(main(["serve", *sys.argv[1:]]))

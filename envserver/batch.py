@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envserver.protocol import check_value, zeros_like_space
-from envserver.protocol.errors import ProtocolError
-from envserver.world import World
+from agora_marl.envserver.protocol import check_value, zeros_like_space
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.world import World
 
 LAYOUTS = ("agents", "stacked")
 

@@ -10,10 +10,10 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any
 
-import scenarios
-from envserver.batch import LAYOUTS, BatchStepper
-from envserver.protocol import check_value, from_wire, to_wire
-from envserver.protocol.errors import (
+from agora_marl import scenarios
+from agora_marl.envserver.batch import LAYOUTS, BatchStepper
+from agora_marl.envserver.protocol import check_value, from_wire, to_wire
+from agora_marl.envserver.protocol.errors import (
     ALREADY_ACTED,
     BAD_ACTION,
     BAD_REQUEST,
@@ -28,11 +28,11 @@ from envserver.protocol.errors import (
     TOO_MANY_WORLDS,
     ProtocolError,
 )
-from envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
-from envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec
+from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
+from agora_marl.envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec
 
 if TYPE_CHECKING:
-    from envserver.server import EnvServer, Session
+    from agora_marl.envserver.server import EnvServer, Session
 
 _REQUIRED = object()
 
@@ -70,7 +70,7 @@ def _member(world: World, session: Session) -> bool:
 
 def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
     session.name = str(field(message, "name", str, ""))[:200]
-    from envserver.server import VERSION
+    from agora_marl.envserver.server import VERSION
 
     config = server.config
     return {

@@ -19,11 +19,11 @@ from typing import Any
 import msgpack
 import zmq
 
-import scenarios
-from envserver import requests
-from envserver.protocol import errors, pack, unpack
-from envserver.protocol.errors import ProtocolError
-from envserver.world import World
+from agora_marl import scenarios
+from agora_marl.envserver import requests
+from agora_marl.envserver.protocol import errors, pack, unpack
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.world import World
 
 log = logging.getLogger("agora.server")
 

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from envserver.batch import BatchStepper
-from envserver.protocol.errors import BAD_REQUEST, ProtocolError
+from agora_marl.envserver.batch import BatchStepper
+from agora_marl.envserver.protocol.errors import BAD_REQUEST, ProtocolError
 
 
 class VectorGroup:

@@ -16,8 +16,8 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from envserver.protocol import encode_space, noop_value, to_wire
-from envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol import encode_space, noop_value, to_wire
+from agora_marl.envserver.protocol.errors import ProtocolError
 
 FILL_KINDS = ("noop", "random", "repeat")
 

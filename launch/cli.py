@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"agora {_version()}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        importlib.import_module(f"launch.commands.{name}").register(subparsers)
+        importlib.import_module(f"agora_marl.launch.commands.{name}").register(subparsers)
     return parser
 
 

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from launch.local import LocalServers, ServerStartError
+from agora_marl.launch.local import LocalServers, ServerStartError
 
 #: ``agora train``'s exit status after stopping on a signal with a checkpoint written (EX_TEMPFAIL: "try again"):
 #: a batch script requeues the job on it, and the next one continues with ``--resume``.
@@ -61,8 +61,8 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
     if os.getppid() != parent:
         sys.exit(1)
-sys.argv[0] = "envserver"
-runpy.run_module("envserver", run_name="__main__", alter_sys=True)
+sys.argv[0] = "agora_marl.envserver"
+runpy.run_module("agora_marl.envserver", run_name="__main__", alter_sys=True)
 """
 
 
@@ -88,7 +88,7 @@ class Placement:
 
 def placement() -> Placement:
     """This rank's placement. Collective over the learners."""
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     leader = mpi.node_broadcast_object(mpi.rank())
     leaders = sorted(set(mpi.allgather_object(leader)))
@@ -126,7 +126,7 @@ def training_servers(
     each other before its servers stop. On an exception a rank's own servers stop at once and nothing waits: the
     job is aborting, and a rank waiting for the others here would hang it.
     """
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     if env.servers_per not in ("node", "rank"):
         raise ValueError(f"env.servers_per = {env.servers_per!r}: use 'node' or 'rank'")
@@ -158,7 +158,7 @@ def training_servers(
 
 def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | None) -> tuple[LocalServers | None, list]:
     """Start this node's (local rank 0) or this rank's servers; returns them (None elsewhere) and this rank's share."""
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     servers, outcome = None, None
     # A launcher that binds each rank to its cores (srun does) would squeeze a node's servers onto local rank 0's.
@@ -190,7 +190,7 @@ def server_command(cores: Sequence[int] = ()) -> list[str]:
 
 def _report(where: Placement, mine: list[str], origin: str) -> None:
     """Rank 0 prints, per node, which ranks use which server. Collective over the learners."""
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     rows = mpi.allgather_object((where.node, where.host, where.rank, mine))
     if not mpi.is_root():
@@ -242,7 +242,7 @@ def read_connect(entries: Sequence[str], timeout_s: float = 60.0) -> list[str]:
 
 def _mpmd_addresses(announced: list[dict]) -> list[str]:
     """A learner's share of the server ranks: those on its node over ipc://, else the others over tcp://."""
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     host = _host()
     local = [server["ipc"] for server in announced if server["host"] == host]
@@ -280,8 +280,8 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
         args: ``agora serve``'s parsed arguments.
         make_config: builds the ``ServerConfig`` from the arguments for a given bind address.
     """
-    from envserver.server import EnvServer
-    from learners import mpi
+    from agora_marl.envserver.server import EnvServer
+    from agora_marl.learners import mpi
 
     if args.workers > 1:
         raise SystemExit(
@@ -300,7 +300,7 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
         mpi.join("server", {"host": _host(), "ipc": ipc, "tcp": _public(server.address)})
         announced, learners = mpi.published("server"), mpi.published("learner")
         if args.addr_file and mpi.rank() == 0:
-            from launch.commands.serve import write_addr_file
+            from agora_marl.launch.commands.serve import write_addr_file
 
             write_addr_file(args.addr_file, [server["tcp"] for server in announced])
         mpi.log(f"agora serve: {len(announced)} server rank(s) for {len(learners)} learner rank(s)", file=sys.stderr)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install agora with what its tests need, on a machine with only Python >= 3.10 and PyPI.
 #
-#   bash launch/install.sh            # CPU: torch 2.13.0 (the CPU build), MPICH from PyPI, agora editable
+#   bash launch/install.sh            # CPU: torch 2.13.0 (the CPU build), MPICH from PyPI, agora (the agora-marl distribution) editable
 #   AGORA_TORCH="torch==2.13.0" AGORA_MPI=site bash launch/install.sh   # on a cluster, keep the site's MPI
 #
 # torch is installed first and pinned: an unpinned torch requirement would pull several GB of CUDA wheels.
@@ -18,10 +18,13 @@ MPI=${AGORA_MPI:-pip}
 pip() { "$VENV/bin/python" -m pip --disable-pip-version-check -q "$@"; }
 pip install --upgrade pip
 pip install $TORCH  # unquoted on purpose: it may carry pip flags (--index-url ...)
+# A .venv made before the package was renamed holds this checkout as the distribution `agora`: drop it, or its
+# top-level `agents`, `launch`, ... modules would stay importable beside agora_marl.
+if "$VENV/bin/python" -m pip show -f agora 2>/dev/null | grep -q "__editable___agora_"; then pip uninstall -y agora; fi
 if [ "$MPI" = site ]; then
   pip install --no-binary=mpi4py --no-cache-dir mpi4py
   pip install -e ".[test]"
 else
   pip install -e ".[test,mpi]"
 fi
-"$VENV/bin/python" -c "import torch, mpi4py.MPI as M; print('agora installed: torch', torch.__version__, '|', M.Get_library_version().splitlines()[0])"
+"$VENV/bin/python" -c "import agora_marl, torch, mpi4py.MPI as M; print('agora', agora_marl.__version__, 'installed: torch', torch.__version__, '|', M.Get_library_version().splitlines()[0])"

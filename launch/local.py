@@ -35,8 +35,8 @@ if sys.platform == "linux":
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
     if os.getppid() != parent:
         sys.exit(1)
-sys.argv[0] = "envserver"
-runpy.run_module("envserver", run_name="__main__", alter_sys=True)
+sys.argv[0] = "agora_marl.envserver"
+runpy.run_module("agora_marl.envserver", run_name="__main__", alter_sys=True)
 """
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 #: The longest ``ipc://`` path the kernel takes (``sizeof(sun_path)`` less the terminator).

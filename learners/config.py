@@ -49,9 +49,9 @@ else:  # Python 3.10: the same parser, from PyPI
 
 #: Algorithm name -> (module implementing it, the TOML table of its settings). See the module docstring.
 ALGORITHMS: dict[str, tuple[str, str]] = {
-    "mappo": ("learners.ppo", "ppo"),
-    "ippo": ("learners.ppo", "ppo"),
-    "idqn": ("learners.idqn", "idqn"),
+    "mappo": ("agora_marl.learners.ppo", "ppo"),
+    "ippo": ("agora_marl.learners.ppo", "ppo"),
+    "idqn": ("agora_marl.learners.idqn", "idqn"),
 }
 #: The embedded default world: mpe2's simple_spread with 3 agents, 25-step episodes, discrete actions.
 DEFAULT_SCENARIO = "mpe2.simple_spread_v3:parallel_env"

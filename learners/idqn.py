@@ -32,14 +32,14 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from agents.batched import BatchedWorlds
-from agents.types import WorldSpec
-from envserver.protocol import encode_space
-from learners import mpi
-from learners.config import Config
-from learners.networks import flat_dim, init_linear, mlp
-from learners.policy import group_agents
-from learners.run import Run, rng_state, set_rng_state
+from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.agents.types import WorldSpec
+from agora_marl.envserver.protocol import encode_space
+from agora_marl.learners import mpi
+from agora_marl.learners.config import Config
+from agora_marl.learners.networks import flat_dim, init_linear, mlp
+from agora_marl.learners.policy import group_agents
+from agora_marl.learners.run import Run, rng_state, set_rng_state
 
 
 @dataclass

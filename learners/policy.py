@@ -24,11 +24,11 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from agents.batched import BatchedWorlds
-from envserver.protocol.spaces import decode_space, encode_space
-from learners.config import Config, algorithm_module, load_config
-from learners.networks import Actor, flat_dim
-from learners.run import CONFIG_FILE, Run, load_checkpoint
+from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.envserver.protocol.spaces import decode_space, encode_space
+from agora_marl.learners.config import Config, algorithm_module, load_config
+from agora_marl.learners.networks import Actor, flat_dim
+from agora_marl.learners.run import CONFIG_FILE, Run, load_checkpoint
 
 SHARE_MODES = ("team", "none")
 

@@ -24,13 +24,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from agents.batched import BatchedWorlds, BatchResult
-from learners import mpi
-from learners.config import Config
-from learners.networks import Critic, RunningNorm, flat_dim
-from learners.policy import MultiAgentPolicy, TeamActor, decode_spec, encode_spec
-from learners.rollout import TeamRollout, gae
-from learners.run import Run
+from agora_marl.agents.batched import BatchedWorlds, BatchResult
+from agora_marl.learners import mpi
+from agora_marl.learners.config import Config
+from agora_marl.learners.networks import Critic, RunningNorm, flat_dim
+from agora_marl.learners.policy import MultiAgentPolicy, TeamActor, decode_spec, encode_spec
+from agora_marl.learners.rollout import TeamRollout, gae
+from agora_marl.learners.run import Run
 
 
 @dataclass

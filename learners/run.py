@@ -32,8 +32,8 @@ from typing import Any
 
 import torch
 
-from learners import mpi
-from learners.config import Config, load_config, save_config
+from agora_marl.learners import mpi
+from agora_marl.learners.config import Config, load_config, save_config
 
 CONFIG_FILE = "config.toml"
 METRICS_FILE = "metrics.csv"

@@ -1,7 +1,7 @@
 """agora's worlds: a registry of hostable scenarios, and the small API for authoring new ones (docs/scenarios.md)."""
 
-from scenarios.api import Scenario, ScenarioEnv, scenario_env
-from scenarios.registry import (
+from agora_marl.scenarios.api import Scenario, ScenarioEnv, scenario_env
+from agora_marl.scenarios.registry import (
     DEFAULT_ALLOWED_PACKAGES,
     ScenarioNotAllowed,
     check_allowed,
@@ -11,7 +11,7 @@ from scenarios.registry import (
     register,
     registered,
 )
-from scenarios.vector import VectorParallelEnv, VectorScenario, vector_env
+from agora_marl.scenarios.vector import VectorParallelEnv, VectorScenario, vector_env
 
 __all__ = [
     "DEFAULT_ALLOWED_PACKAGES",

@@ -35,7 +35,7 @@ from pettingzoo import ParallelEnv
 from pettingzoo.test import parallel_api_test, parallel_seed_test, seed_test
 from pettingzoo.utils.conversions import parallel_to_aec
 
-from scenarios.registry import DEFAULT_ALLOWED_PACKAGES, make_env, make_vector
+from agora_marl.scenarios.registry import DEFAULT_ALLOWED_PACKAGES, make_env, make_vector
 
 
 @dataclass
@@ -313,8 +313,8 @@ def _check_vector(name: str, build: Callable[[], ParallelEnv], s: CheckSettings)
 
 def _check_wire(name: str, build: Callable[[], ParallelEnv], s: CheckSettings, rates: dict[str, str]) -> str:
     try:
-        from agents import BatchedWorlds, RemoteParallelEnv
-        from envserver.server import EnvServer, ServerConfig
+        from agora_marl.agents import BatchedWorlds, RemoteParallelEnv
+        from agora_marl.envserver.server import EnvServer, ServerConfig
     except ImportError as exc:
         raise _Skip(f"the server or client library is not importable: {exc}") from None
     server = EnvServer(ServerConfig(bind="tcp://127.0.0.1:0", allowed_packages=tuple(s.allowed_packages)))

@@ -25,7 +25,7 @@ from pettingzoo import AECEnv, ParallelEnv
 from pettingzoo.utils.conversions import aec_to_parallel
 
 #: Packages whose environments any server hosts unless told otherwise.
-DEFAULT_ALLOWED_PACKAGES = ("scenarios", "pettingzoo", "mpe2", "gymnasium")
+DEFAULT_ALLOWED_PACKAGES = ("agora_marl.scenarios", "pettingzoo", "mpe2", "gymnasium")
 #: The only attribute names a ``module:callable`` scenario may name: PettingZoo's constructor conventions.
 ALLOWED_CALLABLES = ("parallel_env", "env", "raw_env")
 
@@ -78,7 +78,7 @@ def registered() -> dict[str, ScenarioEntry]:
 
 def _load_builtins() -> None:
     # The built-in worlds register themselves on import; importing here keeps `import scenarios.registry` light.
-    importlib.import_module("scenarios.builtin")
+    importlib.import_module("agora_marl.scenarios.builtin")
 
 
 def load_scenario_module(spec: str) -> list[str]:
@@ -134,9 +134,11 @@ def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_P
         if "gymnasium" not in allowed:
             raise ScenarioNotAllowed("this server does not host gymnasium environments")
         return
-    top = module.split(".", 1)[0]
-    # Private modules (`_x`, `__init__`) are never constructors' homes; refusing them narrows what a client reaches.
-    if top not in allowed or not all(p.isidentifier() and not p.startswith("_") for p in module.split(".")):
+    # A package is allowed with everything under it (`agora_marl.scenarios` allows `agora_marl.scenarios.x`, never
+    # `agora_marl.launch`). Private modules (`_x`, `__init__`) are never constructors' homes; refusing them narrows
+    # what a client reaches.
+    inside = any(module == package or module.startswith(package + ".") for package in allowed)
+    if not inside or not all(p.isidentifier() and not p.startswith("_") for p in module.split(".")):
         raise ScenarioNotAllowed(f"module {module!r} is outside the allowed packages {list(allowed)}")
     if attr not in ALLOWED_CALLABLES:
         raise ScenarioNotAllowed(f"{attr!r} is not a scenario constructor; use one of {list(ALLOWED_CALLABLES)}")
@@ -158,7 +160,7 @@ def make_env(name: str, config: dict | None = None, allowed_packages: Iterable[s
     if module == "gymnasium":
         import gymnasium
 
-        from scenarios.adapters import GymnasiumParallelEnv
+        from agora_marl.scenarios.adapters import GymnasiumParallelEnv
 
         return GymnasiumParallelEnv(gymnasium.make(attr, **config))
     factory = getattr(importlib.import_module(module), attr)

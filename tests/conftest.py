@@ -26,7 +26,7 @@ def server():
     if EXTERNAL_SERVER:
         yield SimpleNamespace(address=EXTERNAL_SERVER)
         return
-    from envserver.server import EnvServer, ServerConfig
+    from agora_marl.envserver.server import EnvServer, ServerConfig
 
     instance = EnvServer(ServerConfig(bind="tcp://127.0.0.1:0", heartbeat_timeout_s=2.0)).start_in_thread()
     yield instance
@@ -38,7 +38,7 @@ def make_server():
     """A factory of servers with custom ServerConfig fields, all stopped after the test."""
     if EXTERNAL_SERVER:
         pytest.skip("needs a server with its own settings; AGORA_SERVER points at an external one")
-    from envserver.server import EnvServer, ServerConfig
+    from agora_marl.envserver.server import EnvServer, ServerConfig
 
     started = []
 

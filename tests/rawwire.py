@@ -6,7 +6,7 @@ import itertools
 
 import zmq
 
-from envserver.protocol import pack, unpack
+from agora_marl.envserver.protocol import pack, unpack
 
 
 class RawClient:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from agents import AgentClient, BatchedWorlds, BatchResult, ServerError
-from scenarios import make_env
+from agora_marl.agents import AgentClient, BatchedWorlds, BatchResult, ServerError
+from agora_marl.scenarios import make_env
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 TAG = "mpe2.simple_tag_v3:parallel_env"

@@ -12,7 +12,7 @@ import pytest
 import zmq
 from gymnasium import spaces
 
-from agents import AgentClient, ServerError
+from agora_marl.agents import AgentClient, ServerError
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 AGENTS = ["agent_0", "agent_1", "agent_2"]
@@ -187,7 +187,7 @@ def test_agents_imports_only_the_protocol():
     code = (
         "import sys, agents, agents.play, agents.policies; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'scenarios', 'learners', 'launch') "
-        "or m in ('envserver.server', 'envserver.world', 'envserver.requests', 'envserver.batch')); "
+        "or m in ('agora_marl.envserver.server', 'agora_marl.envserver.world', 'agora_marl.envserver.requests', 'agora_marl.envserver.batch')); "
         "print(bad); sys.exit(bool(bad))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

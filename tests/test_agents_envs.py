@@ -9,8 +9,8 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 from pettingzoo.test import parallel_api_test
 
-from agents import AgentClient, RemoteParallelEnv, SeatEnv, ServerError
-from scenarios import make_env
+from agora_marl.agents import AgentClient, RemoteParallelEnv, SeatEnv, ServerError
+from agora_marl.scenarios import make_env
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 

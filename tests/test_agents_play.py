@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from agents import AgentClient
-from agents.play import PlaySettings, play
-from agents.policies import load_policy
-from scenarios import make_env
+from agora_marl.agents import AgentClient
+from agora_marl.agents.play import PlaySettings, play
+from agora_marl.agents.policies import load_policy
+from agora_marl.scenarios import make_env
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 ROOT = Path(__file__).resolve().parent.parent
@@ -66,8 +66,8 @@ def test_load_policy_resolves_names(tmp_path, monkeypatch):
         load_policy("my_policies:nothing", box, action)
     with pytest.raises(ValueError, match="simple_spread"):
         load_policy("scripted", box, spaces.Discrete(5))
-    if importlib.util.find_spec("learners.policy") is None:
-        with pytest.raises(ValueError, match="learners.policy"):
+    if importlib.util.find_spec("agora_marl.learners.policy") is None:
+        with pytest.raises(ValueError, match="agora_marl.learners.policy"):
             load_policy(str(tmp_path), box, action)
 
 
@@ -122,7 +122,7 @@ def test_play_reclaims_a_seat_lost_to_silence(make_server, tmp_path, monkeypatch
 
 def test_agora_play_command(server):
     done = subprocess.run(
-        [sys.executable, "-m", "launch.cli", "play", "--connect", server.address, "--scenario", SPREAD]
+        [sys.executable, "-m", "agora_marl", "play", "--connect", server.address, "--scenario", SPREAD]
         + ["--config", "max_cycles=4", "--policy", "random", "--episodes", "2", "--seed", "1"],
         cwd=ROOT,
         capture_output=True,

@@ -6,7 +6,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from envserver.protocol import pack
+from agora_marl.envserver.protocol import pack
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"

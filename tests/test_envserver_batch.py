@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-import scenarios
+from agora_marl import scenarios
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -81,7 +81,7 @@ def test_server_subprocess_with_workers_and_addr_file(tmp_path):
         [
             sys.executable,
             "-m",
-            "envserver",
+            "agora_marl.envserver",
             "--bind",
             "tcp://127.0.0.1:0",
             "--workers",

@@ -16,7 +16,7 @@ import pytest
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-import scenarios
+from agora_marl import scenarios
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"

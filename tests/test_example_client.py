@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from agents import AgentClient
+from agora_marl.agents import AgentClient
 
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "raw_client.py"
 

@@ -1,4 +1,4 @@
-"""launch.cluster and `agora train` on a cluster: servers per node or rank, MPMD server ranks, stopping on SIGTERM.
+"""agora_marl.launch.cluster and `agora train` on a cluster: servers per node or rank, MPMD server ranks, stopping on SIGTERM.
 
 The multi-rank tests run a real ``mpirun -n 2`` (MPICH's Hydra from the venv). Each job carries a unique token in its
 environment, which every process it starts inherits (ranks, env servers), so that "no process left behind" is
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pytest
 
-from agents.client import AgentClient
-from launch import cluster
-from launch.local import LocalServers
-from learners.config import load_config
-from learners.run import Run, TrainingStopped, read_metrics
+from agora_marl.agents.client import AgentClient
+from agora_marl.launch import cluster
+from agora_marl.launch.local import LocalServers
+from agora_marl.learners.config import load_config
+from agora_marl.learners.run import Run, TrainingStopped, read_metrics
 from tests.procs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,7 +92,7 @@ class Job:
 
 
 def _train(run_dir: Path, *settings: str) -> list[str]:
-    return [sys.executable, "-m", "launch.cli", "train", f"run.dir={run_dir}", *TINY, *settings]
+    return [sys.executable, "-m", "agora_marl", "train", f"run.dir={run_dir}", *TINY, *settings]
 
 
 def _wait_for_rows(path: Path, rows: int, job: Job, timeout_s: float = 120.0) -> None:
@@ -209,7 +209,7 @@ def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_p
 
 
 def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:
-    from learners import ppo
+    from agora_marl.learners import ppo
 
     overrides = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false", "run.total_steps=2000"]
     config = load_config(None, [*overrides, "run.checkpoint_every=100"])
@@ -285,7 +285,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     args = [
         sys.executable,
         "-m",
-        "launch.cli",
+        "agora_marl",
         "train",
         "--resume",
         str(run_dir),
@@ -307,7 +307,7 @@ def test_mpmd_server_rank_serves_both_train_ranks(tmp_path) -> None:
     serve = [
         sys.executable,
         "-m",
-        "launch.cli",
+        "agora_marl",
         "serve",
         "--log-level",
         "WARNING",

@@ -16,7 +16,7 @@ MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil
 
 
 def _doctor(*args: str, ranks: int = 1, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    command = [sys.executable, "-m", "launch.cli", "doctor", *args]
+    command = [sys.executable, "-m", "agora_marl", "doctor", *args]
     if ranks > 1:
         if MPIRUN is None:
             pytest.skip("no mpirun on PATH or next to the interpreter: install an MPI (pip install mpich)")

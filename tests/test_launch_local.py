@@ -1,4 +1,4 @@
-"""launch.local: env servers as subprocesses that start bound, answer, and never outlive their job."""
+"""agora_marl.launch.local: env servers as subprocesses that start bound, answer, and never outlive their job."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from agents.client import AgentClient
-from launch.local import LocalServers, ServerStartError
+from agora_marl.agents.client import AgentClient
+from agora_marl.launch.local import LocalServers, ServerStartError
 from tests.procs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -96,7 +96,7 @@ def test_a_server_ignoring_sigterm_is_killed_after_the_grace_period() -> None:
 _OWNER = textwrap.dedent(
     """
     import sys, time
-    from launch.local import LocalServers
+    from agora_marl.launch.local import LocalServers
     servers = LocalServers(count=1)
     servers.start()
     print(*servers.pids, flush=True)

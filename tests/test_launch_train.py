@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from learners.config import load_config
-from learners.run import read_metrics
+from agora_marl.learners.config import load_config
+from agora_marl.learners.run import read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -19,7 +19,7 @@ MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil
 
 def _agora(*args: str, timeout: float = 120, ranks: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "launch.cli", *args]
+    command = [sys.executable, "-m", "agora_marl", *args]
     if ranks > 1:
         command = [MPIRUN, "-n", str(ranks), *command]
     else:

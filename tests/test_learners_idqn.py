@@ -1,4 +1,4 @@
-"""learners.idqn: the replay path, episode ends, resume, and learning CartPole through a real server."""
+"""agora_marl.learners.idqn: the replay path, episode ends, resume, and learning CartPole through a real server."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agents.batched import BatchResult
-from agents.types import WorldSpec
-from launch.local import LocalServers
-from learners import idqn
-from learners.config import load_config
-from learners.policy import evaluate, load_policy, load_run_policy
-from learners.run import Run, read_metrics
+from agora_marl.agents.batched import BatchResult
+from agora_marl.agents.types import WorldSpec
+from agora_marl.launch.local import LocalServers
+from agora_marl.learners import idqn
+from agora_marl.learners.config import load_config
+from agora_marl.learners.policy import evaluate, load_policy, load_run_policy
+from agora_marl.learners.run import Run, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 CARTPOLE = ["algo=idqn", "env.scenario=gymnasium:CartPole-v1", "env.num_worlds=8", "run.progress=false"]

@@ -1,4 +1,4 @@
-"""learners.mpi: alone (size 1, no launcher) in this process, and under a real ``mpirun -n 2``."""
+"""agora_marl.learners.mpi: alone (size 1, no launcher) in this process, and under a real ``mpirun -n 2``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from learners import mpi
+from agora_marl.learners import mpi
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"

@@ -1,4 +1,4 @@
-"""learners.ppo and its parts: GAE, action heads, teams, value normalisation, and training through a real server."""
+"""agora_marl.learners.ppo and its parts: GAE, action heads, teams, value normalisation, and training through a real server."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from launch.local import LocalServers
-from learners import ppo
-from learners.config import load_config
-from learners.networks import RunningNorm, make_head
-from learners.policy import evaluate, group_agents, load_policy, load_run_policy
-from learners.rollout import gae
-from learners.run import Run, read_metrics
+from agora_marl.launch.local import LocalServers
+from agora_marl.learners import ppo
+from agora_marl.learners.config import load_config
+from agora_marl.learners.networks import RunningNorm, make_head
+from agora_marl.learners.policy import evaluate, group_agents, load_policy, load_run_policy
+from agora_marl.learners.rollout import gae
+from agora_marl.learners.run import Run, read_metrics
 
 SPREAD_RANDOM_RETURN = -81.0  # mean team return of uniformly random play (REFERENCE-FIGURES.md)
 

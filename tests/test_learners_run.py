@@ -1,4 +1,4 @@
-"""learners.config and learners.run: settings round-trips, the run directory, and exact resume."""
+"""agora_marl.learners.config and learners.run: settings round-trips, the run directory, and exact resume."""
 
 from __future__ import annotations
 
@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from launch.local import LocalServers
-from learners import ppo
-from learners.config import ConfigError, load_config, save_config, to_toml
-from learners.run import Run, RunDirError, load_checkpoint, read_metrics
+from agora_marl.launch.local import LocalServers
+from agora_marl.learners import ppo
+from agora_marl.learners.config import ConfigError, load_config, save_config, to_toml
+from agora_marl.learners.run import Run, RunDirError, load_checkpoint, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 

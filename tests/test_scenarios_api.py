@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from gymnasium.spaces import Box, Discrete
 
-from scenarios.api import Scenario, ScenarioEnv, scenario_env
-from scenarios.vector import VectorParallelEnv, VectorScenario
+from agora_marl.scenarios.api import Scenario, ScenarioEnv, scenario_env
+from agora_marl.scenarios.vector import VectorParallelEnv, VectorScenario
 
 
 class Countdown(Scenario):

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scenarios.builtin.cover import Cover
-from scenarios.builtin.foraging import EAST, LOAD, NORTH, STAY, WEST, Foraging
-from scenarios.builtin.predator_prey import parallel_env as predator_prey
+from agora_marl.scenarios.builtin.cover import Cover
+from agora_marl.scenarios.builtin.foraging import EAST, LOAD, NORTH, STAY, WEST, Foraging
+from agora_marl.scenarios.builtin.predator_prey import parallel_env as predator_prey
 
 
 def _foraging(agents, levels, food, food_levels, size=6, max_cycles=50) -> Foraging:

@@ -6,12 +6,12 @@ import numpy as np
 import pytest
 from gymnasium.spaces import Box, Discrete
 
-import scenarios.registry as registry
-from scenarios.api import Scenario, scenario_env
-from scenarios.builtin.cover import Cover
-from scenarios.check import CheckSettings, check_scenario
-from scenarios.new import write_scenario_template
-from scenarios.vector import vector_env
+import agora_marl.scenarios.registry as registry
+from agora_marl.scenarios.api import Scenario, scenario_env
+from agora_marl.scenarios.builtin.cover import Cover
+from agora_marl.scenarios.check import CheckSettings, check_scenario
+from agora_marl.scenarios.new import write_scenario_template
+from agora_marl.scenarios.vector import vector_env
 
 QUICK = CheckSettings(api_cycles=100, steps=120, rate_seconds=0.05, batch_worlds=16)
 

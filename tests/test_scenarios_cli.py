@@ -7,8 +7,8 @@ import sys
 import pytest
 from PIL import Image
 
-import scenarios.registry as registry
-from launch.cli import main
+import agora_marl.scenarios.registry as registry
+from agora_marl.launch.cli import main
 
 FAST_CHECK = ["--no-wire", "--seconds", "0.02", "--steps", "60", "--batch", "8"]
 

@@ -8,9 +8,9 @@ import pytest
 from pettingzoo import ParallelEnv
 from pettingzoo.utils.conversions import aec_to_parallel_wrapper
 
-import scenarios.registry as registry
-from scenarios import ScenarioNotAllowed, check_allowed, make_env, make_vector, register
-from scenarios.new import write_scenario_template
+import agora_marl.scenarios.registry as registry
+from agora_marl.scenarios import ScenarioNotAllowed, check_allowed, make_env, make_vector, register
+from agora_marl.scenarios.new import write_scenario_template
 
 
 @pytest.fixture
@@ -39,7 +39,7 @@ def test_names_outside_the_allowlist_are_refused_before_any_import(name, monkeyp
     monkeypatch.setattr(registry.importlib, "import_module", lambda *a, **k: imported.append(a) or sys)
     with pytest.raises(ScenarioNotAllowed):
         make_env(name)
-    assert imported == [] or imported == [("scenarios.builtin",)]
+    assert imported == [] or imported == [("agora_marl.scenarios.builtin",)]
 
 
 def test_gymnasium_is_allowed_only_when_its_package_is():
@@ -75,7 +75,7 @@ def test_turn_based_aec_environments_are_refused():
 
 
 def test_registered_names_carry_config_defaults_and_refuse_colons(scratch_registry):
-    from scenarios.builtin.foraging import Foraging, parallel_env
+    from agora_marl.scenarios.builtin.foraging import Foraging, parallel_env
 
     register("foraging_small_v0", parallel_env, "small", vector_factory=Foraging, defaults={"size": 4})
     assert make_env("foraging_small_v0").vector.size == 4

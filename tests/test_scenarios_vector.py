@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from scenarios import make_env, make_vector, registered
+from agora_marl.scenarios import make_env, make_vector, registered
 
 VECTORISED = sorted(name for name, entry in registered().items() if entry.vector_factory is not None)
 CONFIGS = {

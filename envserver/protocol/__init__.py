@@ -3,9 +3,9 @@
 This is the one part of the server a client may import (see docs/protocol.md for the full specification).
 """
 
-from envserver.protocol import errors
-from envserver.protocol.errors import ProtocolError
-from envserver.protocol.spaces import (
+from agora_marl.envserver.protocol import errors
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.spaces import (
     check_value,
     decode_space,
     encode_space,
@@ -14,7 +14,7 @@ from envserver.protocol.spaces import (
     to_wire,
     zeros_like_space,
 )
-from envserver.protocol.wire import DTYPES, PROTOCOL_VERSION, dtype_name, pack, unpack
+from agora_marl.envserver.protocol.wire import DTYPES, PROTOCOL_VERSION, dtype_name, pack, unpack
 
 __all__ = [
     "DTYPES",

@@ -68,7 +68,7 @@ class ProtocolError(Exception):
         self.hint = hint
 
     def to_header(self, request_id: int = 0) -> dict:
-        from envserver.protocol.wire import PROTOCOL_VERSION
+        from agora_marl.envserver.protocol.wire import PROTOCOL_VERSION
 
         return {
             "v": PROTOCOL_VERSION,

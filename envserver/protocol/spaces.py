@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from envserver.protocol.wire import DTYPES, dtype_name
+from agora_marl.envserver.protocol.wire import DTYPES, dtype_name
 
 
 def _bound(values: np.ndarray) -> Any:

@@ -23,7 +23,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from envserver.protocol.errors import BAD_MESSAGE, BAD_VERSION, ProtocolError
+from agora_marl.envserver.protocol.errors import BAD_MESSAGE, BAD_VERSION, ProtocolError
 
 PROTOCOL_VERSION = 1
 

@@ -66,7 +66,7 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     try:
         mpi.size()
@@ -91,10 +91,10 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
     """What one rank sees of itself: placement, launcher, GPU, threads, and its env servers' replies."""
     import torch
 
-    from launch.cluster import placement
-    from learners import mpi
-    from learners.config import load_config
-    from learners.run import settle_threads
+    from agora_marl.launch.cluster import placement
+    from agora_marl.learners import mpi
+    from agora_marl.learners.config import load_config
+    from agora_marl.learners.run import settle_threads
 
     where = placement()
     config = load_config(None, [])
@@ -129,7 +129,7 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
 def _ping_servers(env: Any, args: argparse.Namespace) -> list[tuple[str, float | None, str]]:
     """(address, round trip in ms or None, error) for every ``--connect`` server, or else for this rank's share of
     the servers ``agora train`` would start (they are started, pinged and stopped: collective)."""
-    from launch.cluster import read_connect, training_servers
+    from agora_marl.launch.cluster import read_connect, training_servers
 
     if args.connect:
         try:
@@ -143,7 +143,7 @@ def _ping_servers(env: Any, args: argparse.Namespace) -> list[tuple[str, float |
 
 
 def _ping(address: str, timeout_s: float) -> tuple[str, float | None, str]:
-    from agents.client import AgentClient
+    from agora_marl.agents.client import AgentClient
 
     try:
         with AgentClient(address, timeout_s=timeout_s, name="agora-doctor") as client:
@@ -157,7 +157,7 @@ def _ping(address: str, timeout_s: float) -> tuple[str, float | None, str]:
 
 def _cuda_aware(args: argparse.Namespace, facts: list[dict]) -> str:
     """Whether MPI took a CUDA buffer, as probed; a reason when it was not probed. Collective."""
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     if mpi.size() == 1:
         return "not probed (one rank)"
@@ -176,7 +176,7 @@ def _job_facts() -> dict[str, Any]:
     import mpi4py
     import torch
 
-    from learners import mpi
+    from agora_marl.learners import mpi
 
     MPI = mpi.mpi_module()  # noqa: N806 (the module's own name)
     version = MPI.Get_library_version().strip() if MPI else ""

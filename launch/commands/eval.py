@@ -25,8 +25,8 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from launch.local import LocalServers
-    from learners.policy import evaluate, load_policy, load_run
+    from agora_marl.launch.local import LocalServers
+    from agora_marl.learners.policy import evaluate, load_policy, load_run
 
     if args.episodes < 1:
         raise SystemExit("agora eval: --episodes must be at least 1")

@@ -88,7 +88,7 @@ def _server_key(value: str | None) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agents.play import PlaySettings, play
+    from agora_marl.agents.play import PlaySettings, play
 
     settings = PlaySettings(
         connect=args.connect,

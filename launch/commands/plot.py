@@ -28,8 +28,8 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from learners.config import load_config
-    from learners.run import CONFIG_FILE, METRICS_FILE, read_metrics
+    from agora_marl.learners.config import load_config
+    from agora_marl.learners.run import CONFIG_FILE, METRICS_FILE, read_metrics
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for run_dir in map(Path, args.run_dirs):

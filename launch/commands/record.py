@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from launch.commands.scenarios import add_config, load_modules, parse_config
+from agora_marl.launch.commands.scenarios import add_config, load_modules, parse_config
 
 _EPILOG = """\
 examples:
@@ -49,7 +49,7 @@ def register(subparsers) -> None:
 
 def policies_for(env, default: str, overrides: dict[str, str], seed: int) -> dict[str, Callable[[Any], Any]]:
     """One policy per agent: ``overrides`` by agent name or team prefix, else ``default``."""
-    from agents.policies import load_policy, random_policy
+    from agora_marl.agents.policies import load_policy, random_policy
 
     out = {}
     for i, agent in enumerate(env.possible_agents):
@@ -100,7 +100,7 @@ def save_gif(frames: list, path: str | Path, fps: float) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from scenarios.registry import make_env
+    from agora_marl.scenarios.registry import make_env
 
     load_modules(args.module)
     overrides = {}

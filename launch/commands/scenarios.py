@@ -86,7 +86,7 @@ def parse_config(values: list[str]) -> dict:
 
 def load_modules(modules: list[str]) -> None:
     """Import the user's scenario modules, turning a failure into a clear exit."""
-    from scenarios.registry import load_scenario_module
+    from agora_marl.scenarios.registry import load_scenario_module
 
     for module in modules:
         try:
@@ -114,7 +114,7 @@ def _teams(env) -> list[tuple[str, list[str]]]:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from scenarios.registry import make_env, registered
+    from agora_marl.scenarios.registry import make_env, registered
 
     load_modules(args.module)
     rows = []
@@ -145,8 +145,8 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from scenarios.check import CheckSettings, check_scenario
-    from scenarios.registry import DEFAULT_ALLOWED_PACKAGES
+    from agora_marl.scenarios.check import CheckSettings, check_scenario
+    from agora_marl.scenarios.registry import DEFAULT_ALLOWED_PACKAGES
 
     load_modules(args.module)
     allowed = (*DEFAULT_ALLOWED_PACKAGES, *args.allow)
@@ -165,7 +165,7 @@ def run_check(args: argparse.Namespace) -> int:
 
 
 def run_new(args: argparse.Namespace) -> int:
-    from scenarios.new import write_scenario_template
+    from agora_marl.scenarios.new import write_scenario_template
 
     try:
         path, name = write_scenario_template(args.name, args.dir, force=args.force)

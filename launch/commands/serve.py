@@ -107,13 +107,13 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.workers < 1:
         raise SystemExit("--workers must be at least 1")
-    from launch import cluster
+    from agora_marl.launch import cluster
 
     if cluster.launched_by_mpi():  # `mpirun -n 4 agora train : -n 2 agora serve`: addresses travel over MPI
         return cluster.serve_as_rank(args, lambda bind: server_config(args, bind))
     if args.workers > 1:
         return _run_workers(args)
-    from envserver.server import EnvServer
+    from agora_marl.envserver.server import EnvServer
 
     config = server_config(args)
     server = EnvServer(config)
@@ -128,9 +128,9 @@ def run(args: argparse.Namespace) -> int:
 
 def server_config(args: argparse.Namespace, bind: str | None = None):
     """The ServerConfig of ``agora serve``'s flags (bound to ``bind`` instead of ``--bind`` if given)."""
-    import scenarios
-    from envserver.server import ServerConfig
-    from scenarios.registry import load_scenario_module
+    from agora_marl import scenarios
+    from agora_marl.envserver.server import ServerConfig
+    from agora_marl.scenarios.registry import load_scenario_module
 
     for module in args.scenario_module:
         load_scenario_module(module)
@@ -154,7 +154,7 @@ def _run_workers(args: argparse.Namespace) -> int:
         cmd = [
             sys.executable,
             "-m",
-            "envserver",
+            "agora_marl.envserver",
             *_worker_flags(args),
             "--bind",
             endpoint,

@@ -49,10 +49,10 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from launch.cluster import StopSignals
-    from learners import mpi
-    from learners.config import ConfigError
-    from learners.run import RunDirError
+    from agora_marl.launch.cluster import StopSignals
+    from agora_marl.learners import mpi
+    from agora_marl.learners.config import ConfigError
+    from agora_marl.learners.run import RunDirError
 
     with StopSignals() as stop:
         try:
@@ -66,9 +66,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, mpi, stop) -> int:
-    from launch.cluster import EXIT_STOPPED, training_servers
-    from learners.config import algorithm_module, load_config
-    from learners.run import Run, TrainingStopped, default_run_dir
+    from agora_marl.launch.cluster import EXIT_STOPPED, training_servers
+    from agora_marl.learners.config import algorithm_module, load_config
+    from agora_marl.learners.run import Run, TrainingStopped, default_run_dir
 
     writer = mpi.is_root()
     if args.resume:

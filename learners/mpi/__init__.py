@@ -23,7 +23,7 @@ CUDA tensors go to MPI directly when the library is CUDA-aware and through one p
 run under ``python -m mpi4py`` or wrap the entry point in :func:`abort_on_exception`.
 """
 
-from learners.mpi.core import (
+from agora_marl.learners.mpi.core import (
     ParameterDriftError,
     abort_on_exception,
     allgather_object,
@@ -48,9 +48,9 @@ from learners.mpi.core import (
     seed_for_rank,
     size,
 )
-from learners.mpi.cuda import cuda_aware, library_cuda_support, library_path, select_device
-from learners.mpi.gradients import GradientAllreducer, broadcast_parameters
-from learners.mpi.roles import join, learners_released, published, release_servers
+from agora_marl.learners.mpi.cuda import cuda_aware, library_cuda_support, library_path, select_device
+from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
+from agora_marl.learners.mpi.roles import join, learners_released, published, release_servers
 
 __all__ = [
     "GradientAllreducer",

@@ -298,7 +298,7 @@ def _collective(buf: torch.Tensor | np.ndarray, call: Any) -> None:
     if isinstance(buf, np.ndarray) or buf.device.type == "cpu":
         call(buf if isinstance(buf, np.ndarray) else buf.numpy())
         return
-    from learners.mpi.cuda import cuda_aware  # here, not at the top: cuda builds on this module
+    from agora_marl.learners.mpi.cuda import cuda_aware  # here, not at the top: cuda builds on this module
 
     torch.cuda.current_stream(buf.device).synchronize()
     if cuda_aware():

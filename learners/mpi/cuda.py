@@ -7,7 +7,7 @@ import os
 
 import torch
 
-from learners.mpi.core import _State, _state, allreduce_max, allreduce_min, local_rank, local_size, log, size
+from agora_marl.learners.mpi.core import _State, _state, allreduce_max, allreduce_min, local_rank, local_size, log, size
 
 _CUDA_MODES = ("auto", "on", "off", "probe")
 

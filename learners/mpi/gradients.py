@@ -10,8 +10,8 @@ from functools import partial
 import numpy as np
 import torch
 
-from learners.mpi.core import _check_reducible, _collective, _state, log
-from learners.mpi.cuda import cuda_aware
+from agora_marl.learners.mpi.core import _check_reducible, _collective, _state, log
+from agora_marl.learners.mpi.cuda import cuda_aware
 
 _GRAD = operator.attrgetter("grad")
 

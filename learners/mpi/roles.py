@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from learners.mpi.core import _start, _State, _state
+from agora_marl.learners.mpi.core import _start, _State, _state
 
 
 def join(role: str, payload: Any = None) -> None:

@@ -31,9 +31,9 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 
-from scenarios.builtin._draw import PALETTE, arena_disc, arena_square, canvas
-from scenarios.registry import register
-from scenarios.vector import VectorScenario, vector_env
+from agora_marl.scenarios.builtin._draw import PALETTE, arena_disc, arena_square, canvas
+from agora_marl.scenarios.registry import register
+from agora_marl.scenarios.vector import VectorScenario, vector_env
 
 _MOVES = np.array([[0, 0], [0, 1], [0, -1], [-1, 0], [1, 0]], np.float64)
 

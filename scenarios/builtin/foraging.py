@@ -24,9 +24,9 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 
-from scenarios.builtin._draw import PALETTE
-from scenarios.registry import register
-from scenarios.vector import VectorScenario, vector_env
+from agora_marl.scenarios.builtin._draw import PALETTE
+from agora_marl.scenarios.registry import register
+from agora_marl.scenarios.vector import VectorScenario, vector_env
 
 STAY, NORTH, SOUTH, WEST, EAST, LOAD = range(6)
 _DELTAS = np.array([[0, 0], [-1, 0], [1, 0], [0, -1], [0, 1], [0, 0]], dtype=np.int64)

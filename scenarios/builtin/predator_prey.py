@@ -22,9 +22,9 @@ from __future__ import annotations
 import numpy as np
 from gymnasium.spaces import Box, Discrete
 
-from scenarios.api import Scenario, scenario_env
-from scenarios.builtin._draw import arena_disc, canvas
-from scenarios.registry import register
+from agora_marl.scenarios.api import Scenario, scenario_env
+from agora_marl.scenarios.builtin._draw import arena_disc, canvas
+from agora_marl.scenarios.registry import register
 
 _MOVES = np.array([[0, 0], [0, 1], [0, -1], [-1, 0], [1, 0]], np.float64)
 

@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import torch
 
-from learners import mpi
+from agora_marl.learners import mpi
 
 BATCH = 16
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import tempfile
 
-from launch.local import LocalServers
-from learners import idqn, mpi
-from learners.config import load_config
-from learners.run import Run
+from agora_marl.launch.local import LocalServers
+from agora_marl.learners import idqn, mpi
+from agora_marl.learners.config import load_config
+from agora_marl.learners.run import Run
 
 
 def main() -> None:

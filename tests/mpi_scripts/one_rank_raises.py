@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import sys
 
-from learners import mpi
+from agora_marl.learners import mpi
 
 
 def main() -> None:

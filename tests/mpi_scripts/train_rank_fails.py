@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from launch.cli import main
-from learners import mpi
-from learners.run import Run
+from agora_marl.launch.cli import main
+from agora_marl.learners import mpi
+from agora_marl.learners.run import Run
 
 
 def _failing_log(original):
