@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING, Any
 from agora_marl import scenarios
 from agora_marl.envserver.batch import LAYOUTS, BatchStepper
 from agora_marl.envserver.protocol import check_value, from_wire, to_wire
-from agora_marl.envserver.protocol.errors import (
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.vocabulary import (
     ALREADY_ACTED,
     BAD_ACTION,
     BAD_REQUEST,
@@ -26,7 +27,6 @@ from agora_marl.envserver.protocol.errors import (
     SCENARIO_NOT_ALLOWED,
     SEAT_TAKEN,
     TOO_MANY_WORLDS,
-    ProtocolError,
 )
 from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
 from agora_marl.envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec

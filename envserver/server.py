@@ -21,7 +21,8 @@ import zmq
 
 from agora_marl import scenarios
 from agora_marl.envserver import requests
-from agora_marl.envserver.protocol import errors, pack, unpack
+from agora_marl.envserver.protocol import pack, unpack
+from agora_marl.envserver.protocol import vocabulary as errors
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.world import World
 
@@ -177,7 +178,7 @@ class EnvServer:
                 self.send(identity, reply)
         except ProtocolError as exc:
             self.stats["errors"] += 1
-            self.send(identity, exc.to_header(getattr(exc, "request_id", request_id)))
+            self.send(identity, exc.to_header(exc.request_id or request_id))
         except Exception as exc:  # a bug of ours must cost one request, never the server
             self.stats["errors"] += 1
             log.exception("internal error while serving a request")

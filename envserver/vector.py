@@ -16,7 +16,8 @@ import numpy as np
 from pettingzoo import ParallelEnv
 
 from agora_marl.envserver.batch import BatchStepper
-from agora_marl.envserver.protocol.errors import BAD_REQUEST, ProtocolError
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST
 
 
 class VectorGroup:

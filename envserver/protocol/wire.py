@@ -23,9 +23,8 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from agora_marl.envserver.protocol.errors import BAD_MESSAGE, BAD_VERSION, ProtocolError
-
-PROTOCOL_VERSION = 1
+from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.vocabulary import BAD_MESSAGE, BAD_VERSION, PROTOCOL_VERSION
 
 #: dtype names on the wire and the (little-endian) numpy dtypes they stand for.
 DTYPES: dict[str, np.dtype] = {
@@ -112,9 +111,7 @@ def _as_bytes_like(frame: Any) -> Any:
 
 
 def _fail(message: str, request_id: int = 0) -> ProtocolError:
-    error = ProtocolError(BAD_MESSAGE, message, "see docs/protocol.md, 'Frames'")
-    error.request_id = request_id
-    return error
+    return ProtocolError(BAD_MESSAGE, message, "see docs/protocol.md, 'Frames'", request_id)
 
 
 def _check_array_entry(entry: Any, frame: Any, request_id: int) -> tuple[list[str], np.ndarray]:
@@ -180,13 +177,12 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
         raise _fail("'id' must be an integer")
     version = header.get("v")
     if version != PROTOCOL_VERSION:
-        error = ProtocolError(
+        raise ProtocolError(
             BAD_VERSION,
             f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
             f'send "v": {PROTOCOL_VERSION} in every header, or upgrade the client',
+            request_id,
         )
-        error.request_id = request_id
-        raise error
     if not isinstance(header.get("op"), str):
         raise _fail("header needs a string field 'op'", request_id)
     table = header.pop("arrays", [])
