@@ -17,10 +17,9 @@ import numpy as np
 from gymnasium import spaces
 
 from agora_marl.agents.client import AgentClient
-from agora_marl.agents.types import WorldSpec, encode_value
-from agora_marl.envserver.protocol import from_wire
-
-LAYOUTS = ("agents", "stacked")
+from agora_marl.agents.types import encode_value
+from agora_marl.envserver.protocol import WorldSpec, from_wire
+from agora_marl.envserver.protocol.vocabulary import LAYOUTS
 
 
 @dataclass

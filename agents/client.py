@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import zmq
 
-from agora_marl.agents.types import Created, Joined, Observation, StepResult, WorldSpec
-from agora_marl.envserver.protocol import ProtocolError, pack, unpack
+from agora_marl.agents.types import Created, Joined, Observation, StepResult, encode_actions
+from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
 
 
 class ServerError(Exception):
@@ -283,7 +283,7 @@ class AgentClient:
     def send_act(self, world: int, actions: dict[str, Any]) -> int:
         """Send actions without waiting; returns the request id for :meth:`recv` (to act in several worlds at once)."""
         spec = self._specs.get(world)
-        wire = spec.encode_actions(actions) if spec else {a: np.asarray(v) for a, v in actions.items()}
+        wire = encode_actions(spec, actions) if spec else {a: np.asarray(v) for a, v in actions.items()}
         request_id = self.send("act", world=world, actions=wire)
         self._acts[request_id] = world
         return request_id

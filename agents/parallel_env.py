@@ -10,7 +10,8 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from agora_marl.agents.client import AgentClient
-from agora_marl.agents.types import Observation, WorldSpec
+from agora_marl.agents.types import Observation
+from agora_marl.envserver.protocol import WorldSpec
 
 
 class RemoteParallelEnv(ParallelEnv):

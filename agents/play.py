@@ -8,17 +8,15 @@ past the heartbeat timeout) is reclaimed with its token; a seat someone else too
 from __future__ import annotations
 
 import contextlib
-import json
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from agora_marl.agents.client import AgentClient, ServerError
-from agora_marl.agents.policies import load_policy
+from agora_marl.agents.policies import RunLoader, named_policy
 from agora_marl.agents.types import StepResult
-from agora_marl.envserver.protocol import noop_value
+from agora_marl.envserver.protocol import noop_value, resolve_address
 
 
 @dataclass
@@ -53,19 +51,11 @@ class PlaySettings:
     """The server's CurveZMQ public key (Z85), for a server run with ``--curve-secret``."""
 
 
-def resolve_address(connect: str) -> str:
-    """The first address of a connection file, or ``connect`` itself when it is an endpoint."""
-    if "://" not in connect and os.path.isfile(connect):
-        with open(connect) as handle:
-            addresses = json.load(handle).get("addresses") or []
-        if not addresses:
-            raise ValueError(f"connection file {connect} lists no addresses")
-        return addresses[0]
-    return connect
+def play(settings: PlaySettings, out: Callable[[str], Any] = print, run_loader: RunLoader | None = None) -> list[float]:
+    """Play until ``settings.episodes`` episodes ended (or Ctrl-C); returns each finished episode's team return.
 
-
-def play(settings: PlaySettings, out: Callable[[str], Any] = print) -> list[float]:
-    """Play until ``settings.episodes`` episodes ended (or Ctrl-C); returns each finished episode's team return."""
+    ``run_loader`` loads a trained run when ``settings.policy`` names a run directory (see agents.policies).
+    """
     if (settings.world is None) == (settings.scenario is None):
         raise ValueError("give exactly one of a world to join or a scenario to create")
     address = resolve_address(settings.connect)
@@ -85,7 +75,7 @@ def play(settings: PlaySettings, out: Callable[[str], Any] = print) -> list[floa
             )
             world = created_world = created.worlds[0]
             out(f"created world {world} ({settings.scenario}) on {client.address}")
-        return _Player(client, world, settings, out).run()
+        return _Player(client, world, settings, out, run_loader).run()
     finally:
         if created_world is not None:
             with contextlib.suppress(ServerError, TimeoutError):
@@ -96,7 +86,14 @@ def play(settings: PlaySettings, out: Callable[[str], Any] = print) -> list[floa
 class _Player:
     """The play loop of one connection in one world."""
 
-    def __init__(self, client: AgentClient, world: int, settings: PlaySettings, out: Callable[[str], Any]):
+    def __init__(
+        self,
+        client: AgentClient,
+        world: int,
+        settings: PlaySettings,
+        out: Callable[[str], Any],
+        run_loader: RunLoader | None,
+    ):
         self.client, self.world, self.settings, self.out = client, world, settings, out
         seats = settings.seats or ("all" if not settings.tokens else list(settings.tokens))
         joined = client.join(world, seats=seats, tokens=settings.tokens or None)
@@ -105,7 +102,7 @@ class _Player:
         self.tokens = dict(joined.seats)
         spec = joined.spec
         self.policies = {
-            s: load_policy(settings.policy, spec.observation_spaces[s], spec.action_spaces[s], agent=s)
+            s: named_policy(settings.policy, spec.observation_spaces[s], spec.action_spaces[s], s, run_loader)
             for s in self.tokens
         }
         self.noops = {s: noop_value(spec.action_spaces[s]) for s in self.tokens}

@@ -1,12 +1,14 @@
 """Ready-made policies for ``agora play`` and custom clients. A policy is a callable ``obs -> action``.
 
-:func:`load_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable``
-(the callable gets the two spaces and returns a policy), or a directory holding a trained run (loaded through
-``learners.policy.load_run_policy``).
+:func:`named_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread),
+``module:callable`` (the callable gets the two spaces and returns a policy), or a directory holding a trained run.
+Trained runs need torch, which a client never imports: the caller passes the loader (``agora play`` passes
+``agora_marl.learners.policy.load_run_policy``; see agora_marl.launch.policies).
 """
 
 from __future__ import annotations
 
+import copy
 import importlib
 import itertools
 import os
@@ -19,6 +21,8 @@ from gymnasium import spaces
 from agora_marl.envserver.protocol import noop_value
 
 Policy = Callable[[Any], Any]
+#: ``loader(run_dir, observation_space, action_space, agent) -> Policy``: a trained run's policy for one seat.
+RunLoader = Callable[[str, spaces.Space, spaces.Space, "str | None"], Policy]
 
 #: Largest team for which the scripted spread policy solves the landmark assignment exactly (N! permutations).
 _EXACT_ASSIGNMENT_MAX_AGENTS = 6
@@ -113,51 +117,48 @@ _BUILTIN: dict[str, Callable[[spaces.Space, spaces.Space], Policy]] = {
 }
 
 
-def load_policy(
-    spec: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None = None
+def named_policy(
+    name: str,
+    observation_space: spaces.Space,
+    action_space: spaces.Space,
+    agent: str | None = None,
+    run_loader: RunLoader | None = None,
 ) -> Policy:
-    """The policy named by ``spec`` for one seat with these spaces.
+    """The policy called ``name`` for one seat with these spaces.
 
     Args:
-        spec: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable`` (called with the observation
+        name: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable`` (called with the observation
             and action spaces, it returns the policy), or the path of a training run directory.
         agent: the seat's agent name: a trained run plays that agent's network (the others ignore it).
+        run_loader: loads a trained run's policy; without one, a run directory is refused.
 
     Raises:
-        ValueError: the spec names nothing loadable (with what is accepted).
+        ValueError: the name means nothing loadable (with what is accepted).
     """
-    if spec in _BUILTIN:
-        return _BUILTIN[spec](observation_space, action_space)
-    if os.path.isdir(spec):
-        return _load_run(spec, observation_space, action_space, agent)
-    if ":" in spec:
-        module_name, _, attr = spec.partition(":")
+    if name in _BUILTIN:
+        return _BUILTIN[name](observation_space, action_space)
+    if os.path.isdir(name):
+        if run_loader is None:
+            raise ValueError(
+                f"{name} is a directory: playing a trained run needs torch and a run loader "
+                "(agora play has one; in code pass run_loader=agora_marl.learners.policy.load_run_policy)"
+            )
+        return run_loader(name, observation_space, action_space, agent)
+    if ":" in name:
+        module_name, _, attr = name.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
         except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load policy {spec!r}: {exc}") from None
+            raise ValueError(f"cannot load policy {name!r}: {exc}") from None
         policy = factory(observation_space, action_space)
         if not callable(policy):
-            raise ValueError(f"{spec} returned {type(policy).__name__}, not a callable obs -> action")
+            raise ValueError(f"{name} returned {type(policy).__name__}, not a callable obs -> action")
         return policy
     raise ValueError(
-        f"unknown policy {spec!r}: use one of {sorted(_BUILTIN)}, module:callable, or a training run directory"
+        f"unknown policy {name!r}: use one of {sorted(_BUILTIN)}, module:callable, or a training run directory"
     )
-
-
-def _load_run(path: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None) -> Policy:
-    try:
-        from agora_marl.learners.policy import load_run_policy
-    except ImportError as exc:
-        raise ValueError(
-            f"{path} looks like a training run, but loading trained policies needs learners.policy "
-            f"(with torch installed): {exc}"
-        ) from None
-    return load_run_policy(path, observation_space, action_space, agent=agent)
 
 
 def _copy_space(space: spaces.Space) -> spaces.Space:
     # Seeding a space seeds the object: a copy keeps the world spec's spaces (shared by every seat) untouched.
-    import copy
-
     return copy.deepcopy(space)

@@ -1,4 +1,4 @@
-"""What the client hands back: a world's spec with decoded spaces, and one dataclass per kind of reply."""
+"""What the client hands back (one dataclass per kind of reply), and actions put in their wire form."""
 
 from __future__ import annotations
 
@@ -8,55 +8,12 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agora_marl.envserver.protocol import decode_space, from_wire
+from agora_marl.envserver.protocol import WorldSpec
 
 
-@dataclass(frozen=True)
-class WorldSpec:
-    """A world's agents and spaces, decoded into gymnasium spaces (docs/protocol.md, 'world spec').
-
-    The space objects are created once per spec, so ``observation_spaces[a]`` is the same object on every call (as
-    PettingZoo's API test demands).
-    """
-
-    scenario: str
-    """The scenario name the world was created from."""
-    config: dict
-    """The keyword config the scenario was built with."""
-    possible_agents: list[str]
-    """Every agent id of the world, in the order of batched columns."""
-    observation_spaces: dict[str, spaces.Space]
-    """Observation space per agent."""
-    action_spaces: dict[str, spaces.Space]
-    """Action space per agent."""
-    state_space: spaces.Space | None
-    """The global state's space, or None where the world has none."""
-
-    @classmethod
-    def from_wire(cls, wire: dict) -> WorldSpec:
-        """The spec of a ``spec`` map from a ``created`` or ``joined`` reply."""
-        state = wire.get("state_space")
-        return cls(
-            scenario=wire["scenario"],
-            config=dict(wire.get("config") or {}),
-            possible_agents=list(wire["possible_agents"]),
-            observation_spaces={a: decode_space(s) for a, s in wire["observation_spaces"].items()},
-            action_spaces={a: decode_space(s) for a, s in wire["action_spaces"].items()},
-            state_space=decode_space(state) if state is not None else None,
-        )
-
-    def decode_obs(self, values: dict | None) -> dict[str, Any]:
-        """Wire observations ``{agent: value}`` as values of each agent's observation space."""
-        if not values:
-            return {}
-        return {
-            a: from_wire(self.observation_spaces[a], v) if a in self.observation_spaces else v
-            for a, v in values.items()
-        }
-
-    def encode_actions(self, actions: dict[str, Any]) -> dict[str, Any]:
-        """Actions ``{agent: value}`` in wire form: Discrete scalars inline, everything else as array frames."""
-        return {a: encode_value(self.action_spaces.get(a), v) for a, v in actions.items()}
+def encode_actions(spec: WorldSpec, actions: dict[str, Any]) -> dict[str, Any]:
+    """Actions ``{agent: value}`` of a world with this spec in wire form (see :func:`encode_value`)."""
+    return {a: encode_value(spec.action_spaces.get(a), v) for a, v in actions.items()}
 
 
 def encode_value(space: spaces.Space | None, value: Any) -> Any:

@@ -1,15 +1,10 @@
 """agora's environment server: many multi-agent worlds behind one ZeroMQ ROUTER socket.
 
-``envserver.protocol`` is importable on its own (clients use it); the server itself is imported lazily so that a
-client never pulls in the scenarios and their dependencies.
+- :mod:`.protocol`: the wire (words, frames, spaces, world spec, errors, connection files): the one part clients
+  import; it needs only msgpack, numpy and gymnasium.
+- :mod:`.server`: :class:`~.server.EnvServer`, the loop, sessions, deadlines and liveness.
+- :mod:`.handlers`: one function per operation and the table of them.
+- :mod:`.world`: one world, its seats and the step rule; :mod:`.batch` and :mod:`.vector`: K worlds in one message.
+
+Nothing is imported here, so that ``import agora_marl.envserver.protocol`` stays light for clients.
 """
-
-__all__ = ["EnvServer"]
-
-
-def __getattr__(name: str):
-    if name == "EnvServer":
-        from agora_marl.envserver.server import EnvServer
-
-        return EnvServer
-    raise AttributeError(f"module 'envserver' has no attribute {name!r}")

@@ -17,9 +17,8 @@ from gymnasium import spaces
 
 from agora_marl.envserver.protocol import check_value, zeros_like_space
 from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.vocabulary import BAD_ACTION, BAD_REQUEST
 from agora_marl.envserver.world import World
-
-LAYOUTS = ("agents", "stacked")
 
 
 def _leaf_rows(value: Any, k: int) -> Any:
@@ -56,7 +55,7 @@ def shared_spaces(world: World) -> tuple[spaces.Space, spaces.Space]:
     obs_specs, act_specs = world.spec["observation_spaces"], world.spec["action_spaces"]
     if not all(obs_specs[a] == obs_specs[first] and act_specs[a] == act_specs[first] for a in world.agents):
         raise ProtocolError(
-            "bad_request",
+            BAD_REQUEST,
             "layout 'stacked' needs every agent to share one observation and one action space",
             "use layout 'agents' for worlds whose agents differ (e.g. two teams)",
         )
@@ -94,7 +93,7 @@ class BatchStepper:
                 raise ValueError(f"'actions' needs exactly the agents {self.agents}; missing {missing}")
             return {a: check_value(self.template.act_spaces[a], actions[a], (k,), f"actions/{a}") for a in self.agents}
         except ValueError as exc:
-            raise ProtocolError("bad_action", str(exc), "send one valid action per agent and world") from None
+            raise ProtocolError(BAD_ACTION, str(exc), "send one valid action per agent and world") from None
 
     # ---- outputs ------------------------------------------------------------------------------------------
 
@@ -120,7 +119,7 @@ class BatchStepper:
         if not self.with_state:
             return None
         if space is None:
-            raise ProtocolError("bad_request", "these worlds have no global state", "send 'state': false")
+            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
         return np.zeros((len(self.worlds), *space.shape), dtype=space.dtype)
 
     def reset(self, seed: int | None) -> dict:

@@ -12,7 +12,6 @@ import heapq
 import logging
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,15 +19,21 @@ import msgpack
 import zmq
 
 from agora_marl import scenarios
-from agora_marl.envserver import requests
+from agora_marl.envserver.handlers import OPERATIONS
 from agora_marl.envserver.protocol import pack, unpack
-from agora_marl.envserver.protocol import vocabulary as errors
 from agora_marl.envserver.protocol.errors import ProtocolError
+from agora_marl.envserver.protocol.vocabulary import (
+    BAD_REQUEST,
+    INTERNAL,
+    SCENARIO_ERROR,
+    TOO_LARGE,
+    UNKNOWN_OP,
+    UNKNOWN_WORLD,
+)
 from agora_marl.envserver.world import World
 
 log = logging.getLogger("agora.server")
 
-VERSION = "0.1.0"
 _ZERO_COPY_BYTES = 1 << 16
 
 
@@ -96,9 +101,6 @@ class EnvServer:
         self._deadlines: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._handlers: dict[str, Callable[[Session, dict], Any]] = {
-            name[len("op_") :]: getattr(requests, name) for name in dir(requests) if name.startswith("op_")
-        }
         self.stats = {"requests": 0, "errors": 0, "steps": 0}
 
     # ---- running --------------------------------------------------------------------------------------------
@@ -145,7 +147,7 @@ class EnvServer:
                     next_sweep = now + min(1.0, self.config.heartbeat_timeout_s / 4)
         finally:
             for world in list(self.worlds.values()):
-                self._close_world(world, "the server is shutting down")
+                self.close_world(world, "the server is shutting down")
             self.socket.close(linger=0)
 
     # ---- one request ------------------------------------------------------------------------------------------
@@ -160,17 +162,17 @@ class EnvServer:
             if size > self.config.max_message_bytes:
                 request_id = _peek_id(frames[0])
                 raise ProtocolError(
-                    errors.TOO_LARGE,
+                    TOO_LARGE,
                     f"message of {size} bytes is over this server's limit of {self.config.max_message_bytes}",
                     "split the batch over several requests, or start the server with a larger --max-message-bytes",
                 )
             message = unpack(frames)
             request_id = message["id"]
             session = self._session(identity)
-            handler = self._handlers.get(message["op"])
+            handler = OPERATIONS.get(message["op"])
             if handler is None:
                 raise ProtocolError(
-                    errors.UNKNOWN_OP, f"unknown operation {message['op']!r}", f"use one of {sorted(self._handlers)}"
+                    UNKNOWN_OP, f"unknown operation {message['op']!r}", f"use one of {sorted(OPERATIONS)}"
                 )
             reply = handler(self, session, message)
             if reply is not None:
@@ -182,7 +184,7 @@ class EnvServer:
         except Exception as exc:  # a bug of ours must cost one request, never the server
             self.stats["errors"] += 1
             log.exception("internal error while serving a request")
-            error = ProtocolError(errors.INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
+            error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
             self.send(identity, error.to_header(request_id))
 
     def send(self, identity: bytes, message: dict) -> None:
@@ -214,10 +216,10 @@ class EnvServer:
 
     def world(self, world_id: Any) -> World:
         if not isinstance(world_id, int) or isinstance(world_id, bool):
-            raise ProtocolError(errors.BAD_REQUEST, f"'world' must be an int, got {world_id!r:.40}", "see list")
+            raise ProtocolError(BAD_REQUEST, f"'world' must be an int, got {world_id!r:.40}", "see list")
         world = self.worlds.get(world_id)
         if world is None:
-            raise ProtocolError(errors.UNKNOWN_WORLD, f"no world {world_id} on this server", "list the worlds")
+            raise ProtocolError(UNKNOWN_WORLD, f"no world {world_id} on this server", "list the worlds")
         return world
 
     @staticmethod
@@ -242,9 +244,9 @@ class EnvServer:
         except Exception as exc:
             log.exception("world %d raised while stepping", world.world_id)
             for identity, header in world.cancel_waiters(f"world {world.world_id} raised {exc!r}; it is closed"):
-                header["code"] = errors.SCENARIO_ERROR
+                header["code"] = SCENARIO_ERROR
                 self.send(identity, header)
-            self._close_world(world, "the scenario raised")
+            self.close_world(world, "the scenario raised")
             return
         self.stats["steps"] += 1
         for identity, reply in world.replies(outcome):
@@ -257,7 +259,8 @@ class EnvServer:
             if world is not None and world.deadline_at is not None and world.deadline_at <= now and world.waiters:
                 self._step_and_reply(world)
 
-    def _close_world(self, world: World, reason: str) -> None:
+    def close_world(self, world: World, reason: str) -> None:
+        """Close a world: its waiters get ``interrupted``, its seats and ownership are released, its env closed."""
         if world.group is not None:
             world.group.intact = False
         for identity, header in world.cancel_waiters(f"world {world.world_id} was closed: {reason}"):
@@ -274,9 +277,6 @@ class EnvServer:
             world.env.close()
         except Exception:
             log.exception("world %d raised while closing", world.world_id)
-
-    def close_world(self, world: World, reason: str) -> None:
-        self._close_world(world, reason)
 
     # ---- liveness ---------------------------------------------------------------------------------------------
 
@@ -301,7 +301,7 @@ class EnvServer:
                 if any(s.holder is not None for s in world.seats.values()):
                     world.owner = None
                 else:
-                    self._close_world(world, "its owner went silent and nobody else is in it")
+                    self.close_world(world, "its owner went silent and nobody else is in it")
             session.owned.clear()
             del self.sessions[identity]
             for world_id in touched:

@@ -16,12 +16,9 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from agora_marl.envserver.protocol import encode_space, noop_value, to_wire
+from agora_marl.envserver.protocol import noop_value, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
-
-FILL_KINDS = ("noop", "random", "repeat")
-
-FREE, HELD, LOST = "free", "held", "lost"
+from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, FREE, HELD, INTERRUPTED, LOST, UNKNOWN_SEAT
 
 
 @dataclass
@@ -31,7 +28,7 @@ class WorldOptions:
     deadline_s: float = 1.0
     """Seconds after a tick's first action before missing seats are filled."""
     fill: str = "noop"
-    """What a missing seat does: ``noop``, ``random`` or ``repeat``."""
+    """What a missing seat does: one of the protocol's ``FILL_KINDS`` (``noop``, ``random``, ``repeat``)."""
     auto_reset: bool = True
     """Reset as soon as the episode is over (the step reply then carries ``final_obs``)."""
     wait_for_seats: bool = True
@@ -70,72 +67,48 @@ class StepOutcome:
     final_obs: dict | None = None
 
 
-def _state_space_of(env: ParallelEnv) -> spaces.Space | None:
-    space = getattr(env, "state_space", None)
-    if isinstance(space, spaces.Space):
-        return space
-    obs_spaces = [env.observation_space(a) for a in env.possible_agents]
-    if all(isinstance(s, spaces.Box) for s in obs_spaces):
-        size = sum(int(np.prod(s.shape)) for s in obs_spaces)
-        dtype = np.result_type(*[s.dtype for s in obs_spaces])
-        return spaces.Box(-np.inf, np.inf, (size,), dtype=dtype)
-    return None
-
-
-def make_spec(scenario: str, config: dict, env: ParallelEnv) -> tuple[dict, dict, dict, spaces.Space | None]:
-    """The wire spec of a world and its decoded spaces (observation, action, state)."""
-    agents = list(env.possible_agents)
-    obs_spaces = {a: env.observation_space(a) for a in agents}
-    act_spaces = {a: env.action_space(a) for a in agents}
-    state_space = _state_space_of(env)
-    spec = {
-        "scenario": scenario,
-        "config": config,
-        "possible_agents": agents,
-        "observation_spaces": {a: encode_space(s) for a, s in obs_spaces.items()},
-        "action_spaces": {a: encode_space(s) for a, s in act_spaces.items()},
-        "state_space": encode_space(state_space) if state_space is not None else None,
-    }
-    return spec, obs_spaces, act_spaces, state_space
-
-
 @dataclass
 class World:
-    """A hosted scenario instance with seats. Built by the server's ``create``."""
+    """A hosted scenario instance with seats. Built by the ``create`` handler."""
 
     world_id: int
     env: ParallelEnv
     spec: dict
+    """The world spec in its wire form (``WorldSpec.to_wire()``), shared by the copies created together."""
     spec_key: bytes
+    """A digest of ``spec``: worlds with equal keys may be stepped in one batch."""
     obs_spaces: dict
     act_spaces: dict
+    """This world's own action space objects (seeded from the world's seed, for random fills)."""
     state_space: spaces.Space | None
     options: WorldOptions
     owner: bytes | None
+    owner_token: str
+    """Reclaims ownership from another connection; one for all the copies created together."""
     seed: int | None
-    owner_token: str = field(default_factory=lambda: secrets.token_hex(16))
-    seats: dict[str, Seat] = field(default_factory=dict)
     tick: int = 0
     episode: int = 0
     obs: dict = field(default_factory=dict)
     infos: dict = field(default_factory=dict)
-    started: bool = False
     pending: dict[str, Any] = field(default_factory=dict)
     waiters: list[Waiter] = field(default_factory=list)
     observers: set[bytes] = field(default_factory=set)
     group: Any = None
-    """The :class:`envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
+    """The :class:`agora_marl.envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
     index: int = 0
-    _sole_holder: bytes | None = None
-    _holder_dirty: bool = True
     deadline_at: float | None = None
-    rng: np.random.Generator = field(default_factory=np.random.default_rng)
+    agents: list[str] = field(init=False)
+    seats: dict[str, Seat] = field(init=False)
+    rng: np.random.Generator = field(init=False)
+    started: bool = field(init=False)
+    _sole_holder: bytes | None = field(default=None, init=False)
+    _holder_dirty: bool = field(default=True, init=False)
 
     def __post_init__(self):
         self.agents = list(self.spec["possible_agents"])
         self.seats = {a: Seat(a) for a in self.agents}
         self.rng = np.random.default_rng(self.seed)
-        for _agent, space in self.act_spaces.items():
+        for space in self.act_spaces.values():
             space.seed(int(self.rng.integers(2**31)))
         self.started = not self.options.wait_for_seats
 
@@ -166,7 +139,7 @@ class World:
     def seat(self, agent: Any) -> Seat:
         if not isinstance(agent, str) or agent not in self.seats:
             raise ProtocolError(
-                "unknown_seat", f"world {self.world_id} has no agent {agent!r}", f"its agents are {self.agents}"
+                UNKNOWN_SEAT, f"world {self.world_id} has no agent {agent!r}", f"its agents are {self.agents}"
             )
         return self.seats[agent]
 
@@ -297,7 +270,7 @@ class World:
                 self.pending.pop(agent, None)
         if not self.waiters:
             self.deadline_at = None
-        error = ProtocolError("interrupted", reason, "read the world again with observe, then act")
+        error = ProtocolError(INTERRUPTED, reason, "read the world again with observe, then act")
         return [(w.identity, error.to_header(w.request_id)) for w in cancelled]
 
     # ---- reading ----------------------------------------------------------------------------------------------
@@ -319,7 +292,7 @@ class World:
         if isinstance(getattr(self.env, "state_space", None), spaces.Space):
             return np.asarray(self.env.state(), dtype=self.state_space.dtype)
         if self.state_space is None:
-            raise ProtocolError("bad_request", f"world {self.world_id} has no global state", "its scenario has none")
+            raise ProtocolError(BAD_REQUEST, f"world {self.world_id} has no global state", "its scenario has none")
         parts = []
         for agent in self.agents:
             space = self.obs_spaces[agent]

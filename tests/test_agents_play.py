@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from gymnasium import spaces
 
 from agora_marl.agents import AgentClient
 from agora_marl.agents.play import PlaySettings, play
-from agora_marl.agents.policies import load_policy
+from agora_marl.agents.policies import named_policy
 from agora_marl.scenarios import make_env
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -29,7 +28,7 @@ def _team_returns(policy: str, continuous: bool, episodes: int = 6) -> float:
     totals = []
     for episode in range(episodes):
         obs, _ = env.reset(seed=episode)
-        policies = {a: load_policy(policy, env.observation_space(a), env.action_space(a)) for a in env.agents}
+        policies = {a: named_policy(policy, env.observation_space(a), env.action_space(a)) for a in env.agents}
         total = 0.0
         while env.agents:
             obs, rewards, *_ = env.step({a: policies[a](obs[a]) for a in env.agents})
@@ -45,11 +44,11 @@ def test_scripted_spread_covers_the_landmarks(continuous):
     assert scripted > -35 and scripted > noop + 30
 
 
-def test_load_policy_resolves_names(tmp_path, monkeypatch):
+def test_named_policy_resolves_names(tmp_path, monkeypatch):
     box = spaces.Box(-1, 1, (3,), np.float32)
     action = spaces.Box(0, 1, (2,), np.float32)
-    assert np.array_equal(load_policy("noop", box, action)(None), np.zeros(2, np.float32))
-    assert load_policy("random", box, action)(None) in action
+    assert np.array_equal(named_policy("noop", box, action)(None), np.zeros(2, np.float32))
+    assert named_policy("random", box, action)(None) in action
     (tmp_path / "my_policies.py").write_text(
         textwrap.dedent(
             """
@@ -59,16 +58,17 @@ def test_load_policy_resolves_names(tmp_path, monkeypatch):
         )
     )
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert np.array_equal(load_policy("my_policies:make", box, action)(None), np.ones(2, np.float32))
+    assert np.array_equal(named_policy("my_policies:make", box, action)(None), np.ones(2, np.float32))
     with pytest.raises(ValueError, match="unknown policy"):
-        load_policy("clever", box, action)
+        named_policy("clever", box, action)
     with pytest.raises(ValueError, match="cannot load"):
-        load_policy("my_policies:nothing", box, action)
+        named_policy("my_policies:nothing", box, action)
     with pytest.raises(ValueError, match="simple_spread"):
-        load_policy("scripted", box, spaces.Discrete(5))
-    if importlib.util.find_spec("agora_marl.learners.policy") is None:
-        with pytest.raises(ValueError, match="agora_marl.learners.policy"):
-            load_policy(str(tmp_path), box, action)
+        named_policy("scripted", box, spaces.Discrete(5))
+    with pytest.raises(ValueError, match="run loader"):
+        named_policy(str(tmp_path), box, action)  # a run directory, and no loader given
+    loaded = named_policy(str(tmp_path), box, action, "a", run_loader=lambda *args: (lambda obs: args))
+    assert loaded(None) == (str(tmp_path), box, action, "a")
 
 
 def test_play_creates_a_world_and_reports_returns(server):

@@ -89,6 +89,7 @@ def _server_key(value: str | None) -> str | None:
 
 def run(args: argparse.Namespace) -> int:
     from agora_marl.agents.play import PlaySettings, play
+    from agora_marl.launch.policies import load_run_policy
 
     settings = PlaySettings(
         connect=args.connect,
@@ -105,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         timeout_s=args.timeout,
         server_key=_server_key(args.server_key),
     )
-    returns = play(settings, out=lambda line: print(line, flush=True))
+    returns = play(settings, out=lambda line: print(line, flush=True), run_loader=load_run_policy)
     if returns:
         print(f"{len(returns)} episodes, mean return {sum(returns) / len(returns):.2f}", flush=True)
     return 0

@@ -49,7 +49,8 @@ def register(subparsers) -> None:
 
 def policies_for(env, default: str, overrides: dict[str, str], seed: int) -> dict[str, Callable[[Any], Any]]:
     """One policy per agent: ``overrides`` by agent name or team prefix, else ``default``."""
-    from agora_marl.agents.policies import load_policy, random_policy
+    from agora_marl.agents.policies import random_policy
+    from agora_marl.launch.policies import seat_policy
 
     out = {}
     for i, agent in enumerate(env.possible_agents):
@@ -59,7 +60,7 @@ def policies_for(env, default: str, overrides: dict[str, str], seed: int) -> dic
         if spec == "random":  # seeded, so that a recording can be made again
             out[agent] = random_policy(obs_space, act_space, seed=seed + i)
         else:
-            out[agent] = load_policy(spec, obs_space, act_space, agent)
+            out[agent] = seat_policy(spec, obs_space, act_space, agent)
     unknown = set(overrides) - set(env.possible_agents) - {str(a).rsplit("_", 1)[0] for a in env.possible_agents}
     if unknown:
         raise ValueError(f"--agent-policy names no agent or team: {sorted(unknown)} (agents: {env.possible_agents})")

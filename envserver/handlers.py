@@ -1,18 +1,21 @@
-"""One function per protocol operation: ``op_<name>(server, session, message) -> reply | None``.
+"""One function per protocol operation, ``handler(server, session, message) -> reply | None``, and the table of them.
 
-Each handler checks everything before it changes anything, so a refused request (a raised ProtocolError) leaves
-the server as it was. ``None`` means the reply comes later (``act`` waits for its world to step).
+:data:`OPERATIONS` maps every request of the protocol (``vocabulary.REQUESTS``) to its handler; the server loop looks
+the ``op`` up there. Each handler checks everything before it changes anything, so a refused request (a raised
+ProtocolError) leaves the server as it was. ``None`` means the reply comes later (``act`` waits for its world to step).
+The handlers reach the server through its public methods only; the server imports this module, never the reverse.
 """
 
 from __future__ import annotations
 
 import secrets
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from agora_marl import scenarios
-from agora_marl.envserver.batch import LAYOUTS, BatchStepper
-from agora_marl.envserver.protocol import check_value, from_wire, to_wire
+from agora_marl import __version__, scenarios
+from agora_marl.envserver.batch import BatchStepper
+from agora_marl.envserver.protocol import WorldSpec, check_value, from_wire, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     ALREADY_ACTED,
@@ -21,15 +24,23 @@ from agora_marl.envserver.protocol.vocabulary import (
     BAD_TOKEN,
     BATCH_MISMATCH,
     EPISODE_OVER,
+    FILL_KINDS,
+    FREE,
+    HELD,
+    LAYOUTS,
+    LOST,
     NOT_OWNER,
     NOT_YOUR_SEAT,
+    PROTOCOL_VERSION,
+    REQUESTS,
+    ROLES,
     SCENARIO_ERROR,
     SCENARIO_NOT_ALLOWED,
     SEAT_TAKEN,
     TOO_MANY_WORLDS,
 )
 from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
-from agora_marl.envserver.world import FILL_KINDS, FREE, HELD, LOST, World, WorldOptions, make_spec
+from agora_marl.envserver.world import World, WorldOptions
 
 if TYPE_CHECKING:
     from agora_marl.envserver.server import EnvServer, Session
@@ -70,14 +81,12 @@ def _member(world: World, session: Session) -> bool:
 
 def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
     session.name = str(field(message, "name", str, ""))[:200]
-    from agora_marl.envserver.server import VERSION
-
     config = server.config
     return {
         "op": "welcome",
         "server": "agora",
-        "version": VERSION,
-        "protocol": 1,
+        "version": __version__,
+        "protocol": PROTOCOL_VERSION,
         "session": session.identity.hex(),
         "limits": {
             "max_message_bytes": config.max_message_bytes,
@@ -157,30 +166,31 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         else:
             envs = [scenarios.make_env(name, scenario_config, config.allowed_packages) for _ in range(copies)]
             firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
-        spec, obs_spaces, act_spaces, state_space = make_spec(name, scenario_config, envs[0])
+        spec = WorldSpec.of_env(name, scenario_config, envs[0])
+        wire_spec = spec.to_wire()
     except Exception as exc:
         raise ProtocolError(
             SCENARIO_ERROR, f"building {name!r} failed: {type(exc).__name__}: {exc}", "check the scenario's config"
         ) from None
-    spec_key = server.spec_key(spec)
+    spec_key = server.spec_key(wire_spec)
     options = WorldOptions(deadline_ms / 1000.0, fill, auto_reset, wait_for_seats)
     owner_token = secrets.token_hex(16)  # one for all the copies created together
     worlds = []
     for i, env in enumerate(envs):
         world = World(
-            server.new_world_id(),
-            env,
-            spec,
-            spec_key,
-            {a: env.observation_space(a) for a in spec["possible_agents"]},
-            {a: env.action_space(a) for a in spec["possible_agents"]},
-            state_space,
-            options,
-            session.identity,
-            None if seed is None else seed + i,
+            world_id=server.new_world_id(),
+            env=env,
+            spec=wire_spec,
+            spec_key=spec_key,
+            obs_spaces={a: env.observation_space(a) for a in spec.possible_agents},
+            act_spaces={a: env.action_space(a) for a in spec.possible_agents},
+            state_space=spec.state_space,
+            options=options,
+            owner=session.identity,
+            owner_token=owner_token,
+            seed=None if seed is None else seed + i,
         )
         world.obs, world.infos = firsts[i]
-        world.owner_token = owner_token
         if group is not None:
             world.group, world.index = group, i
             group.add(world)
@@ -190,7 +200,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     reply = {
         "op": "created",
         "worlds": [w.world_id for w in worlds],
-        "spec": spec,
+        "spec": wire_spec,
         "owner_token": owner_token,
     }
     if join:
@@ -212,8 +222,8 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     role = field(message, "role", str, "agent")
     tokens = field(message, "tokens", dict, {})
     owner_token = field(message, "owner_token", str, None)
-    if role not in ("agent", "observer"):
-        raise ProtocolError(BAD_REQUEST, f"'role' must be 'agent' or 'observer', got {role!r}", "")
+    if role not in ROLES:
+        raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r}", "")
     if owner_token is not None and owner_token != world.owner_token:
         raise ProtocolError(BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "")
     seats: list[str] = []
@@ -416,3 +426,22 @@ def op_reset_batch(server: EnvServer, session: Session, message: dict) -> dict:
         raise ProtocolError(
             SCENARIO_ERROR, f"a world raised while resetting: {type(exc).__name__}: {exc}", ""
         ) from None
+
+
+#: Every operation's handler, by the ``op`` of its request.
+OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
+    "hello": op_hello,
+    "ping": op_ping,
+    "list": op_list,
+    "create": op_create,
+    "join": op_join,
+    "leave": op_leave,
+    "close": op_close,
+    "reset": op_reset,
+    "observe": op_observe,
+    "state": op_state,
+    "act": op_act,
+    "step_batch": op_step_batch,
+    "reset_batch": op_reset_batch,
+}
+assert set(OPERATIONS) == set(REQUESTS), "every request of the protocol has exactly one handler"

@@ -1,0 +1,25 @@
+"""A seat's policy by name for the commands that play one (``agora play``, ``agora record``), trained runs included.
+
+``agora_marl.agents.policies`` resolves every name but a run directory, since a client never imports torch; this is
+where the launcher hands it the learners' loader.
+"""
+
+from __future__ import annotations
+
+from gymnasium import spaces
+
+from agora_marl.agents.policies import Policy, named_policy
+
+
+def load_run_policy(
+    run_dir: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None
+) -> Policy:
+    """A trained run's greedy policy for one seat (imports torch only when a run is asked for)."""
+    from agora_marl.learners.policy import load_run_policy as load
+
+    return load(run_dir, observation_space, action_space, agent=agent)
+
+
+def seat_policy(name: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None) -> Policy:
+    """The policy called ``name`` (``random``, ``scripted``, ``module:callable``, a run directory) for one seat."""
+    return named_policy(name, observation_space, action_space, agent, run_loader=load_run_policy)
