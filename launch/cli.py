@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from agora_marl import __version__
+
 #: Subcommands in the order ``agora --help`` lists them.
 COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record", "doctor")
 
@@ -34,20 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agora", description=_DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--version", action="version", version=f"agora {_version()}")
+    parser.add_argument("--version", action="version", version=f"agora {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
         importlib.import_module(f"agora_marl.launch.commands.{name}").register(subparsers)
     return parser
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("agora")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
