@@ -4,6 +4,9 @@
 the ``op`` up there. Each handler checks everything before it changes anything, so a refused request (a raised
 ProtocolError) leaves the server as it was. ``None`` means the reply comes later (``act`` waits for its world to step).
 The handlers reach the server through its public methods only; the server imports this module, never the reverse.
+
+Longer than our ~400-line habit on purpose: it is the server's whole request surface, one handler per section of
+docs/protocol.md in the document's order, and its checks are reviewed together (every refusal before any change).
 """
 
 from __future__ import annotations
