@@ -19,7 +19,7 @@ from gymnasium import spaces
 from agora_marl.agents.client import AgentClient
 from agora_marl.agents.types import encode_value
 from agora_marl.envserver.protocol import WorldSpec, from_wire
-from agora_marl.envserver.protocol.vocabulary import LAYOUTS
+from agora_marl.envserver.protocol.vocabulary import LAYOUT_AGENTS, LAYOUT_STACKED, LAYOUTS
 
 
 @dataclass
@@ -104,7 +104,7 @@ class BatchedWorlds:
             self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
             self.action_spaces: dict[str, spaces.Space] = spec.action_spaces
             self.state_space: spaces.Space | None = spec.state_space
-            if layout == "stacked":
+            if layout == LAYOUT_STACKED:
                 self._check_stackable()
         except BaseException:
             self.close()
@@ -172,7 +172,7 @@ class BatchedWorlds:
 
         Rows of agents that are not alive are ignored but must hold valid actions (e.g. the no-op).
         """
-        if self.layout == "agents":
+        if self.layout == LAYOUT_AGENTS:
             wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
         else:
             wire = encode_value(self.action_spaces[self.possible_agents[0]], actions)
@@ -197,7 +197,7 @@ class BatchedWorlds:
         for name, like in (("final_obs", "obs"), ("final_state", "state")):
             if any(name in r for r in replies):
                 fields[name] = _concat([r[name] if name in r else _zeros_like(r[like]) for r in replies])
-        if self.layout == "agents":
+        if self.layout == LAYOUT_AGENTS:
             for name in ("obs", "final_obs"):
                 if name in fields:
                     fields[name] = {

@@ -17,6 +17,7 @@ import zmq
 
 from agora_marl.agents.types import Created, Joined, Observation, StepResult, encode_actions
 from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
+from agora_marl.envserver.protocol.vocabulary import ERROR_OP, INTERNAL
 
 
 class ServerError(Exception):
@@ -148,8 +149,8 @@ class AgentClient:
         message = self._stash.pop(request_id)
         op = self._ops.pop(request_id, "?")
         self._acts.pop(request_id, None)
-        if message.get("op") == "error":
-            raise ServerError(message.get("code", "internal"), message.get("message", ""), message.get("hint", ""), op)
+        if message.get("op") == ERROR_OP:
+            raise ServerError(message.get("code", INTERNAL), message.get("message", ""), message.get("hint", ""), op)
         return message
 
     # -- session ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import gymnasium
 from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.types import StepResult
 from agora_marl.envserver.protocol import noop_value
+from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, LOST, NOT_YOUR_SEAT
 
 
 class SeatEnv(gymnasium.Env):
@@ -116,7 +117,7 @@ class SeatEnv(gymnasium.Env):
             try:
                 result = self._act(noop)
             except ServerError as exc:
-                if exc.code not in ("episode_over", "interrupted"):
+                if exc.code not in (EPISODE_OVER, INTERRUPTED):
                     raise
                 time.sleep(0.05)  # the world waits for its owner's reset
                 observation = self.client.observe(self.world)
@@ -134,7 +135,7 @@ class SeatEnv(gymnasium.Env):
         try:
             result = self._act(action)
         except ServerError as exc:
-            if exc.code != "interrupted" or self.owns_world:
+            if exc.code != INTERRUPTED or self.owns_world:
                 raise
             # The owner reset the world under us: end this episode as truncated; the next starts on reset().
             observation = self.client.observe(self.world)
@@ -154,7 +155,7 @@ class SeatEnv(gymnasium.Env):
         try:
             return self.client.act(self.world, {self.seat: action})
         except ServerError as exc:
-            if exc.code != "not_your_seat" or not self._seat_lost():
+            if exc.code != NOT_YOUR_SEAT or not self._seat_lost():
                 raise
             # The server gave the seat up (this connection was silent too long): reclaim it with its token.
             self.client.join(self.world, tokens={self.seat: self.token})
@@ -163,7 +164,7 @@ class SeatEnv(gymnasium.Env):
     def _seat_lost(self) -> bool:
         # "lost": our silence cost the seat, so take it back; "held": someone took it over with the token, so don't.
         seats = {w["world"]: w["seats"] for w in self.client.list_worlds()}.get(self.world, {})
-        return seats.get(self.seat) == "lost"
+        return seats.get(self.seat) == LOST
 
     def render(self) -> None:
         """Nothing to render over the wire: warns and returns None, as gymnasium does without a render mode."""

@@ -17,6 +17,7 @@ from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.policies import RunLoader, named_policy
 from agora_marl.agents.types import StepResult
 from agora_marl.envserver.protocol import noop_value, resolve_address
+from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, LOST, NOT_YOUR_SEAT
 
 
 @dataclass
@@ -147,10 +148,10 @@ class _Player:
         try:
             return self.client.act(self.world, actions)
         except ServerError as exc:
-            if exc.code == "not_your_seat":
+            if exc.code == NOT_YOUR_SEAT:
                 self._reclaim()
-            elif exc.code in ("interrupted", "episode_over"):
-                self._resync(wait=exc.code == "episode_over")
+            elif exc.code in (INTERRUPTED, EPISODE_OVER):
+                self._resync(wait=exc.code == EPISODE_OVER)
             else:
                 raise
             return None
@@ -160,7 +161,7 @@ class _Player:
         seats = {w["world"]: w["seats"] for w in self.client.list_worlds()}.get(self.world)
         if seats is None:
             raise RuntimeError(f"world {self.world} is gone: its owner closed it")
-        lost = {s: t for s, t in self.tokens.items() if seats.get(s) == "lost"}
+        lost = {s: t for s, t in self.tokens.items() if seats.get(s) == LOST}
         if not lost:
             raise RuntimeError(f"seats {sorted(self.tokens)} of world {self.world} were taken over with their tokens")
         self.out(f"the server gave up seats {sorted(lost)} (this client was silent too long); reclaiming them")

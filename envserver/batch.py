@@ -17,7 +17,7 @@ from gymnasium import spaces
 
 from agora_marl.envserver.protocol import check_value, zeros_like_space
 from agora_marl.envserver.protocol.errors import ProtocolError
-from agora_marl.envserver.protocol.vocabulary import BAD_ACTION, BAD_REQUEST
+from agora_marl.envserver.protocol.vocabulary import BAD_ACTION, BAD_REQUEST, LAYOUT_STACKED
 from agora_marl.envserver.world import World
 
 
@@ -71,7 +71,7 @@ class BatchStepper:
         self.with_state = with_state
         self.template = worlds[0]
         self.agents = self.template.agents
-        if layout == "stacked":
+        if layout == LAYOUT_STACKED:
             self.obs_space, self.act_space = shared_spaces(self.template)
             self.plain_obs = not isinstance(self.obs_space, spaces.Dict | spaces.Tuple)
 
@@ -81,7 +81,7 @@ class BatchStepper:
         """Per-agent action stacks of shape (K, ...), validated and converted; raises ``bad_action``."""
         k = len(self.worlds)
         try:
-            if self.layout == "stacked":
+            if self.layout == LAYOUT_STACKED:
                 array = check_value(self.act_space, actions, (k, len(self.agents)), "actions")
                 return {a: _leaf_rows(array, (slice(None), i)) for i, a in enumerate(self.agents)}
             if not isinstance(actions, dict):
@@ -99,17 +99,17 @@ class BatchStepper:
 
     def _obs_buffers(self) -> Any:
         k = len(self.worlds)
-        if self.layout == "stacked":
+        if self.layout == LAYOUT_STACKED:
             return zeros_like_space(self.obs_space, (k, len(self.agents)))
         return {a: zeros_like_space(self.template.obs_spaces[a], (k,)) for a in self.agents}
 
     def _write_obs(self, buffers: Any, k: int, obs: dict) -> None:
-        if self.layout == "stacked" and self.plain_obs and len(obs) == len(self.agents):
+        if self.layout == LAYOUT_STACKED and self.plain_obs and len(obs) == len(self.agents):
             buffers[k] = [obs[a] for a in self.agents]  # every agent present: one assignment for the row
             return
         for i, agent in enumerate(self.agents):
             if agent in obs:
-                if self.layout == "stacked":
+                if self.layout == LAYOUT_STACKED:
                     _write_row(buffers, (k, i), obs[agent], self.obs_space)
                 else:
                     _write_row(buffers[agent], k, obs[agent], self.template.obs_spaces[agent])

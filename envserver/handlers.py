@@ -21,6 +21,7 @@ from agora_marl.envserver.batch import BatchStepper
 from agora_marl.envserver.protocol import WorldSpec, check_value, from_wire, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
+    AGENT,
     ALREADY_ACTED,
     BAD_ACTION,
     BAD_REQUEST,
@@ -34,6 +35,7 @@ from agora_marl.envserver.protocol.vocabulary import (
     LOST,
     NOT_OWNER,
     NOT_YOUR_SEAT,
+    OBSERVER,
     PROTOCOL_VERSION,
     REQUESTS,
     ROLES,
@@ -222,7 +224,7 @@ def _take_all(world: World, session: Session) -> dict[str, str]:
 
 def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    role = field(message, "role", str, "agent")
+    role = field(message, "role", str, AGENT)
     tokens = field(message, "tokens", dict, {})
     owner_token = field(message, "owner_token", str, None)
     if role not in ROLES:
@@ -230,7 +232,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     if owner_token is not None and owner_token != world.owner_token:
         raise ProtocolError(BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "")
     seats: list[str] = []
-    if role == "agent":
+    if role == AGENT:
         requested = field(message, "seats", (list, str), list(tokens) if tokens else "all")
         if requested == "all":
             seats = [a for a, s in world.seats.items() if s.state == FREE or s.holder == session.identity]
@@ -266,10 +268,10 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     if owner_token is not None:
         world.owner = session.identity
         session.owned.add(world.world_id)
-    if role == "observer":
+    if role == OBSERVER:
         world.observers.add(session.identity)
     server.try_step(world)
-    shown = seats if role == "agent" else world.agents
+    shown = seats if role == AGENT else world.agents
     return {
         "op": "joined",
         "world": world.world_id,

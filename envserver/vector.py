@@ -17,7 +17,7 @@ from pettingzoo import ParallelEnv
 
 from agora_marl.envserver.batch import BatchStepper
 from agora_marl.envserver.protocol.errors import ProtocolError
-from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST
+from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, LAYOUT_STACKED
 
 
 class VectorGroup:
@@ -106,7 +106,7 @@ class VectorStepper(BatchStepper):
         self.group = group
 
     def _layout(self, obs: dict[str, np.ndarray]) -> Any:
-        if self.layout == "stacked":
+        if self.layout == LAYOUT_STACKED:
             return np.stack([obs[a] for a in self.agents], axis=1)
         return obs
 

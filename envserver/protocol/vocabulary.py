@@ -77,11 +77,13 @@ ERROR_CODES = (
 
 # ---- fields' values ---------------------------------------------------------------------------------------------
 #: ``step_batch``/``reset_batch`` ``layout``: one array per agent, or one per field with the agent axis second.
-LAYOUTS = ("agents", "stacked")
+LAYOUT_AGENTS, LAYOUT_STACKED = "agents", "stacked"
+LAYOUTS = (LAYOUT_AGENTS, LAYOUT_STACKED)
 #: ``create`` ``fill``: what a free, lost or late seat does when its world steps.
 FILL_KINDS = ("noop", "random", "repeat")
 #: A seat's state in ``list``: nobody holds it; a live connection does; its holder went silent (its token reclaims it).
 FREE, HELD, LOST = "free", "held", "lost"
 SEAT_STATES = (FREE, HELD, LOST)
 #: ``join`` ``role``: take seats and act, or only watch.
-ROLES = ("agent", "observer")
+AGENT, OBSERVER = "agent", "observer"
+ROLES = (AGENT, OBSERVER)
