@@ -1,20 +1,24 @@
-"""``agora scenarios check``: is a scenario a correct, deterministic, fast PettingZoo world, in process and served?
+"""The correctness half of ``agora scenarios check``: is a scenario a correct, deterministic PettingZoo world?
 
 Checks, each reported pass / fail / skip with a reason:
 
 - ``build``: the name builds; agents, cached spaces and metadata are in order.
 - ``parallel_api_test`` and ``seed_test``: PettingZoo's own checkers (``seed_test`` on the AEC view of the world,
   ``parallel_seed_test`` on the parallel one); their API warnings count as failures.
-- ``values``: every observation lies in its space, rewards are finite, flags are bools, ``state()`` lies in
+- ``values``: every observation lies in its space, rewards are finite numbers, flags are bools, ``state()`` lies in
   ``state_space``, an ``rgb_array`` render is a uint8 (H, W, 3) picture.
 - ``determinism``: two worlds with the same seed and the same actions give identical trajectories over several
   episodes (later resets unseeded), and re-seeding a used world replays the first trajectory.
 - ``vector``: where a vectorised form exists, K copies seeded ``seed`` step exactly like K per-copy worlds seeded
   ``seed + i``, across partial resets.
-- ``wire``: PettingZoo's ``parallel_api_test`` through :class:`agents.RemoteParallelEnv` against a server started
-  in this process, and the served trajectory equals the in-process one.
 
-Then it measures step rates: in process, the vectorised batch, and served (one world in lockstep, K worlds batched).
+Every check fails by raising :class:`CheckFailed` (what is wrong, and the usual fix), never by ``assert``, so that
+``python -O`` checks as much as plain ``python``. PettingZoo's own checkers do use ``assert``: under ``-O`` they
+only catch crashes and warnings, and their rows say so.
+
+The step rates are measured in scenarios/rates.py; the check over the wire (a served world against the in-process
+one) lives in launch/scenario_wire.py, which may import the server and the client; ``agora scenarios check``
+composes the three into one report.
 """
 
 from __future__ import annotations
@@ -22,10 +26,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-import time
+import sys
 import traceback
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,9 +42,22 @@ from pettingzoo.utils.conversions import parallel_to_aec
 from agora_marl.scenarios.registry import DEFAULT_ALLOWED_PACKAGES, make_env, make_vector
 
 
+class CheckFailed(Exception):
+    """A check found the scenario wrong: ``problem`` says what, ``fix`` the usual remedy."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem}; fix: {fix}")
+        self.problem = problem
+        self.fix = fix
+
+
+class CheckSkipped(Exception):
+    """A check that does not apply (no vectorised form...): the row reads skip, with this reason."""
+
+
 @dataclass
 class CheckSettings:
-    """What ``check_scenario`` runs, and how long it may take."""
+    """What ``check_scenario`` runs (the step rates and the wire check read the same settings)."""
 
     config: dict = field(default_factory=dict)
     """Keyword config of the scenario's constructor."""
@@ -52,14 +69,12 @@ class CheckSettings:
     """Steps of the value, determinism, vector and wire trajectory checks (over as many episodes as fit)."""
     vector_copies: int = 4
     """Copies in the vector-vs-per-copy identity check."""
-    rate_seconds: float = 1.0
-    """Time spent measuring each step rate."""
-    batch_worlds: int = 256
-    """K of the vectorised and served batched step rates."""
-    wire: bool = True
-    """Also check over the wire (starts an in-process server on a free loopback port)."""
     allowed_packages: tuple[str, ...] = DEFAULT_ALLOWED_PACKAGES
     """Packages whose ``module:callable`` constructors may be named."""
+
+    def build(self, name: str, **overrides: Any) -> ParallelEnv:
+        """A fresh world of scenario ``name`` with this config (and ``overrides``)."""
+        return make_env(name, {**self.config, **overrides}, self.allowed_packages)
 
 
 @dataclass
@@ -73,7 +88,7 @@ class CheckResult:
 
 @dataclass
 class CheckReport:
-    """Everything ``check_scenario`` found out about one scenario."""
+    """Everything the checks (and the rate measurements) found out about one scenario."""
 
     scenario: str
     results: list[CheckResult] = field(default_factory=list)
@@ -83,6 +98,24 @@ class CheckReport:
     def ok(self) -> bool:
         """No check failed."""
         return all(r.passed is not False for r in self.results)
+
+    @property
+    def built(self) -> bool:
+        """The ``build`` check passed: the other checks and the rates can run."""
+        return any(r.name == "build" and r.passed for r in self.results)
+
+    def run(self, check: str, fn: Callable[[], str | None]) -> bool:
+        """Run one check and add its row: pass with ``fn``'s detail, skip on CheckSkipped, fail on any exception."""
+        try:
+            detail = fn()
+        except CheckSkipped as skip:
+            self.results.append(CheckResult(check, None, str(skip)))
+            return False
+        except Exception as exc:
+            self.results.append(CheckResult(check, False, describe(exc)))
+            return False
+        self.results.append(CheckResult(check, True, detail or ""))
+        return True
 
     def table(self) -> str:
         """The report as aligned text: checks, then step rates, then a verdict."""
@@ -101,81 +134,75 @@ class CheckReport:
 
 
 def check_scenario(name: str, settings: CheckSettings | None = None) -> CheckReport:
-    """Run every check on scenario ``name`` and measure its step rates. Never raises for a broken scenario."""
+    """Run every in-process correctness check on scenario ``name``. Never raises for a broken scenario.
+
+    A name that does not build stops after the ``build`` row.
+    """
     s = settings or CheckSettings()
     report = CheckReport(name)
-
-    def build() -> ParallelEnv:
-        return make_env(name, s.config, s.allowed_packages)
-
-    def run(check: str, fn: Callable[[], str | None]) -> bool:
-        try:
-            detail = fn()
-        except _Skip as skip:
-            report.results.append(CheckResult(check, None, str(skip)))
-            return False
-        except Exception as exc:
-            report.results.append(CheckResult(check, False, _describe(exc)))
-            return False
-        report.results.append(CheckResult(check, True, detail or ""))
-        return True
-
-    if not run("build", lambda: _check_build(build)):
+    if not report.run("build", lambda: _check_build(s.build(name))):
         return report
-    run("parallel_api_test", lambda: _pettingzoo_check(lambda: parallel_api_test(build(), num_cycles=s.api_cycles)))
-    run("seed_test", lambda: _check_seed(build, s))
-    run("values", lambda: _check_values(name, build, s))
-    run("determinism", lambda: _check_determinism(build, s))
-    run("vector", lambda: _check_vector(name, build, s))
-    run("step rates", lambda: _measure_rates(name, build, s, report.rates))
-    if s.wire:
-        run("wire", lambda: _check_wire(name, build, s, report.rates))
-    else:
-        report.results.append(CheckResult("wire", None, "not asked for"))
+    report.run("parallel_api_test", lambda: _api_test(s.build(name), s.api_cycles))
+    report.run("seed_test", lambda: _check_seed(lambda: s.build(name), s))
+    report.run("values", lambda: _check_values(name, s))
+    report.run("determinism", lambda: _check_determinism(name, s))
+    report.run("vector", lambda: _check_vector(name, s))
     return report
 
 
-class _Skip(Exception):
-    """A check that does not apply (no vectorised form, no server library...)."""
-
-
-def _describe(exc: BaseException) -> str:
+def describe(exc: BaseException) -> str:
+    """One line for a failed check: a CheckFailed's own message, else the error with the place it was raised."""
+    if isinstance(exc, CheckFailed):
+        return str(exc).replace("\n", " ")
     where = traceback.extract_tb(exc.__traceback__)[-1] if exc.__traceback__ else None
     place = f" (at {where.filename.rsplit('/', 1)[-1]}:{where.lineno})" if where else ""
     return f"{type(exc).__name__}: {exc}{place}".replace("\n", " ")
 
 
-def _pettingzoo_check(fn: Callable[[], Any]) -> str:
-    """Run a PettingZoo checker; the API warnings it emits are failures, not noise."""
+def pettingzoo_check(fn: Callable[[], Any]) -> str:
+    """Run a PettingZoo checker; the API warnings it emits are failures, not noise. Returns the row's detail."""
     with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("always")
         fn()
     api = [str(w.message) for w in caught if "pettingzoo" in w.filename.replace("\\", "/")]
     if api:
-        raise AssertionError("; ".join(sorted(set(api))))
-    return ""
+        raise CheckFailed(f"PettingZoo's checker warned: {'; '.join(sorted(set(api)))}", "do what the warning asks")
+    # PettingZoo checks with `assert`, which python -O strips: say so rather than pass silently.
+    return "python -O: PettingZoo's asserts are off, only crashes and warnings count" if sys.flags.optimize else ""
 
 
-def _check_build(build: Callable[[], ParallelEnv]) -> str:
-    env = build()
+def _api_test(env: ParallelEnv, cycles: int) -> str:
+    return pettingzoo_check(lambda: parallel_api_test(env, num_cycles=cycles))
+
+
+def _check_build(env: ParallelEnv) -> str:
     agents = list(env.possible_agents)
-    assert agents and len(set(agents)) == len(agents), f"possible_agents must be non-empty and unique: {agents}"
+    if not agents or len(set(agents)) != len(agents):
+        raise CheckFailed(f"possible_agents must be non-empty and unique: {agents}", "name every agent once")
     for agent in agents:
-        assert env.observation_space(agent) is env.observation_space(agent), f"{agent}'s observation space not cached"
-        assert env.action_space(agent) is env.action_space(agent), f"{agent}'s action space not cached"
-    assert env.metadata.get("is_parallelizable", True), "metadata says is_parallelizable False"
+        for kind, space_of in (("observation", env.observation_space), ("action", env.action_space)):
+            if space_of(agent) is not space_of(agent):
+                raise CheckFailed(
+                    f"{agent}'s {kind} space is a new object on every call",
+                    "build each space once and return that object (the Scenario adapter caches them for you)",
+                )
+    if not env.metadata.get("is_parallelizable", True):
+        raise CheckFailed(
+            "metadata says is_parallelizable False",
+            "agora hosts simultaneous-move worlds only; mark the world parallelizable if every agent may act at once",
+        )
     spaces = {f"{env.observation_space(a)} -> {env.action_space(a)}" for a in agents}
     env.close()
     return f"{len(agents)} agents; " + " | ".join(sorted(spaces))
 
 
 def _check_seed(build: Callable[[], ParallelEnv], s: CheckSettings) -> str:
-    _pettingzoo_check(lambda: parallel_seed_test(build, num_cycles=s.api_cycles))
-    _pettingzoo_check(lambda: seed_test(lambda: parallel_to_aec(build()), num_cycles=s.api_cycles))
-    return "parallel_seed_test and seed_test (AEC view)"
+    notes = {pettingzoo_check(lambda: parallel_seed_test(build, num_cycles=s.api_cycles))}
+    notes.add(pettingzoo_check(lambda: seed_test(lambda: parallel_to_aec(build()), num_cycles=s.api_cycles)))
+    return "; ".join(["parallel_seed_test and seed_test (AEC view)", *sorted(n for n in notes if n)])
 
 
-def _samplers(env: ParallelEnv, seed: int) -> dict[str, Any]:
+def samplers(env: ParallelEnv, seed: int) -> dict[str, Any]:
     """Per-agent copies of the action spaces seeded apart, so sampling never touches the env's own spaces."""
     out = {}
     for i, agent in enumerate(env.possible_agents):
@@ -185,101 +212,153 @@ def _samplers(env: ParallelEnv, seed: int) -> dict[str, Any]:
     return out
 
 
+def _play(env: ParallelEnv, seed: int, steps: int) -> Iterator[tuple]:
+    """Seeded random play as the env returns it: ``("reset", obs, infos)`` and ``("step", obs, rewards, terminated,
+    truncated, infos)``, the first reset seeded and later ones not."""
+    actions = samplers(env, seed)
+    yield ("reset", *env.reset(seed=seed))
+    for _ in range(steps):
+        if not env.agents:
+            yield ("reset", *env.reset())
+        yield ("step", *env.step({a: actions[a].sample() for a in env.agents}))
+
+
 def trajectory(env: ParallelEnv, seed: int, steps: int, with_state: bool = False, with_infos: bool = True) -> list:
     """``steps`` steps of seeded random play: the first reset seeded, later ones not. One entry per reset and step.
 
     Maps become plain dicts, rewards floats and flags bools, so that forms differing only in container types (a
     ``defaultdict`` of rewards in process, a plain map over the wire) compare equal.
     """
-    samplers = _samplers(env, seed)
-
-    def reset(seed: int | None) -> tuple:
-        obs, infos = env.reset(seed=seed)
-        return ("reset", dict(obs), dict(infos) if with_infos else None, env.state() if with_state else None)
-
-    out: list = [reset(seed)]
-    for _ in range(steps):
-        if not env.agents:
-            out.append(reset(None))
-        obs, rewards, terminated, truncated, infos = env.step({a: samplers[a].sample() for a in env.agents})
-        out.append(
-            (
-                "step",
-                dict(obs),
-                {a: float(r) for a, r in rewards.items()},
-                {a: bool(t) for a, t in terminated.items()},
-                {a: bool(t) for a, t in truncated.items()},
-                dict(infos) if with_infos else None,
-                env.state() if with_state else None,
-            )
-        )
+    out: list = []
+    for entry in _play(env, seed, steps):
+        state = env.state() if with_state else None
+        infos = dict(entry[-1]) if with_infos else None
+        if entry[0] == "reset":
+            out.append(("reset", dict(entry[1]), infos, state))
+            continue
+        _, obs, rewards, terminated, truncated, _ = entry
+        rewards = {a: float(r) for a, r in rewards.items()}
+        flags = [{a: bool(t) for a, t in terminated.items()}, {a: bool(t) for a, t in truncated.items()}]
+        out.append(("step", dict(obs), rewards, *flags, infos, state))
     return out
 
 
-def _first_difference(a: list, b: list) -> str | None:
+def same(a: Any, b: Any) -> bool:
+    """gymnasium's ``data_equivalence``, except that NaN equals NaN: a NaN reward fails ``values``, not also
+    ``determinism``."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)):
+        return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, (float, np.floating)) and np.isnan(a) and np.isnan(b):
+        return True
+    if isinstance(a, np.ndarray) and a.dtype.kind in "fc" and a.shape == b.shape and a.dtype == b.dtype:
+        return bool(np.allclose(a, b, rtol=1e-5, atol=1e-5, equal_nan=True))
+    return data_equivalence(a, b)
+
+
+def first_difference(a: list, b: list) -> str | None:
+    """Where two trajectories first differ (entry and fields), or None if they are the same."""
     for i, (x, y) in enumerate(zip(a, b, strict=False)):
-        if not data_equivalence(x, y):
+        if not same(x, y):
             fields = ["kind", "obs", "rewards", "terminated", "truncated", "infos", "state"]
             if x[0] == "reset":
                 fields = ["kind", "obs", "infos", "state"]
-            bad = [f for f, u, v in zip(fields, x, y, strict=False) if not data_equivalence(u, v)]
+            bad = [f for f, u, v in zip(fields, x, y, strict=False) if not same(u, v)]
             return f"entry {i} ({x[0]}) differs in {', '.join(bad)}"
     return None if len(a) == len(b) else f"lengths differ: {len(a)} vs {len(b)}"
 
 
-def _check_values(name: str, build: Callable[[], ParallelEnv], s: CheckSettings) -> str:
-    env = build()
+_IS_FLAG = (bool, np.bool_)
+
+
+def _check_values(name: str, s: CheckSettings) -> str:
+    env = s.build(name)
     state_space = getattr(env, "state_space", None)
-    for entry in trajectory(env, s.seed, s.steps, with_state=state_space is not None):
-        obs, state = entry[1], entry[-1]
-        for agent, value in obs.items():
+    for entry in _play(env, s.seed, s.steps):
+        for agent, value in entry[1].items():
             space = env.observation_space(agent)
-            assert space.contains(value), f"{agent}'s observation {value!r:.120} is outside {space}"
+            if not space.contains(value):
+                raise CheckFailed(
+                    f"{agent}'s observation {value!r:.120} is outside {space}",
+                    "give observations the space's dtype and shape and keep them in its bounds, or widen the space",
+                )
         if entry[0] == "step":
-            for agent in obs:
-                assert np.isfinite(entry[2][agent]), f"{agent}'s reward {entry[2][agent]} is not finite"
-                assert isinstance(entry[3][agent], (bool, np.bool_)), f"{agent}'s terminated is not a bool"
-                assert isinstance(entry[4][agent], (bool, np.bool_)), f"{agent}'s truncated is not a bool"
-        if state_space is not None:
-            assert state_space.contains(state), f"state {state!r:.120} is outside {state_space}"
+            _, _, rewards, terminated, truncated, _ = entry
+            for agent in entry[1]:
+                try:
+                    finite = bool(np.isfinite(float(rewards[agent])))
+                except (TypeError, ValueError):
+                    finite = False
+                if not finite:
+                    raise CheckFailed(
+                        f"{agent}'s reward {rewards[agent]!r} is not a finite number",
+                        "return a finite float from reward() (guard divisions, logs and 0 * inf)",
+                    )
+                for flag, flags in (("terminated", terminated), ("truncated", truncated)):
+                    if not isinstance(flags[agent], _IS_FLAG):
+                        raise CheckFailed(
+                            f"{agent}'s {flag} flag {flags[agent]!r} is a {type(flags[agent]).__name__}, not a bool",
+                            "return True or False",
+                        )
+        if state_space is not None and not state_space.contains(state := env.state()):
+            raise CheckFailed(
+                f"state {state!r:.120} is outside {state_space}",
+                "give state() the state space's dtype and shape and keep it in its bounds, or widen the space",
+            )
     env.close()
     detail = "observations, rewards, flags" + (", state" if state_space is not None else "")
     if "rgb_array" in env.metadata.get("render_modes", []):
-        seen = make_env(name, {**s.config, "render_mode": "rgb_array"}, s.allowed_packages)
+        seen = s.build(name, render_mode="rgb_array")
         seen.reset(seed=s.seed)
         frame = seen.render()
         seen.close()
-        ok = isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
-        assert ok, f"render() gave {type(frame).__name__} {getattr(frame, 'shape', '')}, not uint8 (H, W, 3)"
+        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+            raise CheckFailed(
+                f"render() gave {type(frame).__name__} {getattr(frame, 'shape', '')}, not uint8 (H, W, 3)",
+                "return an RGB picture as np.uint8 of shape (height, width, 3) when render_mode is rgb_array",
+            )
         detail += f", rgb_array {frame.shape[1]}x{frame.shape[0]}"
     return detail
 
 
-def _check_determinism(build: Callable[[], ParallelEnv], s: CheckSettings) -> str:
-    env_a, env_b = build(), build()
+_SEED_FIX = "draw every random number from self.rng (the seeded generator), never np.random, random, time or set order"
+
+
+def _check_determinism(name: str, s: CheckSettings) -> str:
+    env_a, env_b = s.build(name), s.build(name)
     with_state = getattr(env_a, "state_space", None) is not None
     first = trajectory(env_a, s.seed, s.steps, with_state)
     other = trajectory(env_b, s.seed, s.steps, with_state)
-    difference = _first_difference(first, other)
-    assert difference is None, f"two worlds with seed {s.seed} and the same actions diverge: {difference}"
+    if difference := first_difference(first, other):
+        raise CheckFailed(f"two worlds with seed {s.seed} and the same actions diverge: {difference}", _SEED_FIX)
     again = trajectory(env_a, s.seed, s.steps, with_state)
-    difference = _first_difference(first, again)
-    assert difference is None, f"re-seeding a used world does not replay its first trajectory: {difference}"
+    if difference := first_difference(first, again):
+        raise CheckFailed(
+            f"re-seeding a used world does not replay its first trajectory: {difference}",
+            "reset(seed=...) must reseed every generator the world uses; " + _SEED_FIX,
+        )
     episodes = sum(entry[0] == "reset" for entry in first)
     env_a.close()
     env_b.close()
     return f"{s.steps} steps over {episodes} episodes, twice, and re-seeded"
 
 
-def _check_vector(name: str, build: Callable[[], ParallelEnv], s: CheckSettings) -> str:
+_COPY_FIX = "copy i reset with seed s must replay the per-copy form reset with s + i (see VectorScenario.seed_copies)"
+
+
+def _check_vector(name: str, s: CheckSettings) -> str:
     k = s.vector_copies
     vector = make_vector(name, k, s.config)
     if vector is None:
-        raise _Skip("no vectorised form")
-    singles = [build() for _ in range(k)]
+        raise CheckSkipped("no vectorised form")
+    singles = [s.build(name) for _ in range(k)]
     agents = list(vector.possible_agents)
-    assert agents == list(singles[0].possible_agents), "vector and per-copy forms have different agents"
-    samplers = [_samplers(env, s.seed + 1000 * i) for i, env in enumerate(singles)]
+    if agents != list(singles[0].possible_agents):
+        raise CheckFailed("vector and per-copy forms have different agents", "give both forms the same agents")
+    actors = [samplers(env, s.seed + 1000 * i) for i, env in enumerate(singles)]
     batch = vector.reset(seed=s.seed)
     obs = [env.reset(seed=s.seed + i)[0] for i, env in enumerate(singles)]
     with_state = vector.state_space is not None
@@ -287,21 +366,29 @@ def _check_vector(name: str, build: Callable[[], ParallelEnv], s: CheckSettings)
     for t in range(s.steps):
         for i, env in enumerate(singles):
             for a in agents:
-                assert data_equivalence(batch[a][i], obs[i][a]), f"step {t}: copy {i} observation of {a} differs"
-            if with_state:
-                assert data_equivalence(vector.state()[i], env.state()), f"step {t}: copy {i} state differs"
-        actions = [{a: samplers[i][a].sample() for a in agents} for i in range(k)]
+                if not same(batch[a][i], obs[i][a]):
+                    raise CheckFailed(
+                        f"step {t}: copy {i} observation of {a} differs from the per-copy form", _COPY_FIX
+                    )
+            if with_state and not same(vector.state()[i], env.state()):
+                raise CheckFailed(f"step {t}: copy {i} state differs from the per-copy form", _COPY_FIX)
+        actions = [{a: actors[i][a].sample() for a in agents} for i in range(k)]
         stacked = {a: np.stack([np.asarray(actions[i][a]) for i in range(k)]) for a in agents}
         batch, rewards, terminated, truncated = vector.step(stacked)
-        assert rewards.dtype == np.float32 and rewards.shape == (k, len(agents)), "rewards must be float32 (K, N)"
-        assert terminated.dtype == truncated.dtype == np.bool_, "terminated and truncated must be bool (K, N)"
+        if rewards.dtype != np.float32 or rewards.shape != (k, len(agents)):
+            raise CheckFailed(f"rewards are {rewards.dtype} {rewards.shape}", "return rewards as float32 (K, N)")
+        if terminated.dtype != np.bool_ or truncated.dtype != np.bool_:
+            raise CheckFailed("terminated or truncated is not bool", "return both flags as bool (K, N)")
         done = []
         for i, env in enumerate(singles):
             obs[i], rew, term, trunc, _ = env.step(actions[i])
             for j, a in enumerate(agents):
                 got = (float(rewards[i, j]), bool(terminated[i, j]), bool(truncated[i, j]))
-                want = (rew[a], term[a], trunc[a])
-                assert got == want, f"step {t}: copy {i} {a}: (reward, terminated, truncated) {got} vs per-copy {want}"
+                want = (float(rew[a]), bool(term[a]), bool(trunc[a]))
+                if not same(got, want):
+                    raise CheckFailed(
+                        f"step {t}: copy {i} {a}: (reward, terminated, truncated) {got} vs per-copy {want}", _COPY_FIX
+                    )
             if not env.agents:
                 done.append(i)
                 obs[i] = env.reset()[0]
@@ -309,79 +396,3 @@ def _check_vector(name: str, build: Callable[[], ParallelEnv], s: CheckSettings)
             resets += len(done)
             batch = vector.reset(copies=np.array(done))
     return f"{k} copies, {s.steps} steps, {resets} partial resets: identical to per-copy worlds seeded seed + i"
-
-
-def _check_wire(name: str, build: Callable[[], ParallelEnv], s: CheckSettings, rates: dict[str, str]) -> str:
-    try:
-        from agora_marl.agents import BatchedWorlds, RemoteParallelEnv
-        from agora_marl.envserver.server import EnvServer, ServerConfig
-    except ImportError as exc:
-        raise _Skip(f"the server or client library is not importable: {exc}") from None
-    server = EnvServer(ServerConfig(bind="tcp://127.0.0.1:0", allowed_packages=tuple(s.allowed_packages)))
-    server.start_in_thread()
-    try:
-        remote = RemoteParallelEnv(server.address, name, s.config, seed=s.seed, timeout_s=30.0)
-        _pettingzoo_check(lambda: parallel_api_test(remote, num_cycles=s.api_cycles))
-        remote.close()
-        remote = RemoteParallelEnv(server.address, name, s.config, seed=s.seed, timeout_s=30.0)
-        served = trajectory(remote, s.seed, s.steps, with_infos=False)
-        local = trajectory(build(), s.seed, s.steps, with_infos=False)
-        difference = _first_difference(served, local)
-        assert difference is None, f"the served trajectory differs from the in-process one: {difference}"
-        rates["served, 1 world lockstep"] = _rate_of(lambda: _play(remote, 64), s.rate_seconds, 64, "steps/s")
-        remote.close()
-        k = s.batch_worlds
-        with BatchedWorlds(server.address, name, s.config, num_worlds=k, seed=s.seed) as batched:
-            batched.reset()
-            samplers = _samplers(build(), s.seed)
-            actions = {a: np.stack([sp.sample() for _ in range(k)]) for a, sp in samplers.items()}
-            rates[f"served, K={k} batched"] = _rate_of(
-                lambda: batched.step(actions), s.rate_seconds, k, "world-steps/s"
-            )
-    finally:
-        server.stop()
-    return "parallel_api_test over the wire; served trajectory equals in-process"
-
-
-def _play(env: ParallelEnv, steps: int) -> None:
-    """``steps`` steps of fixed actions (the first sample of each space), resetting as episodes end."""
-    actions = {a: env.action_space(a).sample() for a in env.possible_agents}
-    for _ in range(steps):
-        if not env.agents:
-            env.reset()
-        env.step({a: actions[a] for a in env.agents})
-
-
-def _rate_of(fn: Callable[[], Any], seconds: float, per_call: int, unit: str) -> str:
-    """Call ``fn`` (which does ``per_call`` steps) for about ``seconds``; the rate as text."""
-    fn()  # warm up caches and lazy imports outside the timing
-    calls, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds and calls < 1_000_000:
-        fn()
-        calls += 1
-    return f"{calls * per_call / max(elapsed, 1e-9):,.0f} {unit}"
-
-
-def _measure_rates(name: str, build: Callable[[], ParallelEnv], s: CheckSettings, rates: dict[str, str]) -> str:
-    env = build()
-    env.reset(seed=s.seed)
-    n = len(env.possible_agents)
-    rates["in process, 1 world"] = _rate_of(lambda: _play(env, 64), s.rate_seconds, 64, "steps/s")
-    env.close()
-    vector = make_vector(name, s.batch_worlds, s.config)
-    if vector is None:
-        return f"{n} agents per world"
-    vector.reset(seed=s.seed)
-    samplers = _samplers(build(), s.seed)
-    actions = {a: np.stack([sp.sample() for _ in range(s.batch_worlds)]) for a, sp in samplers.items()}
-
-    def batch_step() -> None:
-        # What a server does per batched step: step every copy, reset the finished ones.
-        _, _, terminated, truncated = vector.step(actions)
-        done = np.flatnonzero((terminated | truncated).any(1))
-        if done.size:
-            vector.reset(copies=done)
-
-    label = f"in process, vectorised K={s.batch_worlds}"
-    rates[label] = _rate_of(batch_step, s.rate_seconds, s.batch_worlds, "world-steps/s")
-    return f"{n} agents per world"

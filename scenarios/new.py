@@ -38,7 +38,7 @@ def write_scenario_template(name: str, directory: str | Path = ".", force: bool 
     path = Path(directory) / f"{module}.py"
     if path.exists() and not force:
         raise FileExistsError(f"{path} exists; choose another name or pass --force to overwrite it")
-    text = (resources.files("scenarios") / "templates" / "scenario.py.tmpl").read_text()
+    text = (resources.files(__package__) / "templates" / "scenario.py.tmpl").read_text()
     text = text.replace("__NAME__", registered).replace("__CLASS__", class_name).replace("__MODULE__", module)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)

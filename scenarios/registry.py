@@ -71,14 +71,12 @@ def register(
 
 
 def registered() -> dict[str, ScenarioEntry]:
-    """Every registered scenario by name (a copy)."""
-    _load_builtins()
+    """Every registered scenario by name (a copy).
+
+    The built-in worlds are among them: they register themselves like any operator's module, when
+    ``agora_marl.scenarios`` (which imports them) is imported, and Python imports it before any of its modules.
+    """
     return dict(_REGISTRY)
-
-
-def _load_builtins() -> None:
-    # The built-in worlds register themselves on import; importing here keeps `import scenarios.registry` light.
-    importlib.import_module("agora_marl.scenarios.builtin")
 
 
 def load_scenario_module(spec: str) -> list[str]:
@@ -95,7 +93,6 @@ def load_scenario_module(spec: str) -> list[str]:
     Raises:
         ModuleNotFoundError / FileNotFoundError: nothing of that name; whatever the module raises on import.
     """
-    _load_builtins()
     before = set(_REGISTRY)
     if spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec):
         path = os.path.abspath(spec)
@@ -123,7 +120,6 @@ def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_P
     """Raise :class:`ScenarioNotAllowed` unless ``name`` is registered or lives in an allowed package."""
     if not isinstance(name, str) or not name:
         raise ScenarioNotAllowed("the scenario must be a non-empty string")
-    _load_builtins()
     if name in _REGISTRY:
         return
     if ":" not in name:
@@ -169,7 +165,6 @@ def make_env(name: str, config: dict | None = None, allowed_packages: Iterable[s
 
 def make_vector(name: str, num_copies: int, config: dict | None = None):
     """The vectorised form of a registered scenario with ``num_copies`` copies, or ``None`` if it has none."""
-    _load_builtins()
     entry = _REGISTRY.get(name)
     if entry is None or entry.vector_factory is None:
         return None

@@ -35,7 +35,7 @@ class VectorScenario:
     """K copies of one world. Subclass it; call ``super().__init__(num_copies)`` and set the spaces.
 
     Attributes:
-        name: versioned name, as for :class:`scenarios.api.Scenario`.
+        name: versioned name, as for :class:`agora_marl.scenarios.api.Scenario`.
         max_cycles: steps after which a copy's agents are truncated (the subclass sets ``truncated``).
         render_fps: frames per second for recordings.
         possible_agents: every agent id; column j of the reward and flag arrays is ``possible_agents[j]``.

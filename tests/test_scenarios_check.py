@@ -1,19 +1,26 @@
-"""The checker passes every registered scenario and the template, in process and over the wire, and catches bugs."""
+"""The checker passes every registered scenario and the template, in process and over the wire, and catches bugs,
+under ``python -O`` too."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from gymnasium.spaces import Box, Discrete
 
 import agora_marl.scenarios.registry as registry
+from agora_marl.launch.scenario_wire import check_everything
 from agora_marl.scenarios.api import Scenario, scenario_env
 from agora_marl.scenarios.builtin.cover import Cover
 from agora_marl.scenarios.check import CheckSettings, check_scenario
 from agora_marl.scenarios.new import write_scenario_template
+from agora_marl.scenarios.rates import RateSettings
 from agora_marl.scenarios.vector import vector_env
 
-QUICK = CheckSettings(api_cycles=100, steps=120, rate_seconds=0.05, batch_worlds=16)
+QUICK = CheckSettings(api_cycles=100, steps=120)
+QUICK_RATES = RateSettings(seconds=0.05, batch_worlds=16)
 
 
 @pytest.fixture
@@ -28,7 +35,7 @@ def _verdicts(report) -> dict[str, bool | None]:
 
 @pytest.mark.parametrize("name", sorted(registry.registered()))
 def test_every_registered_scenario_passes_in_process_and_over_the_wire(name):
-    report = check_scenario(name, QUICK)
+    report = check_everything(name, QUICK, QUICK_RATES)
     assert report.ok, report.table()
     verdicts = _verdicts(report)
     assert verdicts["wire"] is True and verdicts["determinism"] is True
@@ -39,7 +46,7 @@ def test_every_registered_scenario_passes_in_process_and_over_the_wire(name):
 def test_the_template_passes_as_written(tmp_path, scratch_registry):
     path, name = write_scenario_template("tiny_world", tmp_path)
     assert registry.load_scenario_module(str(path)) == ["tiny_world_v0"] and name == "tiny_world_v0"
-    report = check_scenario(name, QUICK)
+    report = check_everything(name, QUICK, QUICK_RATES)
     assert report.ok, report.table()
     assert _verdicts(report)["wire"] is True
 
@@ -97,7 +104,7 @@ class _BadCopySeeds(Cover):
 )
 def test_broken_scenarios_fail_the_named_check(cls, failing, scratch_registry):
     registry.register("broken_v0", scenario_env(cls))
-    report = check_scenario("broken_v0", CheckSettings(api_cycles=30, steps=60, rate_seconds=0.02, wire=False))
+    report = check_scenario("broken_v0", CheckSettings(api_cycles=30, steps=60))
     assert not report.ok
     assert _verdicts(report)[failing] is False, report.table()
     assert "FAIL" in report.table().splitlines()[-1]
@@ -105,12 +112,97 @@ def test_broken_scenarios_fail_the_named_check(cls, failing, scratch_registry):
 
 def test_a_vector_form_that_seeds_copies_wrongly_fails_the_vector_check(scratch_registry):
     registry.register("badcopies_v0", vector_env(_BadCopySeeds), vector_factory=_BadCopySeeds)
-    report = check_scenario("badcopies_v0", CheckSettings(steps=30, rate_seconds=0.02, batch_worlds=8, wire=False))
+    report = check_scenario("badcopies_v0", CheckSettings(steps=30))
     assert _verdicts(report)["vector"] is False, report.table()
     assert _verdicts(report)["determinism"] is True
 
 
 def test_an_unbuildable_name_fails_at_build_and_stops():
-    report = check_scenario("no_such_world_v0", QUICK)
+    report = check_everything("no_such_world_v0", QUICK, QUICK_RATES)
     assert [(r.name, r.passed) for r in report.results] == [("build", False)]
     assert "not a registered scenario" in report.results[0].detail
+
+
+_BROKEN = """
+import numpy as np
+from gymnasium.spaces import Box, Discrete
+
+from agora_marl.scenarios import Scenario, register, scenario_env
+
+
+class Leaky(Scenario):
+    name = "leaky_v0"
+    max_cycles = 10
+
+    def __init__(self):
+        self.possible_agents = ["a", "b"]
+
+    def observation_space(self, agent):
+        return Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent):
+        return Discrete(2)
+
+    def reset(self):
+        pass
+
+    def step(self, actions):
+        pass
+
+    def observe(self, agent):
+        return np.full(2, 3.0, np.float32)  # outside Box(-1, 1)
+
+    def reward(self, agent):
+        return 0.0
+
+
+class Poisoned(Leaky):
+    def observe(self, agent):
+        return np.zeros(2, np.float32)
+
+    def reward(self, agent):
+        return float("nan")
+
+
+register("leaky_v0", scenario_env(Leaky))
+register("poisoned_v0", scenario_env(Poisoned))
+"""
+
+_DRIVER = """
+import sys
+
+from agora_marl.launch.cli import main
+
+assert False, "this script must run under python -O"
+fast = ["--seconds", "0.02", "--steps", "60", "--batch", "8"]
+for name in ("leaky_v0", "poisoned_v0"):
+    print("rc", name, main(["scenarios", "check", name, "--module", "./broken.py", "--no-wire", *fast]), flush=True)
+print("rc foraging_v0", main(["scenarios", "check", "foraging_v0", *fast]), flush=True)
+"""
+
+
+def test_the_checker_fails_a_broken_scenario_under_python_O_and_passes_a_good_one(tmp_path):
+    """``python -O`` strips ``assert``: the checks must raise real errors, with a message that says what to fix."""
+    (tmp_path / "broken.py").write_text(_BROKEN)
+    (tmp_path / "driver.py").write_text(_DRIVER)
+    done = subprocess.run(
+        [sys.executable, "-O", "driver.py"], cwd=tmp_path, capture_output=True, text=True, timeout=240
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    printed = "\n".join(line for line in done.stdout.splitlines() if not line.startswith("rc "))
+    tables = {t.split("\n", 1)[0]: t for t in printed.split("scenario ")[1:]}
+    rows = {
+        name: {line.split()[0]: line for line in tables[name].splitlines()[2:] if line.startswith("  ")}
+        for name in tables
+    }
+    assert "rc leaky_v0 1" in done.stdout and "rc poisoned_v0 1" in done.stdout, done.stdout
+    leaky = rows["leaky_v0"]["values"]
+    assert "FAIL" in leaky and "observation" in leaky and "is outside Box" in leaky and "fix:" in leaky, leaky
+    poisoned = rows["poisoned_v0"]
+    assert "FAIL" in poisoned["values"] and "reward nan is not a finite number" in poisoned["values"]
+    assert "fix:" in poisoned["values"]
+    assert "pass" in poisoned["determinism"], poisoned  # NaN equals NaN: the NaN is blamed once, on values
+    assert "python -O" in poisoned["parallel_api_test"]  # PettingZoo's own asserts are off, and the row says so
+    assert "rc foraging_v0 0" in done.stdout, done.stdout
+    assert tables["foraging_v0"].rstrip().splitlines()[-1].startswith("PASS")
+    assert "pass" in rows["foraging_v0"]["wire"]

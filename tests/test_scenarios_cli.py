@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
@@ -42,9 +43,9 @@ def test_check_exits_non_zero_on_a_failing_scenario(tmp_path, capsys, scratch_re
     broken = tmp_path / "leaky.py"
     broken.write_text(
         "import numpy as np\n"
-        "from scenarios import register\n"
-        "from scenarios.builtin.cover import Cover\n"
-        "from scenarios.vector import vector_env\n"
+        "from agora_marl.scenarios import register\n"
+        "from agora_marl.scenarios.builtin.cover import Cover\n"
+        "from agora_marl.scenarios.vector import vector_env\n"
         "class Leaky(Cover):\n"
         "    def _observe(self):\n"
         "        obs = super()._observe()\n"
@@ -69,6 +70,23 @@ def test_new_writes_a_template_that_checks_and_refuses_to_overwrite(tmp_path, ca
     assert "exists" in capsys.readouterr().err
     assert main(["scenarios", "new", "garden", "--dir", str(tmp_path), "--force"]) == 0
     assert main(["scenarios", "new", "Bad-Name", "--dir", str(tmp_path)]) == 2
+
+
+def test_new_prints_commands_that_work_from_a_directory_outside_the_repository(tmp_path):
+    """The printed next steps read the new file as a path: no PYTHONPATH, no repository on sys.path."""
+    agora = [sys.executable, "-m", "agora_marl"]
+    done = subprocess.run([*agora, "scenarios", "new", "garden"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    steps = [line.split() for line in done.stdout.splitlines() if line.startswith("  agora ")]
+    assert [s[1] for s in steps] == ["scenarios", "record", "serve"] and "PYTHONPATH" not in done.stdout
+    assert steps[2] == ["agora", "serve", "--scenario-module", "./garden.py"]
+    check = [*agora, *steps[0][1:], *FAST_CHECK]
+    done = subprocess.run(check, cwd=tmp_path, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and "PASS" in done.stdout, done.stdout + done.stderr
+    # What `agora serve --scenario-module ./garden.py` does first, in a process whose cwd is not the repository:
+    load = "from agora_marl.scenarios import load_scenario_module; print(load_scenario_module('./garden.py'))"
+    done = subprocess.run([sys.executable, "-c", load], cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert done.stdout.strip() == "['garden_v0']", done.stdout + done.stderr
 
 
 def test_record_writes_a_gif_of_the_episode(tmp_path, capsys):

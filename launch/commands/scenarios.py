@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 _EPILOG = """\
 examples:
@@ -12,11 +13,11 @@ examples:
   agora scenarios check foraging_v0
   agora scenarios check mpe2.simple_spread_v3:parallel_env --config N=4 --no-wire
   agora scenarios new my_world                   # writes ./my_world.py, registering my_world_v0
-  agora scenarios check my_world_v0 --module my_world.py
+  agora scenarios check my_world_v0 --module ./my_world.py
 
 Besides registered names, a server hosts MODULE:CALLABLE (a PettingZoo parallel_env/env/raw_env constructor in an
 allowed package, e.g. mpe2.simple_tag_v3:parallel_env) and gymnasium:ENV_ID (one seat, e.g. gymnasium:CartPole-v1).
-Your own scenarios register when their module is imported: `agora serve --scenario-module my_world`.
+Your own scenarios register when their module or file is imported: `agora serve --scenario-module ./my_world.py`.
 """
 
 
@@ -145,21 +146,20 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_check(args: argparse.Namespace) -> int:
-    from agora_marl.scenarios.check import CheckSettings, check_scenario
+    from agora_marl.launch.scenario_wire import check_everything
+    from agora_marl.scenarios.check import CheckSettings
+    from agora_marl.scenarios.rates import RateSettings
     from agora_marl.scenarios.registry import DEFAULT_ALLOWED_PACKAGES
 
     load_modules(args.module)
-    allowed = (*DEFAULT_ALLOWED_PACKAGES, *args.allow)
     settings = CheckSettings(
         config=parse_config(args.config),
         seed=args.seed,
         steps=args.steps,
-        rate_seconds=args.seconds,
-        batch_worlds=args.batch,
-        wire=not args.no_wire,
-        allowed_packages=allowed,
+        allowed_packages=(*DEFAULT_ALLOWED_PACKAGES, *args.allow),
     )
-    report = check_scenario(args.name, settings)
+    rates = RateSettings(seconds=args.seconds, batch_worlds=args.batch)
+    report = check_everything(args.name, settings, rates, wire=not args.no_wire)
     print(report.table())
     return 0 if report.ok else 1
 
@@ -172,9 +172,11 @@ def run_new(args: argparse.Namespace) -> int:
     except (ValueError, FileExistsError) as exc:
         print(f"agora scenarios new: {exc}", file=sys.stderr)
         return 2
+    # A path with a directory part, so that every command reads it as a file (no PYTHONPATH, no module lookup).
+    shown = path if path.is_absolute() or path.parent != Path() else f"./{path}"
     print(f"wrote {path}: the scenario {name}")
     print("next:")
-    print(f"  agora scenarios check {name} --module {path}")
-    print(f"  agora record --scenario {name} --module {path} --policy random --out {name}.gif")
-    print(f"  PYTHONPATH={path.parent} agora serve --scenario-module {path.stem}")
+    print(f"  agora scenarios check {name} --module {shown}")
+    print(f"  agora record --scenario {name} --module {shown} --policy random --out {name}.gif")
+    print(f"  agora serve --scenario-module {shown}")
     return 0
