@@ -14,7 +14,7 @@ examples:
   agora record --scenario foraging_v0 --out foraging.gif
   agora record --scenario predator_prey_v0 --policy runs/mappo-predator_prey_v0-... --agent-policy prey=random
   agora record --scenario mpe2.simple_spread_v3:parallel_env --policy scripted --episodes 2 --out spread.gif
-  agora record --scenario my_world_v0 --module my_world.py --policy my_pkg.policies:make_policy
+  agora record --scenario my_world_v0 --module ./my_world.py --policy my_pkg.policies:make_policy
 
 A policy is random, noop, scripted (simple_spread), MODULE:CALLABLE (called with the observation and action spaces,
 it returns a callable obs -> action) or a training run directory (each agent plays its trained network).
