@@ -23,10 +23,8 @@ This script imports mpi4py itself, for the raw baseline; the learners reach MPI 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,10 +32,8 @@ from gymnasium import spaces
 from mpi4py import MPI
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from agora_marl.learners import mpi  # noqa: E402
-from agora_marl.learners.networks import Actor, Critic  # noqa: E402
+from agora_marl.learners import mpi
+from agora_marl.learners.networks import Actor, Critic
 
 
 def default_networks() -> nn.Module:

@@ -24,8 +24,6 @@ import multiprocessing as mp
 import os
 import pstats
 import queue
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,11 +31,9 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from agora_marl.agents import AgentClient, BatchedWorlds  # noqa: E402
-from agora_marl.scenarios import make_env  # noqa: E402
+from agora_marl.agents import AgentClient, BatchedWorlds
+from agora_marl.envserver.process import ServerProcesses
+from agora_marl.scenarios import make_env
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 N = 3
@@ -205,44 +201,16 @@ def agora_ping(address: str, count: int, server_pid: int) -> tuple[np.ndarray, f
     return times[100:], cpu / count * 1e6
 
 
-def start_server(bind: str, addr_file: Path, profile: str | None) -> subprocess.Popen:
-    """``python -m envserver`` in a subprocess; with ``profile``, this script's CPU-time-profiled server instead."""
+def start_server(bind: str, profile: str | None) -> ServerProcesses:
+    """A server process (``python -m agora_marl.envserver``); with ``profile``, its CPU time profiled into that file."""
+    flags = ["--log-level", "WARNING"]
     if profile:
-        command = [sys.executable, __file__, "--serve-profiled", bind, str(addr_file), profile]
-    else:
-        command = [
-            sys.executable,
-            "-m",
-            "agora_marl.envserver",
-            "--bind",
-            bind,
-            "--addr-file",
-            str(addr_file),
-            "--log-level",
-            "WARNING",
-        ]
-    proc = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.monotonic() + 30
-    while not addr_file.exists():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise SystemExit(f"the server did not start (exit code {proc.poll()})")
-        time.sleep(0.05)
-    return proc
-
-
-def serve_profiled(bind: str, addr_file: str, out: str) -> None:
-    """Serve until SIGTERM under a CPU-time profiler (a wall-clock one blames syscalls for time spent descheduled)."""
-    import cProfile
-    import signal
-
-    from agora_marl.envserver.server import EnvServer, ServerConfig
-
-    server = EnvServer(ServerConfig(bind=bind))
-    signal.signal(signal.SIGTERM, lambda *_: server._stop.set())
-    Path(addr_file).write_text(json.dumps({"protocol": 1, "addresses": [server.address], "pid": os.getpid()}))
-    profiler = cProfile.Profile(time.process_time)
-    profiler.runcall(server.serve_forever)
-    profiler.dump_stats(out)
+        os.environ["AGORA_PROFILE_OUT"] = os.path.abspath(profile)
+        flags += ["--scenario-module", str(Path(__file__).with_name("profiled_server.py"))]
+    # A profiled server writes its profile at exit: give it time.
+    server = ServerProcesses(binds=[bind], server_args=flags, inherit_output=True, grace_s=30 if profile else 5)
+    server.start()
+    return server
 
 
 def _bare_bind(bind: str, name: str) -> str:
@@ -259,19 +227,20 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
         floor, f["bare_lockstep_router_cpu_us"] = bare_round_trips(N, 2000, _bare_bind(bind, "lockstep"))
         f["bare_lockstep_p50_us"], f["bare_lockstep_p99_us"] = np.percentile(floor, [50, 99]) * 1e6
         server_bind = bind + ("server" if args.transport == "ipc" else "")
-        server = start_server(server_bind, Path(tmp) / "server.json", args.profile_server)
+        server = start_server(server_bind, args.profile_server)
         try:
-            address = json.loads((Path(tmp) / "server.json").read_text())["addresses"][0]
-            pings, f["agora_ping_server_cpu_us"] = agora_ping(address, 3000, server.pid)
+            address = server.addresses[0]
+            server_pid = server.pids[0]
+            pings, f["agora_ping_server_cpu_us"] = agora_ping(address, 3000, server_pid)
             f["agora_ping_p50_us"] = np.percentile(pings, 50) * 1e6
             if "batched" in args.phases:
-                one = Batched(address, 1, server.pid)
+                one = Batched(address, 1, server_pid)
                 one.run(args.seconds)
                 f["k1_agent_steps_per_s"], f["k1_server_cpu_us"] = one.figures()
                 one.worlds.close()
                 # In-process and K=64 alternate in short slices, so that a change in the machine's load between
                 # phases cannot make one of them look faster.
-                many = Batched(address, 64, server.pid)
+                many = Batched(address, 64, server_pid)
                 for _ in range(args.rounds):
                     local.run(args.seconds / args.rounds)
                     many.run(args.seconds / args.rounds)
@@ -280,11 +249,10 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
             else:
                 local.run(args.seconds)
             if "lockstep" in args.phases:
-                round_trips, f["lockstep_server_cpu_us"] = lockstep(address, args.lockstep_steps, server.pid)
+                round_trips, f["lockstep_server_cpu_us"] = lockstep(address, args.lockstep_steps, server_pid)
                 f["lockstep_p50_us"], f["lockstep_p99_us"] = np.percentile(round_trips, [50, 99]) * 1e6
         finally:
-            server.terminate()
-            server.wait(30)
+            server.stop()
     f["in_process_agent_steps_per_s"] = local.steps * N / local.wall
     f["in_process_step_us"], f["in_process_step_cpu_us"] = local.wall / local.steps * 1e6, local.cpu / local.steps * 1e6
     return {k: float(v) for k, v in f.items()}
@@ -332,9 +300,6 @@ def _verdict(met: bool) -> str:
 
 
 def main() -> None:
-    if sys.argv[1:2] == ["--serve-profiled"]:
-        serve_profiled(*sys.argv[2:5])
-        return
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="measuring time of each throughput phase")
     parser.add_argument("--rounds", type=int, default=8, help="alternating in-process / K=64 slices")

@@ -28,19 +28,16 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from agora_marl.agents import BatchedWorlds  # noqa: E402
-from agora_marl.launch.local import LocalServers  # noqa: E402
-from agora_marl.learners.config import DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG  # noqa: E402
-from agora_marl.learners.run import read_metrics  # noqa: E402
+from agora_marl.agents import BatchedWorlds
+from agora_marl.envserver.process import ServerProcesses
+from agora_marl.learners.config import DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG
+from agora_marl.learners.run import read_metrics
 
 
 def server_alone(worlds: int, seconds: float) -> float:
     """World-steps/s of one client stepping ``worlds`` worlds of one server with random actions."""
     with (
-        LocalServers(count=1) as servers,
+        ServerProcesses(count=1) as servers,
         BatchedWorlds(
             servers.addresses, DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG, worlds, seed=0, layout="stacked", state=True
         ) as batch,
@@ -66,11 +63,11 @@ def learner(ranks: int, worlds: int, seconds: float, rate_guess: float, override
     if ranks > 1:
         mpirun = shutil.which("mpirun") or str(Path(sys.executable).parent / "mpirun")
         command = [mpirun, "-n", str(ranks), *command]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     if ranks == 1:
         env["AGORA_MPI"] = "off"
     try:
-        subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL, timeout=seconds * 6 + 120)
+        subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL, timeout=seconds * 6 + 120)
         rows = read_metrics(run_dir / "metrics.csv")
     finally:
         shutil.rmtree(run_dir.parent, ignore_errors=True)

@@ -7,7 +7,7 @@ For each vectorised built-in (foraging_v0, cover_v0) one run prints, side by sid
   what a server does per batch), with CPU seconds per batch;
 - world-steps/s of the per-copy form (the same scenario as K PettingZoo ParallelEnvs) stepped in a Python loop;
 - world-steps/s served: one client (``agents.BatchedWorlds``) stepping K worlds that the server backs with one
-  vectorised scenario, through ``python -m envserver`` on ipc://, layouts "stacked" and "agents";
+  vectorised scenario, through ``python -m agora_marl.envserver`` on ipc://, layouts "stacked" and "agents";
 - the ratios: vectorised / looped (the gain), and served / vectorised in process (target >= 0.6).
 
 Random actions are drawn once (a pool of batches) so that sampling is not timed. Wall-clock figures on a shared
@@ -18,19 +18,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from agora_marl.agents import BatchedWorlds  # noqa: E402
-from agora_marl.launch.local import LocalServers  # noqa: E402
-from agora_marl.scenarios import make_env, make_vector  # noqa: E402
+from agora_marl.agents import BatchedWorlds
+from agora_marl.envserver.process import ServerProcesses
+from agora_marl.scenarios import make_env, make_vector
 
 SCENARIOS = ("foraging_v0", "cover_v0")
 
@@ -120,7 +116,7 @@ def main() -> None:
     print(f"K={k} worlds per batch, {args.seconds:g} s per measurement; rates in world-steps/s, CPU in us per batch")
     header = ("vectorised", "its CPU", "per-copy loop", "served", "server CPU", "client CPU")
     print(" " * 29 + "  ".join(f"{h:>13}" for h in header))
-    with LocalServers(count=1) as servers:
+    with ServerProcesses(count=1) as servers:
         for name in SCENARIOS:
             vec, vec_cpu = vectorised(name, k, args.seconds)
             loop, _ = looped(name, k, args.seconds)

@@ -1,7 +1,7 @@
-"""``python -m envserver``: the same as ``agora serve`` (used by launchers that start servers as subprocesses)."""
+"""``python -m agora_marl.envserver [FLAGS]``: run an env server (the flags of ``agora serve``; see serve.py)."""
 
 import sys
 
-from agora_marl.launch.cli import main
+from agora_marl.envserver.serve import main
 
-sys.exit(main(["serve", *sys.argv[1:]]))
+sys.exit(main())

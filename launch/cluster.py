@@ -11,30 +11,29 @@
   rank of the node), broadcasts their ``ipc://`` addresses over the node, and the node's ranks spread over them.
 - ``env.servers_per = "rank"``: every rank starts its own.
 
-Servers started here never outlive the job and survive the signals meant for the learners: the launcher signals
-every process of a job step (SLURM: SIGUSR1 ahead of the time limit with ``--signal``, SIGTERM at it), but a
-learner still needs its servers to finish the update it checkpoints. So they block SIGTERM and SIGUSR1, stop on
-SIGINT from the rank that started them, and are killed by the kernel if that rank dies (``PR_SET_PDEATHSIG``).
+Servers started here are :class:`~agora_marl.envserver.process.ServerProcesses` that never outlive the job and
+survive the signals meant for the learners: the launcher signals every process of a job step (SLURM: SIGUSR1 ahead
+of the time limit with ``--signal``, SIGTERM at it), but a learner still needs its servers to finish the update it
+checkpoints. So they block SIGTERM and SIGUSR1, stop on SIGINT from the rank that started them, and are killed by the
+kernel if that rank dies (``PR_SET_PDEATHSIG``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agora_marl.launch.local import LocalServers, ServerStartError
+from agora_marl.envserver.process import ServerProcesses, ServerStartError, ipc_tempdir
+from agora_marl.envserver.protocol.connection import read_connection_file, write_connection_file
 
 #: ``agora train``'s exit status after stopping on a signal with a checkpoint written (EX_TEMPFAIL: "try again"):
 #: a batch script requeues the job on it, and the next one continues with ``--resume``.
@@ -42,28 +41,6 @@ EXIT_STOPPED = 75
 #: Set in processes that an MPI launcher started as ranks (an env server started by a rank inherits them: see
 #: :func:`launched_by_mpi`).
 _RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
-#: Run in each server process before the server: it is no MPI rank (whatever it inherits); it may run on the given
-#: cores (a node's servers on all of its ranks' cores, not only those its starter is bound to); SIGTERM and SIGUSR1
-#: wait (blocked) while its rank lives, which stops it with SIGINT; the kernel SIGKILLs it if that rank dies.
-_BOOTSTRAP = """\
-import ctypes, os, runpy, signal, sys
-parent = int(sys.argv.pop(1))
-cores = {int(c) for c in sys.argv.pop(1).split(",") if c}
-os.environ["AGORA_MPI"] = "off"
-if cores and hasattr(os, "sched_setaffinity"):
-    try:
-        os.sched_setaffinity(0, cores)
-    except OSError:
-        pass
-signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGUSR1})
-signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started from a shell's background job
-if sys.platform == "linux":
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)
-    if os.getppid() != parent:
-        sys.exit(1)
-sys.argv[0] = "agora_marl.envserver"
-runpy.run_module("agora_marl.envserver", run_name="__main__", alter_sys=True)
-"""
 
 
 @dataclass(frozen=True)
@@ -148,15 +125,17 @@ def training_servers(
         yield mine
     except BaseException:
         if servers is not None:
-            stop_servers(servers)
+            servers.stop()
         raise
     if per_node:
         mpi.node_barrier()  # the node's ranks are done with its servers before they go
     if servers is not None:
-        stop_servers(servers)
+        servers.stop()
 
 
-def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | None) -> tuple[LocalServers | None, list]:
+def _start(
+    env: Any, where: Placement, per_node: bool, log_dir: str | Path | None
+) -> tuple[ServerProcesses | None, list]:
     """Start this node's (local rank 0) or this rank's servers; returns them (None elsewhere) and this rank's share."""
     from agora_marl.learners import mpi
 
@@ -165,10 +144,11 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
     cores = sorted({c for ranks in mpi.node_cores() for c in ranks}) if per_node else []
     if where.local_rank == 0 or not per_node:
         folder = f"node{where.node}" if per_node else f"rank{where.rank}"
-        servers = LocalServers(
+        servers = ServerProcesses(
             count=env.servers or (where.local_size if per_node else 1),
             log_dir=Path(log_dir) / folder if log_dir is not None else None,
-            command=server_command(cores),
+            cores=cores,
+            survive_job_signals=True,
             server_args=[flag for module in env.scenario_modules for flag in ("--scenario-module", module)],
         )
         try:
@@ -181,11 +161,6 @@ def _start(env: Any, where: Placement, per_node: bool, log_dir: str | Path | Non
     if isinstance(outcome, str):
         raise ServerStartError(f"the env servers of {where.host} did not start: {outcome}")
     return servers, share(outcome, where.local_rank, where.local_size) if per_node else outcome
-
-
-def server_command(cores: Sequence[int] = ()) -> list[str]:
-    """The command that starts one env server for this process (flags follow): see the module docstring."""
-    return [sys.executable, "-c", _BOOTSTRAP, str(os.getpid()), ",".join(map(str, cores))]
 
 
 def _report(where: Placement, mine: list[str], origin: str) -> None:
@@ -206,20 +181,6 @@ def _report(where: Placement, mine: list[str], origin: str) -> None:
     print("\n".join(lines), file=sys.stderr, flush=True)
 
 
-def stop_servers(servers: LocalServers, grace_s: float = 5.0) -> None:
-    """Stop servers started with this module's bootstrap: SIGINT, SIGKILL after ``grace_s``, then clean up."""
-    for proc in servers.procs:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
-    deadline = time.monotonic() + grace_s
-    for proc in servers.procs:
-        try:
-            proc.wait(max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            proc.kill()
-    servers.stop()
-
-
 def read_connect(entries: Sequence[str], timeout_s: float = 60.0) -> list[str]:
     """Addresses from ``--connect`` entries: an address, or a JSON connection file (waited for up to ``timeout_s``).
 
@@ -236,7 +197,7 @@ def read_connect(entries: Sequence[str], timeout_s: float = 60.0) -> list[str]:
             if time.monotonic() > deadline:
                 raise FileNotFoundError(f"--connect {entry}: no such connection file after {timeout_s:.0f} s")
             time.sleep(0.2)
-        addresses.extend(json.loads(path.read_text())["addresses"])
+        addresses.extend(read_connection_file(path))
     return addresses
 
 
@@ -291,7 +252,7 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
         raise SystemExit(
             "agora serve: under mpirun give --bind tcp://HOST:0 (every rank also listens on its own ipc://)"
         )
-    tmp = _short_tempdir()
+    tmp = ipc_tempdir()
     try:
         server = EnvServer(make_config(f"{args.bind.rpartition(':')[0]}:0"))
         ipc = f"ipc://{tmp}/server.sock"
@@ -300,9 +261,7 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
         mpi.join("server", {"host": _host(), "ipc": ipc, "tcp": _public(server.address)})
         announced, learners = mpi.published("server"), mpi.published("learner")
         if args.addr_file and mpi.rank() == 0:
-            from agora_marl.launch.commands.serve import write_addr_file
-
-            write_addr_file(args.addr_file, [server["tcp"] for server in announced])
+            write_connection_file(args.addr_file, [server["tcp"] for server in announced])
         mpi.log(f"agora serve: {len(announced)} server rank(s) for {len(learners)} learner rank(s)", file=sys.stderr)
         with StopSignals() as stop:
             done = mpi.learners_released() if learners else stop.requested
@@ -327,11 +286,6 @@ def _loopback(address: str) -> bool:
 
 def _host() -> str:
     return socket.gethostname()
-
-
-def _short_tempdir() -> Path:
-    base = tempfile.gettempdir()
-    return Path(tempfile.mkdtemp(prefix="agora-", dir=base if len(base) < 60 else "/tmp"))
 
 
 # ---------------------------------------------------------------------------------------------- signals

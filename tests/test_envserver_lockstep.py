@@ -129,8 +129,7 @@ def test_killed_client_costs_a_deadline_then_its_token_resumes_the_seat(make_ser
     player = subprocess.Popen(
         [sys.executable, "-c", _PLAYER, server.address, str(world)],
         stdout=subprocess.PIPE,
-        cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        cwd=ROOT,  # `python -c` imports from its working directory: the player's tests.rawwire
         text=True,
     )
     try:

@@ -15,7 +15,7 @@ from gymnasium import spaces
 
 from agora_marl.agents.batched import BatchResult
 from agora_marl.agents.types import WorldSpec
-from agora_marl.launch.local import LocalServers
+from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import idqn
 from agora_marl.learners.config import load_config
 from agora_marl.learners.policy import evaluate, load_policy, load_run_policy
@@ -29,7 +29,7 @@ RANDOM_RETURN = 22.0
 
 @pytest.fixture(scope="module")
 def server() -> list[str]:
-    with LocalServers(count=1) as servers:
+    with ServerProcesses(count=1) as servers:
         yield servers.addresses
 
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from gymnasium import spaces
 
-from agora_marl.launch.local import LocalServers
+from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import RunningNorm, make_head
@@ -20,7 +20,7 @@ SPREAD_RANDOM_RETURN = -81.0  # mean team return of uniformly random play (REFER
 
 @pytest.fixture(scope="module")
 def servers() -> list[str]:
-    with LocalServers(count=1) as local:
+    with ServerProcesses(count=1) as local:
         yield local.addresses
 
 

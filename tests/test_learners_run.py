@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from agora_marl.launch.local import LocalServers
+from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import ppo
 from agora_marl.learners.config import ConfigError, load_config, save_config, to_toml
 from agora_marl.learners.run import Run, RunDirError, load_checkpoint, read_metrics
@@ -73,7 +73,7 @@ def test_run_directory_metrics_checkpoints_and_restore(tmp_path) -> None:
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path) -> None:
     """Same seed, one rank: 4 updates straight equal 2 updates, a stop, and a resume for 2 more, bit for bit."""
     common = ["run.progress=false", "env.num_worlds=4", "run.checkpoint_every=2", "ppo.minibatches=2", "ppo.epochs=2"]
-    with LocalServers(count=1) as servers:
+    with ServerProcesses(count=1) as servers:
         straight = load_config(None, [*common, "run.total_steps=400"])
         run = Run.create(straight, tmp_path / "straight")
         ppo.train(straight, run, servers.addresses)

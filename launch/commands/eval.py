@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from agora_marl.launch.local import LocalServers
+    from agora_marl.envserver.process import ServerProcesses
     from agora_marl.learners.policy import evaluate, load_policy, load_run
 
     if args.episodes < 1:
@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
         returns = evaluate(policy, args.connect.split(","), config.env.scenario, config.env.config, **play)
     else:
         modules = [flag for module in config.env.scenario_modules for flag in ("--scenario-module", module)]
-        with LocalServers(count=1, server_args=modules) as servers:
+        with ServerProcesses(count=1, server_args=modules) as servers:
             returns = evaluate(policy, servers.addresses, config.env.scenario, config.env.config, **play)
     mode = "sampled" if args.sample else "greedy"
     print(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 
-from agora_marl.launch.local import LocalServers
+from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import idqn, mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run
@@ -18,7 +18,7 @@ def main() -> None:
     overrides = ["algo=idqn", "env.scenario=gymnasium:CartPole-v1", "env.num_worlds=4", "run.total_steps=4096"]
     overrides += ["run.sync_every=1", "run.progress=false", "idqn.learning_starts=512", "idqn.target_every=8"]
     config = load_config(None, overrides)
-    with mpi.abort_on_exception(), LocalServers(count=1) as servers, tempfile.TemporaryDirectory() as tmp:
+    with mpi.abort_on_exception(), ServerProcesses(count=1) as servers, tempfile.TemporaryDirectory() as tmp:
         directory = mpi.broadcast_object(tmp)  # rank 0's: only rank 0 writes
         run = Run.create(config, directory, writer=mpi.is_root())  # collective: every rank settles its threads
         metrics = idqn.train(config, run, servers.addresses)

@@ -1,0 +1,205 @@
+"""``python -m agora_marl.envserver``: run one env server, or N worker processes of one, until stopped.
+
+``agora serve`` is the same command with the same flags (``launch/commands/serve.py`` registers them through
+:func:`add_arguments`); it also runs as the server ranks of an MPI job. This module imports only the env server and
+the scenarios, and those only when it runs, so that ``--help`` is fast and a launcher may import it for its flags.
+
+A single server stops cleanly (closing its worlds, exit status 0) on SIGINT or SIGTERM. With ``--workers N`` this
+process starts N single servers (:mod:`agora_marl.envserver.process`), publishes all their addresses, and stops them
+all when it gets SIGINT or SIGTERM, or when one of them ends.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+
+DESCRIPTION = "Run an agora env server: a ZeroMQ ROUTER socket hosting many multi-agent worlds."
+#: The examples under ``--help``; ``%(prog)s`` is ``agora serve`` or ``python -m agora_marl.envserver``.
+EPILOG = """\
+examples:
+  %(prog)s                                   # tcp://127.0.0.1:5555, the default scenarios
+  %(prog)s --bind ipc:///tmp/agora.sock --addr-file /tmp/agora.json
+  %(prog)s --bind tcp://0.0.0.0:5555 --workers 4   # 4 processes on ports 5555..5558
+  %(prog)s --scenario-module my_worlds       # import my_worlds so its scenarios register themselves
+  %(prog)s --allow my_envs                   # let clients name my_envs.module:parallel_env
+
+Clients connect a ZeroMQ DEALER socket and speak the protocol of docs/protocol.md.
+"""
+
+log = logging.getLogger("agora.server")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the server's flags to ``parser``."""
+    parser.add_argument(
+        "--bind",
+        default="tcp://127.0.0.1:5555",
+        help="endpoint: tcp://HOST:PORT (0 = any free port) or ipc://PATH (default %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="server processes, one per core you give it; each binds its own endpoint (default 1)",
+    )
+    parser.add_argument(
+        "--addr-file", type=Path, help="write a JSON connection file {protocol, addresses, pid} once bound"
+    )
+    parser.add_argument(
+        "--allow",
+        action="append",
+        default=[],
+        metavar="PKG",
+        help="also host module:callable scenarios from package PKG (repeatable)",
+    )
+    parser.add_argument(
+        "--scenario-module",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="import MODULE (a module name or a .py file) first, so that its scenarios register themselves (repeatable)",
+    )
+    parser.add_argument(
+        "--max-message-bytes", type=int, default=64 << 20, help="refuse larger requests (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-worlds-per-client", type=int, default=4096, help="worlds one connection may own (default %(default)s)"
+    )
+    parser.add_argument(
+        "--heartbeat-timeout",
+        type=float,
+        default=10.0,
+        help="seconds of silence before a client loses its seats (default %(default)s)",
+    )
+    parser.add_argument(
+        "--deadline-ms", type=float, default=1000.0, help="default lockstep deadline of a world (default %(default)s)"
+    )
+    parser.add_argument(
+        "--curve-secret", type=Path, help="file holding a Z85 CurveZMQ secret key: encrypt and authenticate the socket"
+    )
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+
+def build_parser(prog: str = "python -m agora_marl.envserver") -> argparse.ArgumentParser:
+    """The parser of ``python -m agora_marl.envserver``."""
+    parser = argparse.ArgumentParser(
+        prog=prog, description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    add_arguments(parser)
+    return parser
+
+
+def configure_logging(args: argparse.Namespace) -> None:
+    """Log at ``--log-level`` to stderr, with times."""
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+def server_config(args: argparse.Namespace, bind: str | None = None):
+    """The ServerConfig of the parsed flags (bound to ``bind`` instead of ``--bind`` if given).
+
+    Imports the ``--scenario-module`` modules first, so that their scenarios are registered.
+    """
+    from agora_marl import scenarios
+    from agora_marl.envserver.server import ServerConfig
+    from agora_marl.scenarios.registry import load_scenario_module
+
+    for module in args.scenario_module:
+        load_scenario_module(module)
+    return ServerConfig(
+        bind=bind or args.bind,
+        max_message_bytes=args.max_message_bytes,
+        max_worlds_per_client=args.max_worlds_per_client,
+        heartbeat_timeout_s=args.heartbeat_timeout,
+        default_deadline_ms=args.deadline_ms,
+        allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
+        curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serve as the parsed flags say until stopped; returns the exit status."""
+    configure_logging(args)
+    if args.workers < 1:
+        raise SystemExit("--workers must be at least 1")
+    if args.workers > 1:
+        return _run_workers(args)
+    from agora_marl.envserver.protocol.connection import write_connection_file
+    from agora_marl.envserver.server import EnvServer
+
+    server = EnvServer(server_config(args))
+    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    if args.addr_file:
+        write_connection_file(args.addr_file, [server.address])
+    log.info("serving on %s", server.address)
+    with contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m agora_marl.envserver [FLAGS]``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except KeyboardInterrupt:  # before the server loop started
+        return 130
+
+
+def endpoints(bind: str, workers: int) -> list[str]:
+    """The endpoint of each of ``workers`` servers for one ``--bind``: ``PATH.I`` for ipc://, consecutive ports for
+    tcp:// (or a free port each for port 0)."""
+    if workers == 1:
+        return [bind]
+    if bind.startswith("ipc://"):
+        return [f"{bind}.{i}" for i in range(workers)]
+    host, _, port = bind.rpartition(":")
+    if port in ("0", "*"):
+        return [f"{host}:0"] * workers
+    return [f"{host}:{int(port) + i}" for i in range(workers)]
+
+
+def _run_workers(args: argparse.Namespace) -> int:
+    """Start one single server per endpoint, publish all addresses, and stop them all together."""
+    from agora_marl.envserver.process import ServerProcesses, ServerStartError
+    from agora_marl.envserver.protocol.connection import write_connection_file
+
+    stopped: list[int] = []  # a plain flag: a signal handler must not take a lock the main thread may hold
+    signal.signal(signal.SIGTERM, lambda signum, _: stopped.append(signum))
+    # The workers' log lines go where this process's go.
+    workers = ServerProcesses(
+        binds=endpoints(args.bind, args.workers), server_args=_worker_flags(args), inherit_output=True
+    )
+    try:
+        with workers:
+            if args.addr_file:
+                write_connection_file(args.addr_file, workers.addresses)
+            print("serving on " + " ".join(workers.addresses), flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while not stopped and workers.running():
+                    time.sleep(0.2)
+    except ServerStartError as exc:
+        raise SystemExit(f"a server worker failed to start: {exc}") from None
+    failed = [(i, proc.returncode) for i, proc in enumerate(workers.procs) if proc.returncode != 0]
+    for i, status in failed:
+        log.error("worker %d (%s) ended with status %s", i, workers.addresses[i], status)
+    return 1 if failed else 0
+
+
+def _worker_flags(args: argparse.Namespace) -> list[str]:
+    """The flags every worker shares (each gets its own --bind and --addr-file)."""
+    flags = [
+        f"--max-message-bytes={args.max_message_bytes}",
+        f"--max-worlds-per-client={args.max_worlds_per_client}",
+        f"--heartbeat-timeout={args.heartbeat_timeout}",
+        f"--deadline-ms={args.deadline_ms}",
+        f"--log-level={args.log_level}",
+    ]
+    flags += [f"--allow={p}" for p in args.allow] + [f"--scenario-module={m}" for m in args.scenario_module]
+    if args.curve_secret:
+        flags.append(f"--curve-secret={args.curve_secret}")
+    return flags
