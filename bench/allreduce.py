@@ -16,7 +16,7 @@ For two models (the default MAPPO actor and critic for simple_spread, and a ~10M
 
 Methods take turns within each repetition, in an order that rotates, so that machine noise and cache effects hit
 them alike. The target is ours/raw <= 1.1. ``ours`` reduces a buffer over 4 MB in 4 MB slices (see
-learners.mpi.GradientAllreducer), which is why it can beat one raw call on the large model.
+learners.mpi.gradients.GradientAllreducer), which is why it can beat one raw call on the large model.
 This script imports mpi4py itself, for the raw baseline; the learners reach MPI only through learners.mpi.
 """
 
@@ -33,6 +33,7 @@ from mpi4py import MPI
 from torch import nn
 
 from agora_marl.learners import mpi
+from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import Actor, Critic
 
 
@@ -52,7 +53,7 @@ def big_network() -> nn.Module:
 def _methods(model: nn.Module) -> dict[str, tuple[np.ndarray, Callable[[], None]]]:
     """Each method's call, and the buffer that backward would have just written before it (refreshed untimed)."""
     comm, n = MPI.COMM_WORLD, MPI.COMM_WORLD.Get_size()
-    reducer = mpi.GradientAllreducer(model.parameters())
+    reducer = GradientAllreducer(model.parameters())
     grads = [p.grad for p in model.parameters()]  # views into reducer.flat
     grad_arrays = [g.numpy() for g in grads]
     flat = reducer.flat.numpy()

@@ -21,7 +21,6 @@ kernel if that rank dies (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import socket
@@ -38,9 +37,6 @@ from agora_marl.envserver.protocol.connection import read_connection_file, write
 #: ``agora train``'s exit status after stopping on a signal with a checkpoint written (EX_TEMPFAIL: "try again"):
 #: a batch script requeues the job on it, and the next one continues with ``--resume``.
 EXIT_STOPPED = 75
-#: Set in processes that an MPI launcher started as ranks (an env server started by a rank inherits them: see
-#: :func:`launched_by_mpi`).
-_RANK_VARS = ("PMI_RANK", "PMIX_RANK", "OMPI_COMM_WORLD_RANK", "MV2_COMM_WORLD_RANK")
 
 
 @dataclass(frozen=True)
@@ -220,13 +216,6 @@ def _mpmd_addresses(announced: list[dict]) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- MPMD server ranks
-
-
-def launched_by_mpi() -> bool:
-    """Whether an MPI launcher started this process as a rank (and not as a child of one: ``AGORA_MPI=off``)."""
-    if os.environ.get("AGORA_MPI", "").lower() in ("0", "off", "no"):
-        return False
-    return any(var in os.environ for var in _RANK_VARS)
 
 
 def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:

@@ -25,9 +25,12 @@ and MAPPO) that exposes:
 
 - ``Settings``: a dataclass of its settings, each field documented;
 - ``train(config: Config, run: learners.run.Run, addresses: list[str]) -> dict[str, float]``: train until
-  ``config.run.total_steps`` through the env servers at ``addresses`` (this rank's share), logging and
-  checkpointing through ``run`` and resuming from ``run``'s latest checkpoint when there is one; return the final
-  metrics.
+  ``config.run.total_steps`` through the env servers at ``addresses`` (this rank's share), resuming from ``run``'s
+  latest checkpoint when there is one, and ending every update with ``run.end_update`` on every rank (it logs, and
+  says when to checkpoint and when to stop: then raise ``learners.run.TrainingStopped`` after the checkpoint);
+  return the final metrics. ``learners.training.train_in_worlds`` does all of this around the algorithm's loop;
+- ``policy_from_checkpoint(config: Config, state: dict) -> policy``: the acting policy of a checkpoint's ``state``
+  (see learners.policy), built without a server.
 """
 
 from __future__ import annotations

@@ -32,14 +32,15 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from agora_marl.agents.batched import BatchedWorlds
-from agora_marl.agents.types import WorldSpec
-from agora_marl.envserver.protocol import encode_space
+from agora_marl.envserver.protocol import WorldSpec
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
+from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
+from agora_marl.learners.mpi.tensors import check_in_sync
 from agora_marl.learners.networks import flat_dim, init_linear, mlp
 from agora_marl.learners.policy import group_agents
 from agora_marl.learners.run import Run, rng_state, set_rng_state
+from agora_marl.learners.training import Training, train_in_worlds
 
 
 @dataclass
@@ -218,36 +219,21 @@ def _update_target(policy: QPolicy, target: QPolicy, tau: float) -> None:
 
 def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
     """Train IDQN for ``config.run.total_steps`` environment steps through the servers at ``addresses``."""
+    return train_in_worlds(config, run, addresses, _train, progress_metric="return_recent")
+
+
+def _train(training: Training) -> dict[str, float]:
+    config, run, worlds, device = training.config, training.run, training.worlds, training.device
     s: Settings = config.algo_settings
-    torch.set_num_threads(config.run.threads)
-    device = mpi.select_device(config.run.device)
     seed = mpi.seed_for_rank(config.run.seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    worlds = BatchedWorlds(
-        addresses,
-        config.env.scenario,
-        config.env.config,
-        num_worlds=config.env.num_worlds,
-        seed=seed,
-        layout="agents",
-        timeout_s=config.env.timeout_s,
-    )
-    try:
-        return _train(config, run, worlds, s, device, rng)
-    finally:
-        worlds.close()
-
-
-def _train(
-    config: Config, run: Run, worlds: BatchedWorlds, s: Settings, device: torch.device, rng: np.random.Generator
-) -> dict[str, float]:
     # -- networks, optimizer, buffers ------------------------------------------------------------------------
     policy = QPolicy(worlds.spec, s).to(device)
-    mpi.broadcast_parameters(policy)
+    broadcast_parameters(policy)
     target = copy.deepcopy(policy).requires_grad_(False)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.lr)
-    reducer = mpi.GradientAllreducer(policy.parameters(), mpi_cuda=config.run.mpi_cuda)
+    reducer = GradientAllreducer(policy.parameters(), mpi_cuda=config.run.mpi_cuda)
     columns = {a: i for i, a in enumerate(worlds.possible_agents)}
     buffers = {team: ReplayBuffer(s.buffer_size, sum(policy.layout[team][:2])) for team, _ in policy.teams}
     K, ranks = worlds.num_worlds, mpi.size()
@@ -256,7 +242,7 @@ def _train(
     policy.rng = rng
 
     # -- resume ---------------------------------------------------------------------------------------------
-    state = run.restore(map_location=device)
+    state = training.resumed
     if state is not None:
         policy.load_state_dict(state["policy"])
         target.load_state_dict(state["target"])
@@ -271,22 +257,20 @@ def _train(
         else:
             rng = policy.rng = np.random.default_rng([config.run.seed, mpi.rank(), update])
 
-    def checkpoint() -> None:
-        run.save_checkpoint(
-            {
-                "step": step,
-                "update": update,
-                "gradient_steps": gradient_steps,
-                "episodes": episodes,
-                "spec": _spec_to_wire(worlds.spec),
-                "policy": policy.state_dict(),
-                "target": target.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "buffers": {t: b.state_dict() for t, b in buffers.items()} if s.checkpoint_buffer else {},
-                "rng": rng_state(),
-                "numpy_rng": rng.bit_generator.state,
-            }
-        )
+    def checkpoint() -> dict[str, Any]:
+        return {
+            "step": step,
+            "update": update,
+            "gradient_steps": gradient_steps,
+            "episodes": episodes,
+            "spec": worlds.spec.to_wire(),
+            "policy": policy.state_dict(),
+            "target": target.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "buffers": {t: b.state_dict() for t, b in buffers.items()} if s.checkpoint_buffer else {},
+            "rng": rng_state(),
+            "numpy_rng": rng.bit_generator.state,
+        }
 
     # -- the loop -------------------------------------------------------------------------------------------
     result = worlds.reset()
@@ -296,7 +280,6 @@ def _train(
     sums = torch.zeros(2, device=device)  # loss and mean-Q sums since the last log (read only when logging)
     count = 0  # gradient steps since the last log
     metrics: dict[str, float] = {}
-    bar = _progress(config, step)
     started, start_step = time.monotonic(), step
     while step < config.run.total_steps:
         # Collect: steps_per_update environment steps, epsilon-greedy, into the replay buffers.
@@ -336,10 +319,10 @@ def _train(
                     _update_target(policy, target, s.tau)
             worlds.heartbeat()
 
-        # Log, check, checkpoint.
-        if update % config.run.sync_every == 0:
-            mpi.check_in_sync(policy)
-        if update % config.run.log_every == 0 or step >= config.run.total_steps:
+        # Check, log, checkpoint (the last update is always checked).
+        if update % config.run.sync_every == 0 or step >= config.run.total_steps:
+            check_in_sync(policy)
+        if run.logs_at(step, update):  # the metrics are an allreduce: only when they are written
             local = [sum(finished), len(finished), sum(recent), len(recent), *sums.tolist(), count]
             totals = [float(v) for v in mpi.allreduce_sum(np.array(local))]
             metrics = {
@@ -355,19 +338,9 @@ def _train(
                 metrics["return_recent"] = totals[2] / totals[3]
             if totals[6]:
                 metrics.update(loss=totals[4] / totals[6], q_mean=totals[5] / totals[6])
-            run.log(step, update, metrics)
-            if bar is not None:
-                bar.update(min(step, bar.total) - bar.n)
-                if "return_recent" in metrics:  # the mean of the last 100 episodes: steadier than one update's
-                    bar.set_postfix_str(f"return {metrics['return_recent']:.1f}", refresh=False)
             finished, count = [], 0
             sums.zero_()
-        if update % config.run.checkpoint_every == 0:
-            checkpoint()
-    mpi.check_in_sync(policy)
-    checkpoint()
-    if bar is not None:
-        bar.close()
+        training.end_update(step, update, metrics, checkpoint)
     return metrics
 
 
@@ -416,28 +389,8 @@ def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
     return rows.reshape(-1, *([1] * (np.ndim(like) - 1)))
 
 
-def _spec_to_wire(spec: WorldSpec) -> dict[str, Any]:
-    return {
-        "scenario": spec.scenario,
-        "config": dict(spec.config),
-        "possible_agents": list(spec.possible_agents),
-        "observation_spaces": {a: encode_space(sp) for a, sp in spec.observation_spaces.items()},
-        "action_spaces": {a: encode_space(sp) for a, sp in spec.action_spaces.items()},
-        "state_space": encode_space(spec.state_space) if spec.state_space is not None else None,
-    }
-
-
-def load_policy(config: Config, state: dict[str, Any]) -> QPolicy:
+def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> QPolicy:
     """The trained Q-policy of a checkpoint (for evaluation and ``agora play``), on the CPU."""
     policy = QPolicy(WorldSpec.from_wire(state["spec"]), config.algo_settings)
     policy.load_state_dict(state["policy"])
     return policy
-
-
-def _progress(config: Config, step: int):
-    if not (config.run.progress and mpi.is_root()):
-        return None
-    from tqdm import tqdm
-
-    total = config.run.total_steps
-    return tqdm(total=total, initial=min(step, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1)

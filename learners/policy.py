@@ -5,9 +5,9 @@ flattened observation followed, optionally, by a one-hot of the agent's index in
 evaluation and ``agora play --policy RUN_DIR`` need: :func:`load_run_policy` rebuilds the actors from a checkpoint
 alone (the world's spaces are stored in it), and :func:`evaluate` plays them through a server.
 
-Algorithms provide ``load_policy(config, state)`` in their module (see learners.config), returning an object with
-``possible_agents``, ``observation_spaces``, ``action_spaces``, ``eval()`` and ``act(obs, greedy) -> actions`` over
-dicts of per-agent arrays, as :class:`MultiAgentPolicy` does.
+Algorithms provide ``policy_from_checkpoint(config, state)`` in their module (see learners.config), returning an
+object with ``possible_agents``, ``observation_spaces``, ``action_spaces``, ``eval()`` and
+``act(obs, greedy) -> actions`` over dicts of per-agent arrays, as :class:`MultiAgentPolicy` does.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from gymnasium import spaces
 from torch import nn
 
 from agora_marl.agents.batched import BatchedWorlds
-from agora_marl.envserver.protocol.spaces import decode_space, encode_space
 from agora_marl.learners.config import Config, algorithm_module, load_config
 from agora_marl.learners.networks import Actor, flat_dim
 from agora_marl.learners.run import CONFIG_FILE, Run, load_checkpoint
@@ -149,27 +148,6 @@ class MultiAgentPolicy(nn.Module):
         return actions
 
 
-def encode_spec(
-    possible_agents: list[str], observation_spaces: dict[str, spaces.Space], action_spaces: dict[str, spaces.Space]
-) -> dict[str, Any]:
-    """A world's agents and spaces as plain data for a checkpoint (spaces in their wire encoding)."""
-    return {
-        "possible_agents": list(possible_agents),
-        "observation_spaces": {a: encode_space(observation_spaces[a]) for a in possible_agents},
-        "action_spaces": {a: encode_space(action_spaces[a]) for a in possible_agents},
-    }
-
-
-def decode_spec(spec: dict[str, Any]) -> tuple[list[str], dict[str, spaces.Space], dict[str, spaces.Space]]:
-    """``(possible_agents, observation_spaces, action_spaces)`` back from :func:`encode_spec`."""
-    agents = list(spec["possible_agents"])
-    return (
-        agents,
-        {a: decode_space(spec["observation_spaces"][a]) for a in agents},
-        {a: decode_space(spec["action_spaces"][a]) for a in agents},
-    )
-
-
 def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple[Config, dict[str, Any]]:
     """A run's config and the state of ``checkpoint`` (default: its latest)."""
     run_dir = Path(run_dir)
@@ -184,10 +162,11 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple
     return config, load_checkpoint(checkpoint)
 
 
-def load_policy(run_dir: str | Path, checkpoint: str | Path | None = None) -> Any:
-    """The trained multi-agent policy of a run (its algorithm's ``load_policy``), on the CPU, in eval mode."""
+def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None) -> Any:
+    """The trained multi-agent policy of a run (its algorithm's ``policy_from_checkpoint``), on the CPU, in eval
+    mode."""
     config, state = load_run(run_dir, checkpoint)
-    policy = algorithm_module(config.algo).load_policy(config, state)
+    policy = algorithm_module(config.algo).policy_from_checkpoint(config, state)
     policy.eval()
     return policy
 
@@ -210,7 +189,7 @@ def load_run_policy(
         greedy: act on the mode of the distribution (True) or sample it.
         checkpoint: a checkpoint file (default: the run's latest).
     """
-    policy = load_policy(run_dir, checkpoint)
+    policy = load_trained_policy(run_dir, checkpoint)
     if agent is None:
         candidates = [
             a

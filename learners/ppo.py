@@ -18,19 +18,24 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from agora_marl.agents.batched import BatchedWorlds, BatchResult
+from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.envserver.protocol import WorldSpec
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
-from agora_marl.learners.networks import Critic, RunningNorm, flat_dim
-from agora_marl.learners.policy import MultiAgentPolicy, TeamActor, decode_spec, encode_spec
-from agora_marl.learners.rollout import TeamRollout, gae
+from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
+from agora_marl.learners.mpi.tensors import check_in_sync
+from agora_marl.learners.networks import flat_dim
+from agora_marl.learners.policy import MultiAgentPolicy
+from agora_marl.learners.rollout import Team, gae
 from agora_marl.learners.run import Run
+from agora_marl.learners.training import Training, train_in_worlds
 
 
 @dataclass
@@ -88,80 +93,18 @@ class Settings:
     """Initial log standard deviation of Box actions."""
 
 
-class _Team:
-    """One team while training: its columns in the batch, actor, critic, value normaliser and rollout storage."""
-
-    def __init__(self, name: str, actor: TeamActor, columns: list[int], critic_dim: int | None, config: Config):
-        s = config.algo_settings
-        self.name, self.actor, self.agents = name, actor, actor.agents
-        self.columns = np.asarray(columns)
-        contiguous = columns == list(range(columns[0], columns[0] + len(columns)))
-        self.cols = slice(columns[0], columns[-1] + 1) if contiguous else self.columns
-        self.critic = Critic(critic_dim or actor.in_dim, s.hidden, s.activation, s.input_norm)
-        self.norm = RunningNorm() if s.value_norm else None
-        self.centralized, self.critic_obs = critic_dim is not None, s.critic_obs
-        self.buf = TeamRollout(
-            s.rollout_steps,
-            config.env.num_worlds,
-            len(columns),
-            actor.in_dim,
-            critic_dim,
-            actor.id_dim,
-            actor.head.action_shape,
-            actor.head.action_dtype,
-        )
-
-    def team_obs(self, obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
-        """This team's observations (K, n, features) out of a stacked array or a per-agent dict."""
-        if isinstance(obs, dict):
-            return np.stack([obs[a].reshape(len(obs[a]), -1) for a in self.agents], 1)
-        part = obs[:, self.cols]
-        return part.reshape(part.shape[0], part.shape[1], -1)
-
-    def write_inputs(self, actor_in: np.ndarray | None, critic_in: np.ndarray, obs: Any, state: Any) -> None:
-        """Fill input rows (K, n, dim) from a step's observations and, for a centralized critic, global states.
-
-        ``actor_in`` None: write the critic's inputs only. Without a centralized critic they are the actor's.
-        """
-        own = self.team_obs(obs)
-        if actor_in is not None:
-            actor_in[..., : own.shape[-1]] = own
-        if not self.centralized:
-            critic_in[..., : own.shape[-1]] = own
-            return
-        width = state.shape[-1]
-        critic_in[..., :width] = state.reshape(len(state), 1, -1)
-        if self.critic_obs:
-            critic_in[..., width : width + own.shape[-1]] = own
-
-
 def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
-    """Train IPPO or MAPPO (``config.algo``) until ``config.run.total_steps``; see learners.config for the contract."""
-    rs = config.run
+    """Train IPPO or MAPPO (``config.algo``) until ``config.run.total_steps``; see learners.config for the contract.
+
+    The worlds are stacked (one array with an agent axis) when every agent shares its spaces, else per agent.
+    """
     centralized = config.algo == "mappo"
-    torch.set_num_threads(max(1, rs.threads))  # 0 (automatic) is settled by Run; 1 suits these small networks
-    device = mpi.select_device(rs.device)
-    worlds = _open_worlds(config, addresses, centralized)
-    try:
-        return _train(config, run, worlds, centralized, device)
-    finally:
-        worlds.close()
+    loop = partial(_train, centralized=centralized)
+    return train_in_worlds(config, run, addresses, loop, state=centralized, layouts=("stacked", "agents"))
 
 
-def _open_worlds(config: Config, addresses: list[str], centralized: bool) -> BatchedWorlds:
-    env = config.env
-    kwargs = dict(
-        num_worlds=env.num_worlds, seed=mpi.seed_for_rank(config.run.seed), state=centralized, timeout_s=env.timeout_s
-    )
-    try:
-        return BatchedWorlds(addresses, env.scenario, env.config, layout="stacked", **kwargs)
-    except ValueError:  # agents differ in spaces: one array per agent instead
-        return BatchedWorlds(addresses, env.scenario, env.config, layout="agents", **kwargs)
-
-
-def _train(
-    config: Config, run: Run, worlds: BatchedWorlds, centralized: bool, device: torch.device
-) -> dict[str, float]:
+def _train(training: Training, centralized: bool) -> dict[str, float]:
+    config, worlds, device = training.config, training.worlds, training.device
     s, rs = config.algo_settings, config.run
     K, T = config.env.num_worlds, s.rollout_steps
     agents = worlds.possible_agents
@@ -173,32 +116,49 @@ def _train(
     teams = []
     for name, actor in policy.teams.items():
         critic_dim = state_dim + actor.obs_dim * s.critic_obs + actor.id_dim if centralized else None
-        teams.append(_Team(name, actor, [agents.index(a) for a in actor.agents], critic_dim, config))
+        teams.append(Team(name, actor, [agents.index(a) for a in actor.agents], critic_dim, s, K))
     critics = nn.ModuleDict({t.name: t.critic for t in teams})
     norms = nn.ModuleDict({t.name: t.norm for t in teams if t.norm is not None})
     policy.to(device), critics.to(device), norms.to(device)
     params = [*policy.parameters(), *critics.parameters()]
     optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps, foreach=True)
-    clip_groups = [list(t.actor.parameters()) for t in teams] + [list(t.critic.parameters()) for t in teams]
 
     step, update, episodes = 0, 0, 0
-    state = run.restore(device)
+    state = training.resumed
     if state is not None:
         policy.load_state_dict(state["actors"]), critics.load_state_dict(state["critics"])
         norms.load_state_dict(state["value_norms"]), optimizer.load_state_dict(state["optimizer"])
         step, update, episodes = state["step"], state["update"], state["episodes"]
     for module in (policy, critics, norms):
-        mpi.broadcast_parameters(module)
-    reducer = mpi.GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
+        broadcast_parameters(module)
+    reducer = GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
+    # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
+    clip_parts = [reducer.part(t.actor.parameters()) for t in teams] + [
+        reducer.part(t.critic.parameters()) for t in teams
+    ]
     steps_per_update = K * T * mpi.size()
     total_updates = math.ceil(rs.total_steps / steps_per_update)
-    progress = _progress_bar(rs.progress and mpi.is_root(), total_updates * steps_per_update, step)
+
+    def checkpoint() -> dict[str, Any]:
+        return {
+            "step": step,
+            "update": update,
+            "episodes": episodes,
+            "algo": config.algo,
+            "spec": worlds.spec.to_wire(),
+            "actors": policy.state_dict(),
+            "critics": critics.state_dict(),
+            "value_norms": norms.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "rng": {"seed": rs.seed, "reseeded_at_update": update},
+        }
+
     alive = np.ones((K, len(agents)), bool)
     returns_k = np.zeros((K, 1 + len(teams)))
     lengths_k = np.zeros(K)
     metrics: dict[str, float] = {}
     first_update = update  # a run resumed off a checkpoint boundary (an early stop) also starts from a reset
-    while update < total_updates:
+    while step < rs.total_steps:
         started = time.perf_counter()
         # ---- rollout --------------------------------------------------------------------------------------
         if update % rs.checkpoint_every == 0 or update == first_update:
@@ -206,29 +166,19 @@ def _train(
             torch.manual_seed(int(torch_seed))
             result = worlds.reset(seed=int(world_seed) & 0x3FFFFFFF)
             for team in teams:
-                team.write_inputs(team.buf.actor_in[0], team.buf.critic_in[0], result.obs, result.state)
+                team.start(result.obs, result.state)
             alive, returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
         finished: list[np.ndarray] = []
         finished_lengths: list[np.ndarray] = []
         for t in range(T):
             actions = _act(teams, worlds, t, device)
             result = worlds.step(actions)
-            over = result.episode_over
-            rows = np.flatnonzero(over)
+            rows = np.flatnonzero(result.episode_over)
             returns_k[:, 0] += result.rewards.sum(1)
             lengths_k += 1
             for i, team in enumerate(teams):
-                buf = team.buf
-                buf.active[t] = alive[:, team.columns]
-                buf.rewards[t] = result.rewards[:, team.columns]
-                buf.terminated[t] = result.terminated[:, team.columns]
-                truncated = result.truncated[:, team.columns]
-                buf.ended[t] = buf.terminated[t] | truncated | over[:, None]
-                buf.cut_short[t] = truncated & ~buf.terminated[t] & ~over[:, None]
-                team.write_inputs(buf.actor_in[t + 1], buf.critic_in[t + 1], result.obs, result.state)
-                if len(rows):
-                    buf.add_final(t, rows, _final_inputs(team, result, rows))
-                returns_k[:, 1 + i] += buf.rewards[t].sum(1)
+                team.record(t, alive, result)
+                returns_k[:, 1 + i] += team.buf.rewards[t].sum(1)
             if len(rows):
                 finished.append(returns_k[rows].copy())
                 finished_lengths.append(lengths_k[rows].copy())
@@ -262,8 +212,7 @@ def _train(
                 if loss.requires_grad:
                     loss.backward()
                 reducer.allreduce()
-                for group in clip_groups:
-                    nn.utils.clip_grad_norm_(group, s.max_grad_norm)
+                reducer.clip_grad_norm_(s.max_grad_norm, clip_parts)
                 optimizer.step()
         update += 1
         # ---- log and checkpoint ---------------------------------------------------------------------------
@@ -271,36 +220,14 @@ def _train(
         episodes += int(metrics.pop("episodes"))
         metrics.update(lr=lr, episodes=episodes, rollout_s=rollout_s, update_s=time.perf_counter() - started)
         metrics["steps_per_s"] = steps_per_update / metrics["update_s"]
-        if update % rs.log_every == 0 or update == total_updates:
-            run.log(step, update, metrics)
-        if progress is not None:
-            progress.update(steps_per_update)
-            if "return" in metrics:
-                progress.set_postfix_str(f"return {metrics['return']:.1f}", refresh=False)
         if update % rs.sync_every == 0:
-            mpi.check_in_sync([*params, *norms.buffers()])
-        if update % rs.checkpoint_every == 0 or update == total_updates:
-            run.save_checkpoint(
-                {
-                    "step": step,
-                    "update": update,
-                    "episodes": episodes,
-                    "algo": config.algo,
-                    "spec": encode_spec(agents, worlds.observation_spaces, worlds.action_spaces),
-                    "actors": policy.state_dict(),
-                    "critics": critics.state_dict(),
-                    "value_norms": norms.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "rng": {"seed": rs.seed, "reseeded_at_update": update},
-                }
-            )
-    if progress is not None:
-        progress.close()
+            check_in_sync([*params, *norms.buffers()])
+        training.end_update(step, update, metrics, checkpoint)
     return metrics
 
 
 @torch.no_grad()
-def _act(teams: list[_Team], worlds: BatchedWorlds, t: int, device: torch.device) -> Any:
+def _act(teams: list[Team], worlds: BatchedWorlds, t: int, device: torch.device) -> Any:
     """Sample every agent's action at step ``t`` (one forward pass per team) in the worlds' layout."""
     K = worlds.num_worlds
     stacked = worlds.layout == "stacked"
@@ -324,17 +251,7 @@ def _act(teams: list[_Team], worlds: BatchedWorlds, t: int, device: torch.device
     return out
 
 
-def _final_inputs(team: _Team, result: BatchResult, rows: np.ndarray) -> np.ndarray:
-    """Critic inputs (len(rows), n, dim) of the final observations of the episodes that just ended."""
-    final_obs = result.final_obs
-    final_obs = {a: v[rows] for a, v in final_obs.items()} if isinstance(final_obs, dict) else final_obs[rows]
-    final_state = result.final_state[rows] if team.centralized else None
-    inputs = np.repeat(team.buf.critic_in[0, :1], len(rows), axis=0)  # keeps the agent-id columns
-    team.write_inputs(None, inputs, final_obs, final_state)
-    return inputs
-
-
-def _prepare(team: _Team, s: Any, device: torch.device) -> dict[str, torch.Tensor]:
+def _prepare(team: Team, s: Any, device: torch.device) -> dict[str, torch.Tensor]:
     """A team's training batch: the active samples, with advantages, returns and (normalised) value targets."""
     buf = team.buf
     raw_values, raw_next = buf.values(team.critic, device)
@@ -379,7 +296,7 @@ def _prepare(team: _Team, s: Any, device: torch.device) -> dict[str, torch.Tenso
 
 
 def _loss(
-    team: _Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any, with_stats: bool
+    team: Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any, with_stats: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The PPO loss of one team's minibatch and, ``with_stats``, its statistics (policy loss, value loss, entropy,
     approx KL, clip fraction, explained variance)."""
@@ -415,7 +332,7 @@ def _value_error(error: torch.Tensor, delta: float) -> torch.Tensor:
 
 
 def _metrics(
-    stats: np.ndarray, finished: list[np.ndarray], lengths: list[np.ndarray], teams: list[_Team]
+    stats: np.ndarray, finished: list[np.ndarray], lengths: list[np.ndarray], teams: list[Team]
 ) -> dict[str, float]:
     """Loss statistics of the update and the returns of the episodes that ended in its rollout (over all ranks)."""
     names = ("loss/policy", "loss/value", "entropy", "approx_kl", "clip_frac", "explained_variance")
@@ -432,18 +349,9 @@ def _metrics(
     return metrics
 
 
-def _progress_bar(enabled: bool, total: int, initial: int):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-
-    return tqdm(
-        total=total, initial=min(initial, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1
-    )
-
-
-def load_policy(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
+def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
     """The trained actors of a PPO checkpoint, rebuilt from the spec stored in it (no server needed)."""
-    policy = MultiAgentPolicy(*decode_spec(state["spec"]), config.algo_settings)
+    spec = WorldSpec.from_wire(state["spec"])
+    policy = MultiAgentPolicy(spec.possible_agents, spec.observation_spaces, spec.action_spaces, config.algo_settings)
     policy.load_state_dict(state["actors"])
     return policy

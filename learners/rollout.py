@@ -1,4 +1,5 @@
-"""Rollout storage for one team and generalized advantage estimation that tells termination from truncation.
+"""Rollout storage for one team, the team while training (PPO), and generalized advantage estimation that tells
+termination from truncation.
 
 Shapes: T steps × K worlds × n agents of the team. Inputs are stored as the networks will read them (observation
 features followed by the agent-id one-hot, which is written once), so that a step's actor input is a view of the
@@ -16,8 +17,16 @@ Episode ends, per agent and step ``t``:
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 import numpy as np
 import torch
+
+from agora_marl.learners.networks import Critic, RunningNorm
+
+if TYPE_CHECKING:
+    from agora_marl.agents.batched import BatchResult
+    from agora_marl.learners.policy import TeamActor
 
 
 class TeamRollout:
@@ -94,6 +103,87 @@ class TeamRollout:
             next_values[t, torch.from_numpy(rows)] = out[offset : offset + count].reshape(x.shape[0], x.shape[1])
             offset += count
         return all_values[:-1], next_values
+
+
+class Team:
+    """One team while training: its columns in the batch, actor, critic, value normaliser and rollout storage.
+
+    Args:
+        name, actor: the team's name and actor (learners.policy.TeamActor).
+        columns: the team's agents' columns in the worlds' batch.
+        critic_dim: the width of a centralized critic's input; None: the critic reads the actor's inputs (IPPO).
+        settings: PPO's settings (the critic's shape, value normalisation, rollout length, critic_obs).
+        num_worlds: K.
+    """
+
+    def __init__(
+        self, name: str, actor: TeamActor, columns: list[int], critic_dim: int | None, settings: Any, num_worlds: int
+    ):
+        s = settings
+        self.name, self.actor, self.agents = name, actor, actor.agents
+        self.columns = np.asarray(columns)
+        contiguous = columns == list(range(columns[0], columns[0] + len(columns)))
+        self.cols = slice(columns[0], columns[-1] + 1) if contiguous else self.columns
+        self.critic = Critic(critic_dim or actor.in_dim, s.hidden, s.activation, s.input_norm)
+        self.norm = RunningNorm() if s.value_norm else None
+        self.centralized, self.critic_obs = critic_dim is not None, s.critic_obs
+        self.buf = TeamRollout(
+            s.rollout_steps,
+            num_worlds,
+            len(columns),
+            actor.in_dim,
+            critic_dim,
+            actor.id_dim,
+            actor.head.action_shape,
+            actor.head.action_dtype,
+        )
+
+    def team_obs(self, obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+        """This team's observations (K, n, features) out of a stacked array or a per-agent dict."""
+        if isinstance(obs, dict):
+            return np.stack([obs[a].reshape(len(obs[a]), -1) for a in self.agents], 1)
+        part = obs[:, self.cols]
+        return part.reshape(part.shape[0], part.shape[1], -1)
+
+    def write_inputs(self, actor_in: np.ndarray | None, critic_in: np.ndarray, obs: Any, state: Any) -> None:
+        """Fill input rows (K, n, dim) from a step's observations and, for a centralized critic, global states.
+
+        ``actor_in`` None: write the critic's inputs only. Without a centralized critic they are the actor's.
+        """
+        own = self.team_obs(obs)
+        if actor_in is not None:
+            actor_in[..., : own.shape[-1]] = own
+        if not self.centralized:
+            critic_in[..., : own.shape[-1]] = own
+            return
+        width = state.shape[-1]
+        critic_in[..., :width] = state.reshape(len(state), 1, -1)
+        if self.critic_obs:
+            critic_in[..., width : width + own.shape[-1]] = own
+
+    def start(self, obs: Any, state: Any) -> None:
+        """Write the first inputs of a rollout from freshly reset worlds."""
+        self.write_inputs(self.buf.actor_in[0], self.buf.critic_in[0], obs, state)
+
+    def record(self, t: int, alive: np.ndarray, result: BatchResult) -> None:
+        """Store step ``t`` of the rollout: who acted (``alive`` before it), rewards, episode ends, the next inputs,
+        and the critic inputs of the final observations of the episodes that ended."""
+        buf, cols, over = self.buf, self.columns, result.episode_over
+        buf.active[t] = alive[:, cols]
+        buf.rewards[t] = result.rewards[:, cols]
+        buf.terminated[t] = result.terminated[:, cols]
+        truncated = result.truncated[:, cols]
+        buf.ended[t] = buf.terminated[t] | truncated | over[:, None]
+        buf.cut_short[t] = truncated & ~buf.terminated[t] & ~over[:, None]
+        self.write_inputs(buf.actor_in[t + 1], buf.critic_in[t + 1], result.obs, result.state)
+        rows = np.flatnonzero(over)
+        if len(rows):
+            final_obs = result.final_obs
+            final_obs = {a: v[rows] for a, v in final_obs.items()} if isinstance(final_obs, dict) else final_obs[rows]
+            final_state = result.final_state[rows] if self.centralized else None
+            inputs = np.repeat(buf.critic_in[0, :1], len(rows), axis=0)  # keeps the agent-id columns
+            self.write_inputs(None, inputs, final_obs, final_state)
+            buf.add_final(t, rows, inputs)
 
 
 def gae(

@@ -13,11 +13,13 @@ Every rank builds a :class:`Run`; only the writer (rank 0) creates files. A chec
 plain Python values that the algorithm assembles; it must hold the counters ``step`` and ``update``. It is written
 atomically and loaded with ``weights_only=True``, so a checkpoint file can never run code.
 
-Stopping early (a job's time limit, preemption): :meth:`Run.stop_on` gives the run a poll, such as "a SIGTERM
-came". At every logged update all ranks combine their polls with one allreduce, so they agree to stop after the same
-update even when the signal reaches them at different times; that update is then checkpointed and
-:class:`TrainingStopped` raised. This relies on what every algorithm's loop does after an update: ``run.log`` on all
-ranks, then ``save_checkpoint`` when ``update % config.run.checkpoint_every == 0``.
+The end of an update is one explicit step: every rank calls :meth:`Run.end_update` after each update, which writes
+the metrics row when the update is a logged one and returns an :class:`UpdateEnd` saying whether to checkpoint now
+and whether to stop now; the algorithm does both (learners.training). Stopping early (a job's time limit,
+preemption): :meth:`Run.stop_on` gives the run a poll, such as "a SIGTERM came". At every logged update all ranks
+combine their polls with one allreduce, so they agree to stop after the same update even when the signal reaches
+them at different times; that update's :class:`UpdateEnd` then says checkpoint and stop, and the algorithm raises
+:class:`TrainingStopped` after checkpointing.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import os
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +46,22 @@ _FIXED_COLUMNS = ("step", "update", "time_s")
 
 class RunDirError(RuntimeError):
     """The run directory is missing, or already holds a run that would be overwritten."""
+
+
+@dataclass(frozen=True)
+class UpdateEnd:
+    """What the end of one update calls for (:meth:`Run.end_update`); the same on every rank."""
+
+    logged: bool
+    """Its metrics row was written: every ``run.log_every`` updates, and the last."""
+    checkpoint: bool
+    """Checkpoint it now: every ``run.checkpoint_every`` updates, the last, and before a stop."""
+    stop: bool
+    """Stop after that checkpoint: a stop was requested (:meth:`Run.stop_on`) and the run is not done."""
+    final: bool
+    """The update reached ``run.total_steps``: the run is done."""
+    reason: int = 0
+    """With ``stop``: the largest of the ranks' stop polls (for a signal, its number)."""
 
 
 class TrainingStopped(Exception):
@@ -86,11 +105,6 @@ class Run:
         self._columns: list[str] | None = None
         self._stop_poll: Callable[[], int] | None = None
         self._stop_reason = 0
-        # ``threads = 0`` asks for a fair share of the cores: create() and open() settle it (after saving the config,
-        # which keeps the 0, so that a resumed run on other hardware settles it anew); a bare Run trains on one thread.
-        self._auto_threads = config.run.threads <= 0
-        if self._auto_threads:
-            config.run.threads = 1
 
     @classmethod
     def create(cls, config: Config, directory: str | Path, writer: bool = True) -> Run:
@@ -103,10 +117,7 @@ class Run:
         if writer:
             (directory / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
             save_config(config, directory / CONFIG_FILE)
-        run = cls(directory, config, writer)
-        if run._auto_threads:
-            settle_threads(config)
-        return run
+        return cls(directory, config, writer)
 
     @classmethod
     def open(cls, directory: str | Path, overrides: list[str] | None = None, writer: bool = True) -> Run:
@@ -117,10 +128,7 @@ class Run:
         config = load_config(directory / CONFIG_FILE, overrides)
         if writer and overrides:
             save_config(config, directory / CONFIG_FILE)
-        run = cls(directory, config, writer)
-        if run._auto_threads:
-            settle_threads(config)
-        return run
+        return cls(directory, config, writer)
 
     # -- metrics ---------------------------------------------------------------------------------------------
 
@@ -129,29 +137,44 @@ class Run:
         """Wall-clock training time of the run so far, including time before a resume."""
         return self._elapsed_before + time.monotonic() - self._start
 
-    def log(self, step: int, update: int, metrics: dict[str, float]) -> None:
-        """Append one row to metrics.csv and write the scalars to TensorBoard (writer rank only).
+    def logs_at(self, step: int, update: int) -> bool:
+        """Whether :meth:`end_update` writes the metrics of ``update`` (ending at ``step``): every ``run.log_every``
+        updates, and the last. For an algorithm whose metrics cost a collective to compute."""
+        return update % self.config.run.log_every == 0 or step >= self.config.run.total_steps
 
-        Called by every rank at the same updates; with :meth:`stop_on`, this is where the ranks agree to stop.
+    def end_update(self, step: int, update: int, metrics: dict[str, float]) -> UpdateEnd:
+        """End ``update``, after which ``step`` environment steps are done: what to do now, the same on every rank.
+
+        Writes ``metrics`` when :meth:`logs_at` says so (the metrics of other updates are not used) and, at those
+        updates, agrees with the other ranks on whether to stop (:meth:`stop_on`). Every rank calls it after every
+        update; the caller then checkpoints and stops as the returned :class:`UpdateEnd` says.
         """
-        if self.writer:
-            row = {"step": step, "update": update, "time_s": round(self.elapsed_s, 3), **metrics}
-            self._append_csv(row)
-            tb = self._tensorboard()
-            for key, value in metrics.items():
-                tb.add_scalar(key, value, step)
-        if self._stop_poll is not None and not self._stop_reason:
-            self._stop_reason = int(mpi.allreduce_max(float(self._stop_poll())))
-            if self._stop_reason:
-                # The loop's own checkpoint test comes next: make it pass for this update.
-                self.config.run.checkpoint_every = 1
+        rs = self.config.run
+        final = step >= rs.total_steps
+        logged = self.logs_at(step, update)
+        if logged:
+            self.log(step, update, metrics)
+            if self._stop_poll is not None and not self._stop_reason:
+                self._stop_reason = int(mpi.allreduce_max(float(self._stop_poll())))
+        stop = bool(self._stop_reason) and not final
+        checkpoint = final or stop or update % rs.checkpoint_every == 0
+        return UpdateEnd(logged, checkpoint, stop, final, self._stop_reason if stop else 0)
+
+    def log(self, step: int, update: int, metrics: dict[str, float]) -> None:
+        """Append one row to metrics.csv and write the scalars to TensorBoard (writer rank only)."""
+        if not self.writer:
+            return
+        row = {"step": step, "update": update, "time_s": round(self.elapsed_s, 3), **metrics}
+        self._append_csv(row)
+        tb = self._tensorboard()
+        for key, value in metrics.items():
+            tb.add_scalar(key, value, step)
 
     def stop_on(self, poll: Callable[[], int]) -> None:
         """Stop training after the next logged update at which ``poll()`` is positive on any rank.
 
-        That update is checkpointed, then :meth:`save_checkpoint` raises :class:`TrainingStopped` on every rank
-        (unless the run just reached ``total_steps``: it then ends as usual). Costs one allreduce of one number per
-        logged update.
+        That update's :class:`UpdateEnd` says checkpoint and stop on every rank (unless the run just reached
+        ``total_steps``: it then ends as usual). Costs one allreduce of one number per logged update.
         """
         self._stop_poll = poll
 
@@ -195,8 +218,6 @@ class Run:
             os.replace(tmp, path)
             for old in self.checkpoints()[: -max(1, self.config.run.keep_checkpoints)]:
                 old.unlink()
-        if self._stop_reason and state["step"] < self.config.run.total_steps:
-            raise TrainingStopped(int(state["step"]), int(state["update"]), self._stop_reason)
         return path
 
     def restore(self, map_location: str | torch.device = "cpu") -> dict[str, Any] | None:
@@ -224,23 +245,6 @@ class Run:
         if self._tb is not None:
             self._tb.close()
             self._tb = None
-
-
-def settle_threads(config: Config) -> None:
-    """Set ``run.threads`` to this rank's share, for a config that asked for one (``threads = 0``).
-
-    ``OMP_NUM_THREADS`` when set, else :func:`learners.mpi.fair_threads` counting the env servers that
-    ``agora train`` starts when the config names none (``env.servers``, ``env.servers_per``).
-    """
-    env, starts = config.env, 0.0
-    if not env.connect and not mpi.published("server"):
-        # Per rank: on the rank's own cores. Per node: anywhere on the node's, so each rank counts its part of them.
-        if env.servers_per == "rank":
-            starts = float(env.servers or 1)
-        else:
-            starts = (env.servers or mpi.local_size()) / mpi.local_size()
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    config.run.threads = int(omp) if omp.isdigit() and int(omp) > 0 else mpi.fair_threads(starts)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -23,8 +23,10 @@ import pytest
 
 from agora_marl.agents.client import AgentClient
 from agora_marl.launch import cluster
+from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, TrainingStopped, read_metrics
+from agora_marl.learners.training import torch_threads
 from tests.procs import alive
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -128,13 +130,13 @@ def test_connect_reads_connection_files_written_later(tmp_path) -> None:
 
 
 def test_mpi_rank_detection_ignores_children_of_ranks(monkeypatch) -> None:
-    for var in (*cluster._RANK_VARS, "AGORA_MPI"):
+    for var in (*(launcher.rank_var for launcher in mpi.LAUNCHERS if launcher.rank_var), "AGORA_MPI"):
         monkeypatch.delenv(var, raising=False)
-    assert not cluster.launched_by_mpi()
+    assert not mpi.launched_by_mpi()
     monkeypatch.setenv("PMI_RANK", "1")
-    assert cluster.launched_by_mpi()
+    assert mpi.launched_by_mpi()
     monkeypatch.setenv("AGORA_MPI", "off")  # what the servers a rank starts are given (envserver.process)
-    assert not cluster.launched_by_mpi()
+    assert not mpi.launched_by_mpi()
 
 
 def test_stop_signals_are_recorded_then_restored() -> None:
@@ -186,13 +188,13 @@ def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_p
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
     run = Run.create(load_config(None, []), tmp_path / "a")
-    assert run.config.run.threads == max(1, cores // 2)  # this rank and the env server it starts
-    assert load_config(tmp_path / "a" / "config.toml").run.threads == 0  # settled anew on resume
+    assert torch_threads(run.config) == max(1, cores // 2)  # this rank and the env server it starts
+    assert run.config.run.threads == 0 and load_config(tmp_path / "a" / "config.toml").run.threads == 0
     given = Run.create(load_config(None, ["env.connect=tcp://elsewhere:5555"]), tmp_path / "b")
-    assert given.config.run.threads == cores
-    assert Run.create(load_config(None, ["run.threads=3"]), tmp_path / "c").config.run.threads == 3
+    assert torch_threads(given.config) == cores
+    assert torch_threads(Run.create(load_config(None, ["run.threads=3"]), tmp_path / "c").config) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
-    assert Run.open(tmp_path / "a").config.run.threads == 5
+    assert torch_threads(Run.open(tmp_path / "a").config) == 5
 
 
 def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:

@@ -21,7 +21,7 @@ def _doctor(*args: str, ranks: int = 1, env: dict[str, str] | None = None) -> su
         if MPIRUN is None:
             pytest.skip("no mpirun on PATH or next to the interpreter: install an MPI (pip install mpich)")
         command = [MPIRUN, "-n", str(ranks), *command]
-    environment = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **(env or {})}
+    environment = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
     return subprocess.run(command, cwd=ROOT, env=environment, capture_output=True, text=True, timeout=120)
 
 

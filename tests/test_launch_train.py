@@ -18,7 +18,7 @@ MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil
 
 
 def _agora(*args: str, timeout: float = 120, ranks: int = 1) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = dict(os.environ)
     command = [sys.executable, "-m", "agora_marl", *args]
     if ranks > 1:
         command = [MPIRUN, "-n", str(ranks), *command]

@@ -18,7 +18,7 @@ from agora_marl.agents.types import WorldSpec
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import idqn
 from agora_marl.learners.config import load_config
-from agora_marl.learners.policy import evaluate, load_policy, load_run_policy
+from agora_marl.learners.policy import evaluate, load_run_policy, load_trained_policy
 from agora_marl.learners.run import Run, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -125,7 +125,7 @@ def test_idqn_learns_cartpole_through_the_server(tmp_path: Path, server: list[st
     run = Run.create(config, tmp_path / "run")
     metrics = idqn.train(config, run, server)
     run.close()
-    returns = evaluate(load_policy(tmp_path / "run"), server, "gymnasium:CartPole-v1", {}, episodes=16)
+    returns = evaluate(load_trained_policy(tmp_path / "run"), server, "gymnasium:CartPole-v1", {}, episodes=16)
     assert returns.mean() > 5 * RANDOM_RETURN, f"greedy return {returns.mean():.1f} after 25K steps"
     assert metrics["return_recent"] > 3 * RANDOM_RETURN, metrics  # epsilon-greedy training episodes too
 
@@ -140,7 +140,7 @@ def test_two_ranks_train_idqn_in_sync() -> None:
     done = subprocess.run(
         [mpirun, "-n", "2", sys.executable, "-m", "mpi4py", str(script)],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
         capture_output=True,
         text=True,
         timeout=120,

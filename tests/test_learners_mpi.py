@@ -1,4 +1,5 @@
-"""agora_marl.learners.mpi: alone (size 1, no launcher) in this process, and under a real ``mpirun -n 2``."""
+"""agora_marl.learners.mpi and its torch parts (tensors, gradients, cuda): alone (size 1, no launcher) in this process,
+and under a real ``mpirun -n 2``."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ import pytest
 import torch
 
 from agora_marl.learners import mpi
+from agora_marl.learners.mpi import cuda, tensors
+from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -44,13 +47,34 @@ def test_alone_is_rank_0_of_1() -> None:
     assert mpi.broadcast_object({"a": 1}) == {"a": 1}
 
 
+def test_the_package_imports_no_torch() -> None:
+    """``agora serve`` runs as an MPI rank through learners.mpi: the package must not pull torch in."""
+    code = "import sys, agora_marl.learners.mpi as m; m.size(); print('torch' in sys.modules)"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "False"
+
+
+def test_launched_by_mpi_reads_the_launchers_rank_variables(monkeypatch) -> None:
+    for launcher in mpi.LAUNCHERS:
+        for var in (launcher.size_var, launcher.rank_var):
+            if var:
+                monkeypatch.delenv(var, raising=False)
+    monkeypatch.delenv("AGORA_MPI", raising=False)
+    assert not mpi.launched_by_mpi()
+    monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "0")
+    assert mpi.launched_by_mpi()
+    monkeypatch.setenv("AGORA_MPI", "off")
+    assert not mpi.launched_by_mpi()
+
+
 def test_gradients_are_views_of_one_buffer_and_match_plain_autograd() -> None:
     plain = _net()
     _loss(plain).backward()
     expected = torch.cat([p.grad.reshape(-1) for p in plain.parameters()])
 
     net = _net()
-    reducer = mpi.GradientAllreducer(net.parameters())
+    reducer = GradientAllreducer(net.parameters())
     assert reducer.num_params == sum(p.numel() for p in net.parameters())
     for _ in range(2):  # the second pass checks that zero_grad really clears, in place
         reducer.zero_grad()
@@ -65,7 +89,7 @@ def test_gradients_are_views_of_one_buffer_and_match_plain_autograd() -> None:
 def test_optimizer_zero_grad_set_to_none_is_repaired() -> None:
     net = _net()
     optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
-    reducer = mpi.GradientAllreducer(net.parameters())
+    reducer = GradientAllreducer(net.parameters())
     _loss(net).backward()
     optimizer.zero_grad()  # set_to_none=True: the next backward allocates fresh tensors
     assert all(p.grad is None for p in net.parameters())
@@ -78,7 +102,7 @@ def test_optimizer_zero_grad_set_to_none_is_repaired() -> None:
 
 def test_clip_grad_norm_matches_torch() -> None:
     nets = [_net(), _net()]
-    reducer = mpi.GradientAllreducer(nets[0].parameters())
+    reducer = GradientAllreducer(nets[0].parameters())
     for net in nets:
         _loss(net).backward()
     ours = reducer.clip_grad_norm_(0.5)
@@ -88,14 +112,31 @@ def test_clip_grad_norm_matches_torch() -> None:
         assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
 
 
+def test_clip_grad_norm_by_parts_matches_torch_per_group() -> None:
+    nets = [_net(), _net()]
+    reducer = GradientAllreducer(nets[0].parameters())
+    first, second = list(nets[0][0].parameters()), list(nets[0][2].parameters())
+    parts = [reducer.part(first), reducer.part(second)]
+    assert parts == [slice(0, 40), slice(40, 58)]
+    for net in nets:
+        _loss(net).backward()
+    reducer.clip_grad_norm_(0.5, parts)
+    for group in (nets[1][0].parameters(), nets[1][2].parameters()):
+        torch.nn.utils.clip_grad_norm_(list(group), 0.5)
+    for a, b in zip(nets[0].parameters(), nets[1].parameters(), strict=True):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="consecutive"):
+        reducer.part([first[0], second[0]])
+
+
 def test_half_precision_and_mixed_groups_are_refused() -> None:
     with pytest.raises(TypeError, match="float32"):
-        mpi.GradientAllreducer(_net().to(torch.bfloat16).parameters())
+        GradientAllreducer(_net().to(torch.bfloat16).parameters())
     with pytest.raises(TypeError, match="float32"):
-        mpi.allreduce_sum(torch.ones(3, dtype=torch.bfloat16))
+        tensors.allreduce_sum(torch.ones(3, dtype=torch.bfloat16))
     mixed = [torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2, dtype=torch.float64))]
     with pytest.raises(ValueError, match="one reducer per group"):
-        mpi.GradientAllreducer(mixed)
+        GradientAllreducer(mixed)
 
 
 def test_statistics_alone_keep_their_kind() -> None:
@@ -105,7 +146,9 @@ def test_statistics_alone_keep_their_kind() -> None:
     out = mpi.allreduce_sum(stats)
     assert isinstance(out, np.ndarray) and np.array_equal(out, stats) and out is not stats
     t = torch.tensor([1.0, -1.0], requires_grad=True)
-    assert torch.equal(mpi.allreduce_max(t), t.detach())
+    assert torch.equal(tensors.allreduce_max(t), t.detach())
+    with pytest.raises(TypeError, match=r"learners\.mpi\.tensors"):
+        mpi.allreduce_max(t)
     x = np.random.default_rng(0).normal(2.0, 3.0, size=1000)
     assert mpi.mean_std(x) == pytest.approx((x.mean(), x.std(ddof=1)))
     assert mpi.mean_std(torch.as_tensor(x), unbiased=False) == pytest.approx((x.mean(), x.std()))
@@ -114,36 +157,36 @@ def test_statistics_alone_keep_their_kind() -> None:
 def test_sync_and_broadcast_alone_change_nothing() -> None:
     net = _net()
     before = [p.detach().clone() for p in net.parameters()]
-    mpi.broadcast_parameters(net)
-    mpi.check_in_sync(net)
+    broadcast_parameters(net)
+    tensors.check_in_sync(net)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
 
 
 def test_device_and_cuda_settings() -> None:
-    assert mpi.select_device("cpu") == torch.device("cpu")
+    assert cuda.select_device("cpu") == torch.device("cpu")
     if not torch.cuda.is_available():
-        assert mpi.select_device("auto") == torch.device("cpu")
+        assert cuda.select_device("auto") == torch.device("cpu")
         with pytest.raises(RuntimeError, match="no GPU"):
-            mpi.select_device("cuda")
-    assert mpi.cuda_aware("on") and not mpi.cuda_aware("off")
+            cuda.select_device("cuda")
+    assert cuda.cuda_aware("on") and not cuda.cuda_aware("off")
     with pytest.raises(ValueError, match="mpi_cuda"):
-        mpi.cuda_aware("maybe")
+        cuda.cuda_aware("maybe")
 
 
 def test_library_cuda_query_is_found() -> None:
     from mpi4py import MPI
 
     version = MPI.Get_library_version()
-    path = mpi.library_path()
+    path = cuda.library_path()
     assert path is not None, "could not locate the MPI library mpi4py loaded"
     if "MPICH" in version or "Open MPI" in version:
         assert hasattr(ctypes.CDLL(path), "MPIX_Query_cuda_support")
-    claims, why = mpi.library_cuda_support()
+    claims, why = cuda.library_cuda_support()
     assert isinstance(claims, bool) and why
 
 
 def _alone(env: dict[str, str]) -> subprocess.CompletedProcess:
-    code = "from learners import mpi; print('size', mpi.size())"
+    code = "from agora_marl.learners import mpi; print('size', mpi.size())"
     return subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True, timeout=60
     )
@@ -171,7 +214,7 @@ def _mpirun(args: list[str], timeout: float) -> tuple[subprocess.CompletedProces
     if MPIRUN is None:
         pytest.skip("no mpirun on PATH or next to the interpreter: install an MPI (pip install mpich)")
     token = f"--token={uuid.uuid4().hex}"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [MPIRUN, "-n", "2", sys.executable, *args, token]
     start = time.monotonic()
     proc = subprocess.Popen(

@@ -11,7 +11,7 @@ from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import RunningNorm, make_head
-from agora_marl.learners.policy import evaluate, group_agents, load_policy, load_run_policy
+from agora_marl.learners.policy import evaluate, group_agents, load_run_policy, load_trained_policy
 from agora_marl.learners.rollout import gae
 from agora_marl.learners.run import Run, read_metrics
 
@@ -109,7 +109,9 @@ def test_mappo_learns_simple_spread_past_random_play(tmp_path, servers) -> None:
     """A CI-sized MAPPO run (about a minute) beats random play (-81) by a clear margin, played greedily."""
     run, metrics = _train(tmp_path, servers, "run.total_steps=80000", "env.num_worlds=32")
     assert metrics["explained_variance"] > 0.5
-    returns = evaluate(load_policy(run.directory), servers, run.config.env.scenario, run.config.env.config, episodes=64)
+    returns = evaluate(
+        load_trained_policy(run.directory), servers, run.config.env.scenario, run.config.env.config, episodes=64
+    )
     assert returns.mean() > SPREAD_RANDOM_RETURN + 15, returns.mean()
 
 
@@ -127,7 +129,7 @@ def test_variants_train_and_log_finite_losses(tmp_path, servers, overrides) -> N
     rows = read_metrics(run.directory / "metrics.csv")
     assert len(rows) == 20  # 2000 steps / (4 worlds x 25 steps)
     assert all(np.isfinite(float(rows[-1][key])) for key in ("loss/policy", "loss/value", "entropy"))
-    policy = load_policy(run.directory)
+    policy = load_trained_policy(run.directory)
     observations = {a: np.zeros((2, *policy.observation_spaces[a].shape), np.float32) for a in policy.possible_agents}
     actions = policy.act(observations)
     assert all(policy.action_spaces[a].contains(actions[a][0]) for a in policy.possible_agents)

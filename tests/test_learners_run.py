@@ -70,6 +70,25 @@ def test_run_directory_metrics_checkpoints_and_restore(tmp_path) -> None:
     assert load_config(run.directory / "config.toml").run.total_steps == 123
 
 
+def test_the_end_of_an_update_says_when_to_log_checkpoint_and_stop(tmp_path) -> None:
+    config = load_config(None, ["run.log_every=2", "run.checkpoint_every=3", "run.total_steps=100"])
+    run = Run.create(config, tmp_path / "run")
+    polls = iter([0, 9])  # polled at logged updates only, until one asks to stop
+    run.stop_on(lambda: next(polls))
+    ends = [run.end_update(10 * u, u, {"x": float(u)}) for u in range(1, 5)]
+    assert [(e.logged, e.checkpoint, e.stop, e.final) for e in ends] == [
+        (False, False, False, False),
+        (True, False, False, False),
+        (False, True, False, False),  # checkpoint_every
+        (True, True, True, False),  # the stop request: checkpoint, then stop
+    ]
+    assert ends[-1].reason == 9 and config.run.checkpoint_every == 3  # nothing in the config changed
+    last = run.end_update(100, 10, {"x": 10.0})  # the last update ends the run as usual, even after a stop request
+    assert (last.logged, last.checkpoint, last.stop, last.final) == (True, True, False, True)
+    run.close()
+    assert [r["update"] for r in read_metrics(run.directory / "metrics.csv")] == ["2", "4", "10"]
+
+
 def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path) -> None:
     """Same seed, one rank: 4 updates straight equal 2 updates, a stop, and a resume for 2 more, bit for bit."""
     common = ["run.progress=false", "env.num_worlds=4", "run.checkpoint_every=2", "ppo.minibatches=2", "ppo.epochs=2"]

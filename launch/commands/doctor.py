@@ -31,13 +31,6 @@ _RELEVANT_ENV = re.compile(
     r"^(UCX_|OMPI_MCA_|PMIX_MCA_|MPICH_|MPIR_CVAR_|FI_|MV2_|I_MPI_|CUDA_VISIBLE_DEVICES$|OMP_NUM_THREADS$|"
     r"AGORA_|NCCL_|SLURM_(NTASKS|NNODES|CPUS_PER_TASK|GPUS|JOB_ID)|CUDA_DEVICE_ORDER$)"
 )
-#: Launchers that say how many ranks they started: (variable, launcher) in the order checked.
-_LAUNCHERS = (
-    ("OMPI_COMM_WORLD_SIZE", "Open MPI"),
-    ("PMI_SIZE", "PMI (MPICH / Intel MPI / srun --mpi=pmi2)"),
-    ("MV2_COMM_WORLD_SIZE", "MVAPICH"),
-    ("SLURM_STEP_NUM_TASKS", "srun"),
-)
 
 
 def register(subparsers) -> None:
@@ -94,16 +87,17 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
     from agora_marl.launch.cluster import placement
     from agora_marl.learners import mpi
     from agora_marl.learners.config import load_config
-    from agora_marl.learners.run import settle_threads
+    from agora_marl.learners.mpi import cuda
+    from agora_marl.learners.training import torch_threads
 
     where = placement()
     config = load_config(None, [])
     if args.connect:
         config.env.connect = args.connect.split(",")
-    settle_threads(config)
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     gpu = where.local_rank % gpus if gpus else None
-    launcher = next(((var, os.environ[var]) for var, _ in _LAUNCHERS if os.environ.get(var, "").isdigit()), None)
+    sizes = [launcher.size_var for launcher in mpi.LAUNCHERS if launcher.size_var]
+    launcher = next(((var, os.environ[var]) for var in sizes if os.environ.get(var, "").isdigit()), None)
     return {
         "rank": where.rank,
         "size": where.size,
@@ -119,10 +113,10 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
         "gpus": gpus,
         "gpu": gpu,
         "gpu_name": torch.cuda.get_device_name(gpu) if gpu is not None else None,
-        "threads": config.run.threads,
+        "threads": torch_threads(config),
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "servers": _ping_servers(config.env, args),
-        "library": mpi.library_cuda_support(),
+        "library": cuda.library_cuda_support(),
     }
 
 
@@ -158,6 +152,7 @@ def _ping(address: str, timeout_s: float) -> tuple[str, float | None, str]:
 def _cuda_aware(args: argparse.Namespace, facts: list[dict]) -> str:
     """Whether MPI took a CUDA buffer, as probed; a reason when it was not probed. Collective."""
     from agora_marl.learners import mpi
+    from agora_marl.learners.mpi import cuda
 
     if mpi.size() == 1:
         return "not probed (one rank)"
@@ -168,7 +163,7 @@ def _cuda_aware(args: argparse.Namespace, facts: list[dict]) -> str:
     claims = all(f["library"][0] for f in facts)
     if not (claims or args.probe):
         return "not probed (the library does not claim CUDA support; --probe to force)"
-    return "yes: a CUDA allreduce came back right" if mpi.cuda_aware("probe") else "no: the CUDA allreduce failed"
+    return "yes: a CUDA allreduce came back right" if cuda.cuda_aware("probe") else "no: the CUDA allreduce failed"
 
 
 def _job_facts() -> dict[str, Any]:
@@ -177,6 +172,7 @@ def _job_facts() -> dict[str, Any]:
     import torch
 
     from agora_marl.learners import mpi
+    from agora_marl.learners.mpi import cuda
 
     MPI = mpi.mpi_module()  # noqa: N806 (the module's own name)
     version = MPI.Get_library_version().strip() if MPI else ""
@@ -187,7 +183,7 @@ def _job_facts() -> dict[str, Any]:
     return {
         "library": " ".join(version.splitlines()[0].split()) if version else "none (mpi4py loaded no MPI library)",
         "library_family": _family(version),
-        "library_path": mpi.library_path(),
+        "library_path": cuda.library_path(),
         "mpi_version": "{}.{}".format(*MPI.Get_version()) if MPI else "-",
         "thread_level": _thread_level(MPI),
         "mpi4py": mpi4py.__version__,

@@ -26,12 +26,12 @@ def run(args: argparse.Namespace) -> int:
     import numpy as np
 
     from agora_marl.envserver.process import ServerProcesses
-    from agora_marl.learners.policy import evaluate, load_policy, load_run
+    from agora_marl.learners.policy import evaluate, load_run, load_trained_policy
 
     if args.episodes < 1:
         raise SystemExit("agora eval: --episodes must be at least 1")
     config, _ = load_run(args.run_dir, args.checkpoint)
-    policy = load_policy(args.run_dir, args.checkpoint)
+    policy = load_trained_policy(args.run_dir, args.checkpoint)
     play = dict(episodes=args.episodes, seed=args.seed, greedy=not args.sample)
     if args.connect:
         returns = evaluate(policy, args.connect.split(","), config.env.scenario, config.env.config, **play)

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
     """Under an MPI launcher, one server rank (:func:`agora_marl.launch.cluster.serve_as_rank`); else the server."""
     configure_logging(args)
     from agora_marl.launch import cluster
+    from agora_marl.learners import mpi
 
-    if cluster.launched_by_mpi():  # `mpirun -n 4 agora train : -n 2 agora serve`: addresses travel over MPI
+    if mpi.launched_by_mpi():  # `mpirun -n 4 agora train : -n 2 agora serve`: addresses travel over MPI
         return cluster.serve_as_rank(args, lambda bind: server_config(args, bind))
     return serve(args)

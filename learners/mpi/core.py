@@ -1,7 +1,8 @@
-"""The process's MPI view: ranks, nodes, object collectives, statistics and the raw buffer reductions.
+"""The process's MPI view: ranks, nodes, roles, object collectives, and statistics of floats and numpy arrays.
 
-The only module of agora that imports mpi4py (lazily, in :func:`_start`); the rest of ``learners.mpi`` reaches MPI
-through :func:`_state`. See the package docstring for what data parallelism here means.
+The only module of agora that imports mpi4py (lazily, on first use), and it imports no torch: ``agora serve`` runs
+as an MPI rank through it. The torch parts of ``learners.mpi`` (``tensors``, ``gradients``, ``cuda``) reach MPI
+through :func:`communicator` and :func:`mpi_module`. See the package docstring for what data parallelism means here.
 """
 
 from __future__ import annotations
@@ -9,21 +10,35 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 import numpy as np
-import torch
 
-#: Environment variables by which MPI launchers announce a job of several ranks. If one says more than one rank
-#: but mpi4py cannot load, going on as size 1 would run R unsynchronised copies of the job: that is an error.
-_LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE", "SLURM_STEP_NUM_TASKS")
+
+class Launcher(NamedTuple):
+    """The environment variables by which one kind of MPI launcher describes the ranks it starts."""
+
+    name: str
+    """The implementation or launcher, as ``agora doctor`` names it."""
+    size_var: str
+    """The variable holding the number of ranks ("" where it sets none)."""
+    rank_var: str
+    """The variable holding this process's rank ("" where none marks a rank only: srun's are set in batch scripts)."""
+
+
+#: The launchers agora recognises, in the order their variables are read. A size variable saying more than one rank
+#: while mpi4py cannot load is an error (going on as size 1 would run R unsynchronised copies of the job); a rank
+#: variable marks a process started as a rank (see :func:`launched_by_mpi`).
+LAUNCHERS: tuple[Launcher, ...] = (
+    Launcher("Open MPI", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK"),
+    Launcher("PMI (MPICH / Intel MPI / srun --mpi=pmi2)", "PMI_SIZE", "PMI_RANK"),
+    Launcher("PMIx (Open MPI 5 / srun --mpi=pmix)", "", "PMIX_RANK"),
+    Launcher("MVAPICH", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK"),
+    Launcher("srun", "SLURM_STEP_NUM_TASKS", ""),
+)
 #: Rank r seeds with ``seed + r * _SEED_STRIDE``: room for a million worlds per rank seeded ``seed + k``.
 _SEED_STRIDE = 1_000_003
-
-
-class ParameterDriftError(RuntimeError):
-    """The ranks' parameters no longer agree."""
 
 
 class _State:
@@ -42,7 +57,6 @@ class _State:
     local_rank = 0
     local_size = 1
     node_cores: list[list[int]] = []  # the CPU affinity of each rank of this node, by local rank
-    cuda_aware: bool | None = None
 
 
 def _state() -> type[_State]:
@@ -55,7 +69,7 @@ def _start(role: str, payload: Any) -> None:
     _State.ready = True
     _State.role, _State.peers = role, [(role, payload)]
     _State.node_cores = [sorted(_affinity())]
-    if os.environ.get("AGORA_MPI", "").lower() in ("0", "off", "no"):
+    if _switched_off():
         _refuse_alone_if_launched("AGORA_MPI=off")
         return
     try:
@@ -79,8 +93,12 @@ def _start(role: str, payload: Any) -> None:
         _State.node_cores = node.allgather(_State.node_cores[0])
 
 
+def _switched_off() -> bool:
+    return os.environ.get("AGORA_MPI", "").lower() in ("0", "off", "no")
+
+
 def _refuse_alone_if_launched(why: str) -> None:
-    for var in _LAUNCHER_SIZE_VARS:
+    for var in (launcher.size_var for launcher in LAUNCHERS if launcher.size_var):
         if os.environ.get(var, "1").isdigit() and int(os.environ.get(var, "1")) > 1:
             raise RuntimeError(
                 f"{var}={os.environ[var]} says this process is one of several MPI ranks, but {why}. "
@@ -89,18 +107,33 @@ def _refuse_alone_if_launched(why: str) -> None:
             )
 
 
+def launched_by_mpi() -> bool:
+    """Whether an MPI launcher started this process as a rank (and not as a child of one: ``AGORA_MPI=off``).
+
+    Reads the environment only; starts nothing.
+    """
+    if _switched_off():
+        return False
+    return any(launcher.rank_var in os.environ for launcher in LAUNCHERS if launcher.rank_var)
+
+
 def mpi_module() -> Any:
-    """The ``mpi4py.MPI`` module this process uses, or None when it runs alone without MPI (for ``agora doctor``)."""
+    """The ``mpi4py.MPI`` module this process uses, or None when it runs alone without MPI."""
     return _state().MPI
 
 
+def communicator() -> Any:
+    """The mpi4py communicator of this role's ranks, or None when the process runs alone without MPI."""
+    return _state().comm
+
+
 def rank() -> int:
-    """This process's rank in the job (0 without MPI)."""
+    """This process's rank among its role's ranks (0 without MPI)."""
     return _state().rank
 
 
 def size() -> int:
-    """The number of ranks in the job (1 without MPI)."""
+    """The number of ranks of this process's role (1 without MPI)."""
     return _state().size
 
 
@@ -202,37 +235,90 @@ def _affinity() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
 
 
+# ---------------------------------------------------------------------------------------------- roles (MPMD)
+
+
+def join(role: str, payload: Any = None) -> None:
+    """Start this process's MPI view as one of the job's ``role`` ranks, announcing ``payload`` to every process.
+
+    A job may run processes of several kinds: ``mpirun -n 4 agora train : -n 2 agora serve``. Every process joins
+    once, first, with its role (a learner joins as ``"learner"`` implicitly on its first call of anything here); the
+    other functions of this module then work among the ranks of the same role, so servers never enter the learners'
+    collectives, and :func:`published` gives any rank what the others announced. Collective over the whole job.
+
+    Raises:
+        RuntimeError: this process already started its MPI view under another role or without this payload.
+    """
+    if _State.ready:
+        if _State.role != role or payload is not None:
+            raise RuntimeError(f"join({role!r}) must come before any other use of learners.mpi in this process")
+        return
+    _start(role, payload)
+
+
+def published(role: str) -> list[Any]:
+    """What the processes of ``role`` announced with :func:`join`, in COMM_WORLD order (empty if none)."""
+    return [payload for r, payload in _state().peers if r == role]
+
+
+def release_servers() -> None:
+    """Learners: tell the job's server ranks that training is over. Every learner calls it once, on success.
+
+    The server ranks stop when every learner has (see :func:`learners_released`). Nothing to do in a job without
+    server ranks. Never call it on an error path: a learner waiting here while another waits in a collective would
+    hang the job instead of letting it abort.
+    """
+    state = _state()
+    if state.released or state.role != "learner" or not published("server"):
+        return
+    state.released = True
+    state.world.Ibarrier().Wait()
+
+
+def learners_released() -> Callable[[], bool]:
+    """Server ranks: a poll that turns true once every learner has called :func:`release_servers`."""
+    state = _state()
+    if state.world is None or state.world.Get_size() == 1:
+        return lambda: True
+    request = state.world.Ibarrier()
+    return request.Test
+
+
 # ---------------------------------------------------------------------------------------------- statistics
 
 
-def allreduce_sum(x: Any) -> Any:
-    """The elementwise sum of ``x`` over all ranks, in the kind given (float, numpy array or tensor); one call."""
+def allreduce_sum(x: float | np.ndarray) -> float | np.ndarray:
+    """The elementwise sum of ``x`` over all ranks, in the kind given (a float or a numpy array); one call.
+
+    Tensors go through :mod:`learners.mpi.tensors`, which reduces them where they live.
+    """
     return _reduce(x, "SUM")
 
 
-def allreduce_max(x: Any) -> Any:
+def allreduce_max(x: float | np.ndarray) -> float | np.ndarray:
     """The elementwise maximum of ``x`` over all ranks; one call."""
     return _reduce(x, "MAX")
 
 
-def allreduce_min(x: Any) -> Any:
+def allreduce_min(x: float | np.ndarray) -> float | np.ndarray:
     """The elementwise minimum of ``x`` over all ranks; one call."""
     return _reduce(x, "MIN")
 
 
-def allreduce_mean(x: Any) -> Any:
+def allreduce_mean(x: float | np.ndarray) -> float | np.ndarray:
     """The elementwise mean of ``x`` over all ranks; one call. Reduce a vector of statistics together."""
     return _reduce(x, "SUM") / size()
 
 
-def mean_std(x: np.ndarray | torch.Tensor, unbiased: bool = True) -> tuple[float, float]:
+def mean_std(x: Any, unbiased: bool = True) -> tuple[float, float]:
     """The mean and standard deviation of all ranks' elements of ``x`` together (as for advantage normalisation).
 
-    Each rank sends its count, mean and sum of squared deviations (one ``Allgather`` of three float64) and every rank
+    ``x``: anything numpy reads, or a tensor (anything with ``detach()``: it is copied to host memory once). Each
+    rank sends its count, mean and sum of squared deviations (one ``Allgather`` of three float64) and every rank
     combines them the same way (Chan et al.), which stays exact where sum-of-squares formulas cancel.
     ``unbiased`` divides by ``n - 1`` like ``torch.std``.
     """
-    if isinstance(x, torch.Tensor):
+    if hasattr(x, "detach"):
         x = x.detach().double().cpu().numpy()
     local = np.asarray(x, np.float64).reshape(-1)
     n = float(local.size)
@@ -258,69 +344,14 @@ def mean_std(x: np.ndarray | torch.Tensor, unbiased: bool = True) -> tuple[float
     return mean, float(np.sqrt(m2 / dof)) if dof > 0 else 0.0
 
 
-def check_in_sync(module: torch.nn.Module | Iterable[torch.Tensor], rtol: float = 1e-9) -> None:
-    """Raise :class:`ParameterDriftError` on every rank if the ranks' parameters differ.
-
-    Compares a float64 checksum (sum, sum of squares and sum of absolute values of all parameters) across ranks with
-    one ``Allgather``; identical parameters give identical checksums. Cheap: call it every N updates.
-    """
-    state = _state()
-    if state.size == 1:
-        return
-    tensors = list(module.parameters()) if isinstance(module, torch.nn.Module) else list(module)
-    with torch.no_grad():
-        flat = torch.cat([t.detach().reshape(-1) for t in tensors]).double()
-        sums = torch.stack([flat.sum(), flat.dot(flat), flat.abs().sum()]).cpu()
-    rows = np.empty((state.size, 3))
-    state.comm.Allgather(sums.numpy(), rows)
-    scale = np.maximum(np.abs(rows[0, [2, 1]]), 1e-30)
-    drift = np.abs(rows[:, :2] - rows[0, :2]) > rtol * scale
-    if drift.any():
-        bad = sorted({int(r) for r in np.nonzero(drift.any(axis=1))[0]})
-        table = "; ".join(f"rank {r}: sum={rows[r, 0]:.12g} sumsq={rows[r, 1]:.12g}" for r in range(state.size))
-        raise ParameterDriftError(
-            f"parameters of rank(s) {bad} differ from rank 0's ({table}). Every rank must start from "
-            "broadcast_parameters() and apply the same averaged update: look for a rank that skipped an "
-            "allreduce or an optimizer step, or updated parameters outside the optimizer"
-        )
-
-
-# ---------------------------------------------------------------------------------------------- buffers
-
-
-def _check_reducible(t: torch.Tensor | np.ndarray) -> None:
-    if t.dtype in (torch.bfloat16, torch.float16, np.float16):
-        raise TypeError(f"MPI has no portable type for {t.dtype}: reduce in float32 (x.float()) and convert back")
-
-
-def _collective(buf: torch.Tensor | np.ndarray, call: Any) -> None:
-    """Run ``call`` on ``buf``: numpy and CPU tensors directly, CUDA tensors directly or through host memory."""
-    if isinstance(buf, np.ndarray) or buf.device.type == "cpu":
-        call(buf if isinstance(buf, np.ndarray) else buf.numpy())
-        return
-    from agora_marl.learners.mpi.cuda import cuda_aware  # here, not at the top: cuda builds on this module
-
-    torch.cuda.current_stream(buf.device).synchronize()
-    if cuda_aware():
-        call(buf)
-        return
-    # Small and rare (statistics, the first broadcast): pageable memory; the gradients have their own pinned buffer.
-    host = buf.cpu()
-    call(host.numpy())
-    buf.copy_(host)
-
-
 def _reduce(x: Any, op: str) -> Any:
-    state = _state()
-    if isinstance(x, torch.Tensor):
-        _check_reducible(x)
-        out = x.detach().clone().contiguous()
-        if state.size > 1:
-            _collective(out, lambda buf: state.comm.Allreduce(state.MPI.IN_PLACE, buf, op=getattr(state.MPI, op)))
-        return out
+    if hasattr(x, "detach"):
+        raise TypeError("learners.mpi reduces floats and numpy arrays; reduce a tensor with learners.mpi.tensors")
     scalar = np.ndim(x) == 0 and not isinstance(x, np.ndarray)
     arr = np.array(x, dtype=np.float64 if scalar else None, copy=True, order="C")
-    _check_reducible(arr)
+    if arr.dtype == np.float16:
+        raise TypeError("MPI has no portable type for float16: reduce in float32 and convert back")
+    state = _state()
     if state.size > 1:
         state.comm.Allreduce(state.MPI.IN_PLACE, arr, op=getattr(state.MPI, op))
     return float(arr) if scalar else arr

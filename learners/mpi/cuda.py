@@ -1,4 +1,4 @@
-"""Which GPU a rank uses, and whether MPI may be handed CUDA buffers directly."""
+"""Which GPU a rank uses, and whether MPI may be handed CUDA buffers directly (imports torch)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,21 @@ import os
 
 import torch
 
-from agora_marl.learners.mpi.core import _State, _state, allreduce_max, allreduce_min, local_rank, local_size, log, size
+from agora_marl.learners.mpi.core import (
+    allreduce_max,
+    allreduce_min,
+    communicator,
+    local_rank,
+    local_size,
+    log,
+    mpi_module,
+    rank,
+    size,
+)
 
 _CUDA_MODES = ("auto", "on", "off", "probe")
+#: The answer of :func:`cuda_aware` in ``"auto"`` and ``"probe"`` mode, once found (the same on every rank).
+_decided: dict[str, bool] = {}
 
 
 def select_device(prefer: str = "auto") -> torch.device:
@@ -45,23 +57,22 @@ def cuda_aware(mode: str | None = None) -> bool:
     is treated as not CUDA-aware, because handing device memory to one that is not can crash the process; ``"probe"``
     runs the probe anyway (opt-in). All ranks agree on the answer.
     """
-    state = _state()
     mode = (mode or os.environ.get("AGORA_MPI_CUDA") or "auto").lower()
     if mode not in _CUDA_MODES:
         raise ValueError(f"mpi_cuda {mode!r}: use one of {_CUDA_MODES}")
     if mode in ("on", "off"):
         return mode == "on"
-    if state.cuda_aware is not None:
-        return state.cuda_aware
-    if state.size == 1 or not torch.cuda.is_available():
-        state.cuda_aware = False
+    if "answer" in _decided:
+        return _decided["answer"]
+    if size() == 1 or not torch.cuda.is_available():
+        _decided["answer"] = False
         return False
     claims, _why = library_cuda_support()
     # One rank's "no" is everyone's "no": the decision must be the same on every rank.
     probe = allreduce_min(1.0 if (claims or mode == "probe") else 0.0) == 1.0
-    state.cuda_aware = probe and _probe_cuda(state)
-    log(f"agora.learners.mpi: CUDA-aware MPI {'yes' if state.cuda_aware else 'no: staging through host memory'}")
-    return state.cuda_aware
+    _decided["answer"] = probe and _probe_cuda()
+    log(f"agora.learners.mpi: CUDA-aware MPI {'yes' if _decided['answer'] else 'no: staging through host memory'}")
+    return _decided["answer"]
 
 
 def library_cuda_support() -> tuple[bool, str]:
@@ -71,7 +82,7 @@ def library_cuda_support() -> tuple[bool, str]:
     (Cray MPICH) and the library version string (MVAPICH2-GDR, builds configured with CUDA), in that order. Not
     collective; ``(False, why)`` without MPI.
     """
-    MPI = _state().MPI  # noqa: N806 (the module's own name)
+    MPI = mpi_module()  # noqa: N806 (the module's own name)
     if MPI is None:
         return False, "no MPI library loaded"
     version = MPI.Get_library_version()
@@ -107,7 +118,7 @@ def library_path() -> str | None:
             ("saddr", ctypes.c_void_p),
         ]
 
-    MPI = _state().MPI  # noqa: N806
+    MPI = mpi_module()  # noqa: N806
     if MPI is None:
         return None
     try:
@@ -120,9 +131,10 @@ def library_path() -> str | None:
         return None
 
 
-def _probe_cuda(state: type[_State]) -> bool:
-    probe = torch.full((4,), float(state.rank + 1), device="cuda")
+def _probe_cuda() -> bool:
+    MPI = mpi_module()  # noqa: N806
+    probe = torch.full((4,), float(rank() + 1), device="cuda")
     torch.cuda.current_stream().synchronize()
-    state.comm.Allreduce(state.MPI.IN_PLACE, probe, op=state.MPI.SUM)
-    ok = bool((probe.cpu() == state.size * (state.size + 1) / 2).all())
+    communicator().Allreduce(MPI.IN_PLACE, probe, op=MPI.SUM)
+    ok = bool((probe.cpu() == size() * (size() + 1) / 2).all())
     return allreduce_min(float(ok)) == 1.0

@@ -1,26 +1,27 @@
-"""Parameters from rank 0, and gradients averaged with one in-place Allreduce of one flat buffer."""
+"""Parameters from rank 0, and gradients averaged with one in-place Allreduce of one flat buffer (imports torch)."""
 
 from __future__ import annotations
 
 import operator
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from functools import partial
 
 import numpy as np
 import torch
 
-from agora_marl.learners.mpi.core import _check_reducible, _collective, _state, log
+from agora_marl.learners.mpi.core import communicator, log, mpi_module, size
 from agora_marl.learners.mpi.cuda import cuda_aware
+from agora_marl.learners.mpi.tensors import check_reducible, on_buffer
 
 _GRAD = operator.attrgetter("grad")
 
 
 def broadcast_parameters(module: torch.nn.Module | Iterable[torch.Tensor], root: int = 0) -> None:
     """Overwrite every rank's parameters (and a module's buffers) with rank ``root``'s: one ``Bcast`` per dtype."""
-    state = _state()
-    if state.size == 1:
+    if size() == 1:
         return
+    comm = communicator()
     tensors = [*module.parameters(), *module.buffers()] if isinstance(module, torch.nn.Module) else list(module)
     groups: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
     for tensor in tensors:
@@ -31,7 +32,7 @@ def broadcast_parameters(module: torch.nn.Module | Iterable[torch.Tensor], root:
         # A broadcast only moves bytes: half-precision values travel as int16, which MPI and numpy both know.
         raw = flat.view(torch.int16) if flat.dtype in (torch.bfloat16, torch.float16) else flat
         with torch.no_grad():
-            _collective(raw, lambda buf: state.comm.Bcast(buf, root=root))
+            on_buffer(raw, lambda buf: comm.Bcast(buf, root=root))
             for tensor, chunk in zip(group, flat.split([t.numel() for t in group]), strict=True):
                 tensor.copy_(chunk.view_as(tensor))
 
@@ -74,7 +75,7 @@ class GradientAllreducer:
             raise ValueError(f"parameters of several dtypes/devices {sorted(map(str, kinds))}: one reducer per group")
         dtype, device = kinds.pop()
         self.flat = torch.zeros(sum(p.numel() for p in self.params), dtype=dtype, device=device)
-        _check_reducible(self.flat)
+        check_reducible(self.flat)
         self._views = [
             v.view_as(p) for v, p in zip(self.flat.split([p.numel() for p in self.params]), self.params, strict=True)
         ]
@@ -82,9 +83,9 @@ class GradientAllreducer:
             if p.grad is not None:
                 view.copy_(p.grad)
             p.grad = view
-        state = _state()
+        ranks = size()
         if staged is None:
-            staged = device.type == "cuda" and state.size > 1 and not cuda_aware(mpi_cuda)
+            staged = device.type == "cuda" and ranks > 1 and not cuda_aware(mpi_cuda)
         self.staged = staged
         self._host: torch.Tensor | None = None
         if staged:
@@ -94,9 +95,10 @@ class GradientAllreducer:
         self._buffer = target.numpy() if target.device.type == "cpu" else target
         step = max(1, chunk_bytes // self.flat.element_size()) if chunk_bytes > 0 else len(self._buffer)
         self._chunks = [self._buffer[i : i + step] for i in range(0, len(self._buffer), step)]
-        self._size, self._scale = state.size, 1.0 / state.size
+        self._scale = 1.0 / ranks
         self._sync_cuda = device.type == "cuda" and not staged
-        self._reduce = partial(state.comm.Allreduce, state.MPI.IN_PLACE, op=state.MPI.SUM) if state.size > 1 else None
+        MPI = mpi_module()  # noqa: N806 (the module's own name)
+        self._reduce = partial(communicator().Allreduce, MPI.IN_PLACE, op=MPI.SUM) if ranks > 1 else None
         self._warned = False
 
     @property
@@ -131,15 +133,35 @@ class GradientAllreducer:
         if self._host is not None:
             self.flat.copy_(self._host, non_blocking=True)
 
-    def clip_grad_norm_(self, max_norm: float) -> float:
-        """Scale the gradients so that their global L2 norm is at most ``max_norm``; returns the norm before.
+    def part(self, params: Iterable[torch.Tensor]) -> slice:
+        """The slice of :attr:`flat` that holds the gradients of ``params``: consecutive parameters of this reducer.
 
-        One norm of the flat buffer instead of one per tensor; after :meth:`allreduce` it is the same on all ranks.
+        For :meth:`clip_grad_norm_` by groups (PPO clips actor and critic separately).
+        """
+        wanted = [id(p) for p in params]
+        starts = np.cumsum([0] + [p.numel() for p in self.params])
+        index = {id(p): i for i, p in enumerate(self.params)}
+        if not wanted or any(key not in index for key in wanted):
+            raise ValueError("part() takes parameters of this reducer (with requires_grad)")
+        first = index[wanted[0]]
+        if [index[key] for key in wanted] != list(range(first, first + len(wanted))):
+            raise ValueError("part() takes consecutive parameters of this reducer, in its order")
+        return slice(int(starts[first]), int(starts[first + len(wanted)]))
+
+    def clip_grad_norm_(self, max_norm: float, parts: Sequence[slice] = ()) -> float:
+        """Scale the gradients so that their L2 norm is at most ``max_norm``; returns the largest norm before.
+
+        Without ``parts``, the norm of all gradients together: one norm of the flat buffer instead of one per tensor.
+        With ``parts`` (from :meth:`part`), each part's gradients are clipped on their own. After :meth:`allreduce`
+        the norms are the same on all ranks.
         """
         self._attach()
-        norm = torch.linalg.vector_norm(self.flat)
-        self.flat.mul_(torch.clamp(max_norm / (norm + 1e-6), max=1.0))
-        return float(norm)
+        pieces = [self.flat[part] for part in parts] if parts else [self.flat]
+        norms = torch.stack([torch.linalg.vector_norm(piece) for piece in pieces])
+        scales = torch.clamp(max_norm / (norms + 1e-6), max=1.0)
+        for piece, scale in zip(pieces, scales, strict=True):
+            piece.mul_(scale)
+        return float(norms.max())
 
     def _attach(self) -> None:
         if all(map(operator.is_, map(_GRAD, self.params), self._views)):  # the usual case, in ~1.5 us

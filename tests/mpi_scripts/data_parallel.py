@@ -12,6 +12,8 @@ import numpy as np
 import torch
 
 from agora_marl.learners import mpi
+from agora_marl.learners.mpi import tensors
+from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
 
 BATCH = 16
 
@@ -39,18 +41,20 @@ def ok(check: str) -> None:
 
 
 def check_broadcast(net: torch.nn.Module) -> None:
-    mpi.broadcast_parameters(net)
+    broadcast_parameters(net)
     flat = flat_params(net)
-    assert torch.equal(mpi.allreduce_max(flat), mpi.allreduce_min(flat)), "parameters differ after the broadcast"
+    assert torch.equal(tensors.allreduce_max(flat), tensors.allreduce_min(flat)), (
+        "parameters differ after the broadcast"
+    )
     assert torch.equal(flat, flat_params(make_net(0))), "the broadcast did not take rank 0's parameters"
     halves = [torch.full((3,), 1.5 + mpi.rank(), dtype=torch.bfloat16), torch.arange(4.0) * (mpi.rank() + 1)]
-    mpi.broadcast_parameters(halves)
+    broadcast_parameters(halves)
     assert torch.equal(halves[0].float(), torch.full((3,), 1.5)) and torch.equal(halves[1], torch.arange(4.0))
     ok("broadcast")
 
 
 def check_averaged_gradient(net: torch.nn.Module, staged: bool, chunk_bytes: int = 4 << 20) -> None:
-    reducer = mpi.GradientAllreducer(net.parameters(), staged=staged, chunk_bytes=chunk_bytes)
+    reducer = GradientAllreducer(net.parameters(), staged=staged, chunk_bytes=chunk_bytes)
     assert len(reducer._chunks) == (1 if chunk_bytes > 1000 else -(-reducer.num_params // (chunk_bytes // 4)))
     reducer.zero_grad()
     loss_of(net, *batch_of(mpi.rank(), 0)).backward()
@@ -68,9 +72,9 @@ def check_averaged_gradient(net: torch.nn.Module, staged: bool, chunk_bytes: int
 
 def check_training_stays_in_sync(set_to_none: bool) -> None:
     net = make_net(100 + mpi.rank())
-    mpi.broadcast_parameters(net)
+    broadcast_parameters(net)
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-2)
-    reducer = mpi.GradientAllreducer(net.parameters())
+    reducer = GradientAllreducer(net.parameters())
     before = flat_params(net)
     for step in range(6):
         if set_to_none:
@@ -83,8 +87,8 @@ def check_training_stays_in_sync(set_to_none: bool) -> None:
         optimizer.step()
     flat = flat_params(net)
     assert not torch.equal(flat, before), "training did not change the parameters"
-    assert torch.equal(mpi.allreduce_max(flat), mpi.allreduce_min(flat)), "parameters differ after training"
-    mpi.check_in_sync(net)
+    assert torch.equal(tensors.allreduce_max(flat), tensors.allreduce_min(flat)), "parameters differ after training"
+    tensors.check_in_sync(net)
     ok(f"in sync after updates{' (set_to_none)' if set_to_none else ''}")
 
 
@@ -95,7 +99,8 @@ def check_statistics() -> None:
     stats = mpi.allreduce_sum(np.array([r, 1.0, 10.0 * r]))
     assert np.allclose(stats, [n * (n - 1) / 2, n, 5.0 * n * (n - 1)])
     assert mpi.allreduce_max(np.array([r], np.int64))[0] == n - 1
-    assert torch.equal(mpi.allreduce_min(torch.tensor([r, -r])), torch.tensor([0, -(n - 1)]))
+    assert torch.equal(tensors.allreduce_min(torch.tensor([r, -r])), torch.tensor([0, -(n - 1)]))
+    assert torch.equal(tensors.allreduce_mean(torch.tensor([2.0 * r])), torch.tensor([n - 1.0]))
     samples = [np.random.default_rng(r_).normal(3.0 + r_, 1.0 + r_, size=50 + 25 * r_) for r_ in range(n)]
     mean, std = mpi.mean_std(torch.as_tensor(samples[r]))
     everything = np.concatenate(samples)
@@ -105,14 +110,14 @@ def check_statistics() -> None:
 
 def check_drift_detected() -> None:
     net = make_net(7)
-    mpi.broadcast_parameters(net)
-    mpi.check_in_sync(net)
+    broadcast_parameters(net)
+    tensors.check_in_sync(net)
     if mpi.rank() == mpi.size() - 1:
         with torch.no_grad():
             next(net.parameters())[0, 0] += 1e-4
     try:
-        mpi.check_in_sync(net)
-    except mpi.ParameterDriftError as exc:
+        tensors.check_in_sync(net)
+    except tensors.ParameterDriftError as exc:
         assert f"rank(s) [{mpi.size() - 1}]" in str(exc), str(exc)
         ok("drift detected")
     else:

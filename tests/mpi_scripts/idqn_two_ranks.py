@@ -20,7 +20,7 @@ def main() -> None:
     config = load_config(None, overrides)
     with mpi.abort_on_exception(), ServerProcesses(count=1) as servers, tempfile.TemporaryDirectory() as tmp:
         directory = mpi.broadcast_object(tmp)  # rank 0's: only rank 0 writes
-        run = Run.create(config, directory, writer=mpi.is_root())  # collective: every rank settles its threads
+        run = Run.create(config, directory, writer=mpi.is_root())
         metrics = idqn.train(config, run, servers.addresses)
         run.close()
         mpi.barrier()  # rank 0 removes the directory when it leaves the block
