@@ -7,7 +7,8 @@ networks, told apart by an agent-id one-hot in their inputs (see learners.policy
 One update: reset the worlds if this is the first update after a checkpoint boundary; step every world
 ``rollout_steps`` times, sampling all agents of a team in one forward pass; compute every value in one pass of the
 critic; GAE per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of
-``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce; log; checkpoint.
+``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce and clipped per actor and
+per critic; then the end of the update (learners.training: log, checkpoint, stop).
 
 Resume is exact: at each checkpoint boundary the worlds are reset and torch's generator re-seeded from
 (seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped.
@@ -133,9 +134,7 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
         broadcast_parameters(module)
     reducer = GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
     # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
-    clip_parts = [reducer.part(t.actor.parameters()) for t in teams] + [
-        reducer.part(t.critic.parameters()) for t in teams
-    ]
+    clip_parts = [reducer.part(net.parameters()) for net in [*(t.actor for t in teams), *(t.critic for t in teams)]]
     steps_per_update = K * T * mpi.size()
     total_updates = math.ceil(rs.total_steps / steps_per_update)
 
