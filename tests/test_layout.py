@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -157,6 +158,10 @@ def test_the_command_reports_the_package_version(tmp_path):
 @pytest.mark.slow
 def test_a_built_wheel_installs_the_one_namespace(tmp_path):
     """The wheel holds agora_marl/ with every subpackage and its data files, and nothing at the top level else."""
+    # Built from a copy of the sources: setuptools leaves a build/ folder beside what it builds.
+    source = tmp_path / "source"
+    skip = shutil.ignore_patterns(".venv", ".git", "build", "runs", "__pycache__", "*.egg-info")
+    shutil.copytree(ROOT, source, ignore=skip)
     build = subprocess.run(
         [
             sys.executable,
@@ -168,7 +173,7 @@ def test_a_built_wheel_installs_the_one_namespace(tmp_path):
             "-q",
             "-w",
             str(tmp_path),
-            str(ROOT),
+            str(source),
         ],
         capture_output=True,
         text=True,
