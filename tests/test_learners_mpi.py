@@ -48,8 +48,11 @@ def test_alone_is_rank_0_of_1() -> None:
 
 
 def test_the_package_imports_no_torch() -> None:
-    """``agora serve`` runs as an MPI rank through learners.mpi: the package must not pull torch in."""
-    code = "import sys, agora_marl.learners.mpi as m; m.size(); print('torch' in sys.modules)"
+    """``agora serve`` runs as an MPI rank through learners.mpi and launch.cluster: neither may pull torch in."""
+    code = (
+        "import sys, agora_marl.learners.mpi as m, agora_marl.launch.cluster, agora_marl.launch.commands.serve; "
+        "m.size(); m.published('server'); print('torch' in sys.modules)"
+    )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
