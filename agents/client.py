@@ -353,6 +353,7 @@ class AgentClient:
             infos=dict(reply.get("infos") or {}),
             episode_over=bool(reply.get("episode_over", False)),
             final_obs=(spec.decode_obs(final) if spec else dict(final)) if final is not None else None,
+            filled={str(a): str(why) for a, why in (reply.get("filled") or {}).items()},
         )
 
     # -- lifetime -----------------------------------------------------------------------------------------------

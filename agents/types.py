@@ -115,8 +115,12 @@ class StepResult:
     active: dict[str, bool]
     """False for a seat whose agent was not alive at this step (its action was ignored)."""
     infos: dict[str, dict]
-    """The scenario's infos, plus ``"late": True`` where the fill action stood in for the seat."""
+    """The scenario's infos (numpy values made plain)."""
     episode_over: bool
     """No agent is alive any more: the episode ended at this step."""
     final_obs: dict[str, Any] | None = None
     """The episode's last observations, when the world auto-reset at this step."""
+    filled: dict[str, str] = field(default_factory=dict)
+    """Every seat of the world, not only this request's, whose action at this step was the world's fill action, and
+    why: ``"late"`` (held, but no action by the deadline), ``"free"`` or ``"lost"``. Empty when every live seat
+    acted."""

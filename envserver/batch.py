@@ -71,6 +71,11 @@ class BatchStepper:
         self.with_state = with_state
         self.template = worlds[0]
         self.agents = self.template.agents
+        self.current: World | None = None
+        """The world being stepped or reset, while :meth:`step` or :meth:`reset` runs: the one that raised, if one
+        did (the worlds before it have moved, the ones after it have not)."""
+        if with_state and self.template.state_space is None:  # refused here, before any world moves
+            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
         if layout == LAYOUT_STACKED:
             self.obs_space, self.act_space = shared_spaces(self.template)
             self.plain_obs = not isinstance(self.obs_space, spaces.Dict | spaces.Tuple)
@@ -115,23 +120,23 @@ class BatchStepper:
                     _write_row(buffers[agent], k, obs[agent], self.template.obs_spaces[agent])
 
     def _state_buffer(self) -> np.ndarray | None:
-        space = self.template.state_space
         if not self.with_state:
             return None
-        if space is None:
-            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
+        space = self.template.state_space
         return np.zeros((len(self.worlds), *space.shape), dtype=space.dtype)
 
     def reset(self, seed: int | None) -> dict:
         obs, alive, state = self._obs_buffers(), np.zeros((len(self.worlds), len(self.agents)), bool), None
         state = self._state_buffer()
         for k, world in enumerate(self.worlds):
+            self.current = world
             world.reset(seed=None if seed is None else seed + k)
             world.episode += 1
             self._write_obs(obs, k, world.obs)
             alive[k] = [a in world.obs for a in self.agents]
             if state is not None:
                 state[k] = world.state()
+        self.current = None
         reply = {"op": "batch", "worlds": [w.world_id for w in self.worlds], "obs": obs, "alive": alive}
         if state is not None:
             reply["state"] = state
@@ -160,6 +165,7 @@ class BatchStepper:
         rows = self._rows(actions)
         for k, world in enumerate(self.worlds):
             env = world.env
+            self.current = world
             result_obs, rew, term, trunc, _ = env.step({a: rows[a][k] for a in env.agents})
             world.tick += 1
             # One row assignment per field and world, not one per agent.
@@ -182,6 +188,7 @@ class BatchStepper:
             self._write_obs(obs, k, world.obs)
             if state is not None:
                 state[k] = world.state()
+        self.current = None
         reply = {
             "op": "batch",
             "worlds": [w.world_id for w in self.worlds],

@@ -266,6 +266,9 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
         granted[agent] = world.take_seat(agent, session.identity)
         session.seats.add((world.world_id, agent))
     if owner_token is not None:
+        previous_owner = server.sessions.get(world.owner) if world.owner is not None else None
+        if previous_owner is not None:
+            previous_owner.owned.discard(world.world_id)
         world.owner = session.identity
         session.owned.add(world.world_id)
     if role == OBSERVER:
@@ -298,7 +301,8 @@ def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
         world.release_seat(agent, lost=False)
         session.seats.discard((world.world_id, agent))
     world.observers.discard(session.identity)
-    server.try_step(world)
+    if not server.close_if_abandoned(world):
+        server.try_step(world)
     return {"op": "left", "world": world.world_id, "seats": seats}
 
 
@@ -408,7 +412,24 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} has another spec than world {ids[0]}", "")
         if not world.options.auto_reset:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
+        if world.waiters:  # a batch would step or reset under it, and the act would wait on a tick that never comes
+            raise ProtocolError(
+                ALREADY_ACTED, f"world {world.world_id} has an act waiting for its step", "wait for the step reply"
+            )
     return BatchStepper(worlds, layout, with_state)
+
+
+def _batch_failed(server: EnvServer, stepper: BatchStepper, doing: str, exc: Exception) -> ProtocolError:
+    """A scenario raised in the middle of a batch: some worlds may have moved and some not, so all of them close."""
+    ids = [w.world_id for w in stepper.worlds]
+    where = f"world {stepper.current.world_id}" if stepper.current is not None else "the batch"
+    for world in stepper.worlds:
+        server.close_world(world, f"a world of its batch raised while {doing}")
+    return ProtocolError(
+        SCENARIO_ERROR,
+        f"{where} raised while {doing}: {type(exc).__name__}: {exc}; every world of the batch ({ids}) is closed",
+        "create the worlds again",
+    )
 
 
 def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
@@ -417,7 +438,7 @@ def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
     try:
         reply = stepper.step(actions)
     except Exception as exc:
-        raise ProtocolError(SCENARIO_ERROR, f"a world raised while stepping: {type(exc).__name__}: {exc}", "") from None
+        raise _batch_failed(server, stepper, "stepping", exc) from None
     server.stats["steps"] += len(stepper.worlds)
     return reply
 
@@ -428,9 +449,7 @@ def op_reset_batch(server: EnvServer, session: Session, message: dict) -> dict:
     try:
         return stepper.reset(seed)
     except Exception as exc:
-        raise ProtocolError(
-            SCENARIO_ERROR, f"a world raised while resetting: {type(exc).__name__}: {exc}", ""
-        ) from None
+        raise _batch_failed(server, stepper, "resetting", exc) from None
 
 
 #: Every operation's handler, by the ``op`` of its request.

@@ -232,10 +232,14 @@ class EnvServer:
             heapq.heappush(self._deadlines, (world.deadline_at, world.world_id))
 
     def try_step(self, world: World) -> None:
-        """Step the world if the step rule says so, and answer its waiters."""
+        """Step the world if the step rule says so, and answer its waiters; else make sure a waiting act has a deadline.
+
+        Called after every change that can make a world ready or start it (an act, a join, a leave, a lost seat).
+        """
         if world.ready():
             self._step_and_reply(world)
         else:
+            world.arm_deadline(time.monotonic())
             self.schedule(world)
 
     def _step_and_reply(self, world: World) -> None:
@@ -280,8 +284,21 @@ class EnvServer:
 
     # ---- liveness ---------------------------------------------------------------------------------------------
 
+    def close_if_abandoned(self, world: World) -> bool:
+        """Close a world that has no owner and no held seat: nobody could act in it or close it any more.
+
+        A world loses its owner when the owner goes silent; it is then closed as soon as its last holder leaves or
+        goes silent too. Returns whether it was closed.
+        """
+        if world.owner is not None or any(s.holder is not None for s in world.seats.values()):
+            return False
+        if world.world_id in self.worlds:
+            self.close_world(world, "it has no owner and nobody holds a seat in it")
+        return True
+
     def _sweep_silent(self, now: float) -> None:
-        """Connections silent past the heartbeat timeout lose their seats; their unshared worlds close."""
+        """Connections silent past the heartbeat timeout lose their seats and their worlds' ownership; a world left
+        with no owner and no held seat closes."""
         limit = now - self.config.heartbeat_timeout_s
         for identity, session in list(self.sessions.items()):
             if session.last_seen >= limit or self._has_waiters(identity, session):
@@ -296,17 +313,15 @@ class EnvServer:
             session.seats.clear()
             for world_id in list(session.owned):
                 world = self.worlds.get(world_id)
-                if world is None:
-                    continue
-                if any(s.holder is not None for s in world.seats.values()):
+                if world is not None and world.owner == identity:  # not reclaimed with the owner token meanwhile
                     world.owner = None
-                else:
-                    self.close_world(world, "its owner went silent and nobody else is in it")
+                    touched.add(world_id)
             session.owned.clear()
             del self.sessions[identity]
             for world_id in touched:
-                if world_id in self.worlds:
-                    self.try_step(self.worlds[world_id])
+                world = self.worlds.get(world_id)
+                if world is not None and not self.close_if_abandoned(world):
+                    self.try_step(world)
 
     def _has_waiters(self, identity: bytes, session: Session) -> bool:
         world_ids = {w for w, _ in session.seats}

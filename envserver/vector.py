@@ -122,13 +122,18 @@ class VectorStepper(BatchStepper):
             "alive": np.ones((len(self.worlds), len(self.agents)), bool),
         }
         if self.with_state:
-            reply["state"] = self._checked_state()
+            reply["state"] = self._state(group.last_obs)
         return reply
 
-    def _checked_state(self) -> np.ndarray:
-        if self.group.vector.state_space is None:
-            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
-        return self.group.vector.state()
+    def _state(self, obs: dict[str, np.ndarray]) -> np.ndarray:
+        """The state the worlds' spec advertises: the scenario's ``state()``, else the copies' observations
+        concatenated (as :meth:`World.state` gives for one copy). A spec with neither was refused before stepping."""
+        vector = self.group.vector
+        if vector.state_space is not None:
+            return vector.state()
+        k = len(self.worlds)
+        parts = [np.asarray(obs[a]).reshape(k, -1) for a in self.agents]
+        return np.concatenate(parts, axis=1).astype(self.template.state_space.dtype, copy=False)
 
     def step(self, actions: dict[str, Any]) -> dict:
         group = self.group
@@ -147,7 +152,7 @@ class VectorStepper(BatchStepper):
         if over.any():
             reply["final_obs"] = self._layout(obs)
             if self.with_state:
-                reply["final_state"] = self._checked_state()
+                reply["final_state"] = self._state(obs)
             done = np.flatnonzero(over)
             obs = group.vector.reset(copies=done)
             group.ticks[done] = 0
@@ -155,5 +160,5 @@ class VectorStepper(BatchStepper):
         group.last_obs = obs
         reply["obs"] = self._layout(obs)
         if self.with_state:
-            reply["state"] = self._checked_state()
+            reply["state"] = self._state(obs)
         return reply

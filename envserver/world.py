@@ -2,8 +2,9 @@
 
 A :class:`World` knows nothing of sockets. The server feeds it validated actions and asks it to step; the world
 returns what each waiting request should be told. The step rule (docs/protocol.md, 'The step rule'): the world
-steps when every held seat whose agent is alive has acted, or when the deadline after the tick's first action
-passes; free, lost and late seats get the fill action.
+steps when every held seat whose agent is alive has acted, or when the deadline passes, counted from the tick's
+first action or, for an action sent before the world started, from the start; free, lost and late seats get the
+fill action, and every reply names them (``filled``).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from pettingzoo import ParallelEnv
 
 from agora_marl.envserver.protocol import noop_value, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
-from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, FREE, HELD, INTERRUPTED, LOST, UNKNOWN_SEAT
+from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, FREE, HELD, INTERRUPTED, LATE, LOST, UNKNOWN_SEAT
 
 
 @dataclass
@@ -63,7 +64,8 @@ class StepOutcome:
     truncated: dict
     infos: dict
     active_before: frozenset
-    late: set
+    filled: dict[str, str]
+    """Every live agent whose action was the fill, and why: its seat was ``free``, ``lost``, or held but ``late``."""
     final_obs: dict | None = None
 
 
@@ -101,6 +103,7 @@ class World:
     seats: dict[str, Seat] = field(init=False)
     rng: np.random.Generator = field(init=False)
     started: bool = field(init=False)
+    """Every seat has been held once (or the world does not wait for seats): its ticks may be filled."""
     _sole_holder: bytes | None = field(default=None, init=False)
     _holder_dirty: bool = field(default=True, init=False)
 
@@ -190,7 +193,12 @@ class World:
             if agent in live:
                 self.pending[agent] = action
         self.waiters.append(Waiter(identity, request_id, list(actions)))
-        if self.deadline_at is None and self.started:
+        self.arm_deadline(now)
+
+    def arm_deadline(self, now: float) -> None:
+        """Start the tick's deadline if an act waits and the world has started (an act sent before the start gets
+        its deadline when the last seat is taken), so that every act is answered."""
+        if self.deadline_at is None and self.started and self.waiters:
             self.deadline_at = now + self.options.deadline_s
 
     def ready(self) -> bool:
@@ -213,19 +221,19 @@ class World:
     def step(self) -> StepOutcome:
         """Step with the pending actions, filling the rest; auto-reset if the episode is over."""
         live = list(self.env.agents)
-        actions, late = {}, set()
+        actions, filled = {}, {}
         for agent in live:
+            seat = self.seats[agent]
             if agent in self.pending:
                 actions[agent] = self.pending[agent]
             else:
                 actions[agent] = self._fill(agent)
-                if self.seats[agent].state == HELD:
-                    late.add(agent)
-            self.seats[agent].last_action = actions[agent]
+                filled[agent] = LATE if seat.state == HELD else seat.state
+            seat.last_action = actions[agent]
         self.pending.clear()
         self.deadline_at = None
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
-        outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), late)
+        outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), filled)
         self.tick += 1
         self.obs, self.infos = obs, infos
         if self.episode_over and self.options.auto_reset:
@@ -235,7 +243,7 @@ class World:
         return outcome
 
     def replies(self, outcome: StepOutcome) -> list[tuple[bytes, dict]]:
-        """One ``step`` reply per waiter, for the seats it named; clears the waiters."""
+        """One ``step`` reply per waiter, for the seats it named (and ``filled`` for the whole world); clears them."""
         out = []
         for waiter in self.waiters:
             reply = {
@@ -251,7 +259,8 @@ class World:
                 "terminated": {a: bool(outcome.terminated.get(a, False)) for a in waiter.seats},
                 "truncated": {a: bool(outcome.truncated.get(a, False)) for a in waiter.seats},
                 "active": {a: a in outcome.active_before for a in waiter.seats},
-                "infos": {a: plain({**outcome.infos.get(a, {}), "late": a in outcome.late}) for a in waiter.seats},
+                "infos": {a: plain(outcome.infos.get(a, {})) for a in waiter.seats},
+                "filled": outcome.filled,
             }
             if outcome.final_obs is not None:
                 reply["final_obs"] = {

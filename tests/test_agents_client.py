@@ -163,7 +163,7 @@ def test_two_clients_step_one_world_in_lockstep(server):
                         if t % 4 == 0:
                             time.sleep(delay_s)  # one side lags: the other must wait, not be filled
                         result = mine.act(world, {a: (t + i) % 5 for i, a in enumerate(seats)})
-                        assert not any(info.get("late") for info in result.infos.values())
+                        assert result.filled == {}
                         ticks.append(result.tick)
                     seen[name] = ticks
             except BaseException as exc:
@@ -180,6 +180,16 @@ def test_two_clients_step_one_world_in_lockstep(server):
         assert not errors, errors
         assert seen["a"] == seen["b"] == list(range(1, steps + 1))
         assert owner.list_worlds()[0]["tick"] == steps
+
+
+def test_a_seat_that_never_acts_is_reported_filled_and_late(server):
+    """The step result names the world's seats the fill action stood in for, not only the caller's own."""
+    with AgentClient(server.address, timeout_s=10.0) as owner, AgentClient(server.address, timeout_s=10.0) as idle:
+        world = owner.create(SPREAD, seed=0, deadline_ms=200, wait_for_seats=False).worlds[0]
+        owner.join(world, seats=["agent_0"])
+        idle.join(world, seats=["agent_1"])  # holds its seat and never acts
+        result = owner.act(world, {"agent_0": 1}, timeout_s=5.0)
+        assert result.tick == 1 and result.filled == {"agent_1": "late", "agent_2": "free"}
 
 
 def test_agents_imports_only_the_protocol():

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
 
 from agora_marl import scenarios
+from agora_marl.scenarios.vector import VectorScenario, vector_env
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -151,3 +155,119 @@ def test_vector_backed_group_steps_like_its_per_copy_worlds(server):
     assert client.request({"op": "act", "world": group[0], "actions": {"agent_0": 0}})["code"] == "bad_request"
     assert client.request({"op": "reset_batch", "worlds": group[:2]})["code"] == "batch_mismatch"
     assert client.ok({"op": "observe", "world": group[1]})["obs"]["agent_0"].shape == a["obs"].shape[2:]
+
+
+LOCAL_ONLY = pytest.mark.skipif(bool(os.environ.get("AGORA_SERVER")), reason="registers a scenario in this process")
+
+
+class _CountingVector(VectorScenario):
+    """Two agents whose observation is the copy's step count: a Box (so the state is their concatenation) or a
+    Discrete (so the world has no global state). No ``state_space`` of its own."""
+
+    name = "counting_v0"
+    possible_agents = ["a", "b"]
+
+    def __init__(self, num_copies: int, discrete: bool = False):
+        super().__init__(num_copies)
+        self.discrete = discrete
+        space = spaces.Discrete(1000) if discrete else spaces.Box(0, 1000, (1,), np.float32)
+        self.observation_spaces = dict.fromkeys(self.possible_agents, space)
+        self.action_spaces = dict.fromkeys(self.possible_agents, spaces.Discrete(2))
+        self.t = np.zeros(num_copies, np.int64)
+
+    def _obs(self):
+        if self.discrete:
+            return {a: self.t.copy() for a in self.possible_agents}
+        return {a: self.t[:, None].astype(np.float32) + i for i, a in enumerate(self.possible_agents)}
+
+    def reset(self, seed=None, copies=None):
+        self.t[self.seed_copies(seed, copies)] = 0
+        return self._obs()
+
+    def step(self, actions):
+        self.t += 1
+        flags = np.zeros((self.num_copies, 2), bool)
+        flags[self.t >= 3] = True
+        return self._obs(), np.ones((self.num_copies, 2), np.float32), flags, np.zeros_like(flags)
+
+
+@LOCAL_ONLY
+def test_a_vector_world_gives_the_state_its_spec_advertises_and_a_refused_state_steps_nothing(server):
+    scenarios.register("test_counting_v0", vector_env(_CountingVector), vector_factory=_CountingVector)
+    client = RawClient(server.address)
+    created = client.ok({"op": "create", "scenario": "test_counting_v0", "seed": 0, "copies": 2, "join": True})
+    assert created["spec"]["state_space"]["shape"] == [2]  # the concatenated observations
+    worlds, actions = created["worlds"], {"a": np.zeros(2, np.int64), "b": np.zeros(2, np.int64)}
+    for tick in (1, 2, 3):
+        reply = client.ok({"op": "step_batch", "worlds": worlds, "actions": actions, "state": True})
+        if tick < 3:
+            np.testing.assert_array_equal(reply["state"], [[tick, tick + 1]] * 2)
+        else:  # the episode ended: final_state is the last observations, state the new episode's first
+            np.testing.assert_array_equal(reply["final_state"], [[3, 4]] * 2)
+            np.testing.assert_array_equal(reply["state"], [[0, 1]] * 2)
+        np.testing.assert_array_equal(reply["state"][0], client.ok({"op": "state", "world": worlds[0]})["state"])
+
+    bare = client.ok(
+        {"op": "create", "scenario": "test_counting_v0", "config": {"discrete": True}, "copies": 2, "join": True}
+    )
+    assert bare["spec"]["state_space"] is None
+    refused = client.request({"op": "step_batch", "worlds": bare["worlds"], "actions": actions, "state": True})
+    assert refused["code"] == "bad_request"
+    ticks = {w["world"]: w["tick"] for w in client.ok({"op": "list"})["worlds"]}
+    assert [ticks[w] for w in bare["worlds"]] == [0, 0], "a refused step_batch stepped its worlds"
+    assert client.request({"op": "reset_batch", "worlds": bare["worlds"], "state": True})["code"] == "bad_request"
+
+
+class _RaisingWorld(ParallelEnv):
+    """One agent; the copy reset with seed ``raise_seed`` raises at its step ``raise_at``."""
+
+    metadata = {"name": "raising_v0", "is_parallelizable": True}
+
+    def __init__(self, raise_seed: int = 1, raise_at: int = 2):
+        self.possible_agents = ["agent_0"]
+        self.raise_seed, self.raise_at, self.seed = raise_seed, raise_at, None
+
+    def observation_space(self, agent):
+        return spaces.Box(0, 100, (1,), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        self.seed = seed if seed is not None else self.seed
+        self.agents, self.t = list(self.possible_agents), 0
+        return {"agent_0": np.zeros(1, np.float32)}, {"agent_0": {}}
+
+    def step(self, actions):
+        self.t += 1
+        if self.seed == self.raise_seed and self.t == self.raise_at:
+            raise RuntimeError(f"copy seeded {self.seed} broke at step {self.t}")
+        return {"agent_0": np.full(1, self.t, np.float32)}, {"agent_0": 1.0}, {"agent_0": False}, {"agent_0": False}, {}
+
+
+@LOCAL_ONLY
+def test_a_world_that_raises_in_a_batch_closes_the_whole_batch(server):
+    scenarios.register("test_raising_v0", _RaisingWorld)
+    client = RawClient(server.address)
+    worlds = client.ok({"op": "create", "scenario": "test_raising_v0", "seed": 0, "copies": 3, "join": True})["worlds"]
+    bystander = client.ok({"op": "create", "scenario": "test_raising_v0", "seed": 7, "join": True})["worlds"][0]
+    actions = {"agent_0": np.zeros(3, np.int64)}
+    assert client.ok({"op": "step_batch", "worlds": worlds, "actions": actions})["obs"]["agent_0"].tolist() == [[1]] * 3
+    failed = client.request({"op": "step_batch", "worlds": worlds, "actions": actions})
+    assert failed["code"] == "scenario_error" and f"world {worlds[1]} raised" in failed["message"]
+    # World 0 had stepped, world 1 broke mid-step, world 2 had not stepped: all of them are closed, so the client
+    # knows where every world stands.
+    assert set(worlds).isdisjoint(w["world"] for w in client.ok({"op": "list"})["worlds"])
+    assert client.request({"op": "step_batch", "worlds": worlds, "actions": actions})["code"] == "unknown_world"
+    assert client.ok({"op": "act", "world": bystander, "actions": {"agent_0": 0}})["tick"] == 1
+
+
+def test_a_batch_is_refused_while_an_act_waits_in_one_of_its_worlds(server):
+    """reset_batch under a waiting act would drop its actions and its deadline: the act would wait forever."""
+    client = RawClient(server.address)
+    world = client.ok({"op": "create", "scenario": SPREAD, "seed": 0, "join": True, "deadline_ms": 300})["worlds"][0]
+    waiting = client.send({"op": "act", "world": world, "actions": {"agent_0": 1}})
+    assert client.request({"op": "reset_batch", "worlds": [world]})["code"] == "already_acted"
+    step = client.recv(timeout_ms=3000)
+    assert step["id"] == waiting and step["tick"] == 1 and step["filled"] == {"agent_1": "late", "agent_2": "late"}
+    assert client.ok({"op": "reset_batch", "worlds": [world]})["obs"]["agent_0"].shape == (1, 18)

@@ -49,7 +49,7 @@ def test_two_clients_step_in_lockstep_and_match_in_process(server):
         np.testing.assert_array_equal(bob_reply["obs"]["agent_2"], obs["agent_2"])
         assert bob_reply["rewards"]["agent_1"] == pytest.approx(rewards["agent_1"])
         assert set(alice_reply["obs"]) == {"agent_0"} and set(bob_reply["obs"]) == {"agent_1", "agent_2"}
-        assert not alice_reply["infos"]["agent_0"]["late"]
+        assert alice_reply["filled"] == {} == bob_reply["filled"]
 
 
 def test_early_actions_wait_for_every_seat_to_be_held(server):
@@ -64,6 +64,41 @@ def test_early_actions_wait_for_every_seat_to_be_held(server):
     assert alice.recv()["tick"] == 1
 
 
+def test_an_early_act_gets_its_deadline_when_the_world_starts(server):
+    """An act sent before the last seat is held waits for the start, then for one deadline: never forever."""
+    owner, alice, bob = (RawClient(server.address) for _ in range(3))
+    world = _shared_world(owner, deadline_ms=200)
+    alice.ok({"op": "join", "world": world, "seats": ["agent_0"]})
+    alice_id = alice.send({"op": "act", "world": world, "actions": {"agent_0": 1}})
+    with pytest.raises(TimeoutError):  # not started: no deadline runs yet
+        alice.recv(timeout_ms=300)
+    started = time.monotonic()
+    bob.ok({"op": "join", "world": world, "seats": ["agent_1", "agent_2"]})  # the world starts; bob never acts
+    reply = alice.recv(timeout_ms=1500)  # well inside the fixture's 2 s heartbeat timeout: bob is not lost yet
+    assert reply["id"] == alice_id and reply["tick"] == 1 and time.monotonic() - started >= 0.15
+    assert reply["filled"] == {"agent_1": "late", "agent_2": "late"}
+
+
+def test_filled_seats_reach_the_other_clients(server):
+    """The step reply names every seat of the world that got the fill action, and why: late, free or lost."""
+    owner, alice, bob = (RawClient(server.address) for _ in range(3))
+    world = _shared_world(owner, deadline_ms=500, wait_for_seats=False)
+    alice.ok({"op": "join", "world": world, "seats": ["agent_0"]})
+    bob.ok({"op": "join", "world": world, "seats": ["agent_1"]})  # bob holds agent_1 and never acts
+    reply = alice.request({"op": "act", "world": world, "actions": {"agent_0": 1}})
+    assert reply["tick"] == 1 and reply["filled"] == {"agent_1": "late", "agent_2": "free"}
+    assert "late" not in reply["infos"]["agent_0"]
+    bob.ok({"op": "leave", "world": world})  # alice is now the only holder: she steps at once
+    assert alice.request({"op": "act", "world": world, "actions": {"agent_0": 1}})["filled"] == {
+        "agent_1": "free",
+        "agent_2": "free",
+    }
+    owner.ok({"op": "join", "world": world, "seats": ["agent_1", "agent_2"]})
+    alice.send({"op": "act", "world": world, "actions": {"agent_0": 1}})
+    both = owner.request({"op": "act", "world": world, "actions": {"agent_1": 0, "agent_2": 0}})
+    assert both["filled"] == {} == alice.recv()["filled"]
+
+
 def test_deadline_fills_a_silent_seat_and_marks_it_late(server):
     owner, alice, bob = (RawClient(server.address) for _ in range(3))
     world = _shared_world(owner, deadline_ms=300, wait_for_seats=True)
@@ -72,7 +107,7 @@ def test_deadline_fills_a_silent_seat_and_marks_it_late(server):
     start = time.monotonic()
     reply = alice.request({"op": "act", "world": world, "actions": {"agent_0": 1}})
     waited = time.monotonic() - start
-    assert reply["tick"] == 1 and waited >= 0.25
+    assert reply["tick"] == 1 and waited >= 0.25 and reply["filled"] == {"agent_1": "late", "agent_2": "late"}
     # bob's late action now counts for tick 2, where alice is the one missing.
     late = bob.request({"op": "act", "world": world, "actions": {"agent_1": 1, "agent_2": 1}})
     assert late["tick"] == 2
@@ -96,7 +131,8 @@ def test_silent_client_loses_its_seats_and_reclaims_them_with_its_token(make_ser
     assert seats == {"agent_0": "held", "agent_1": "lost", "agent_2": "lost"}
     # Lost seats are not waited for: alice steps at once, far inside the 5 s deadline.
     start = time.monotonic()
-    assert alice.request({"op": "act", "world": world, "actions": {"agent_0": 2}})["tick"] == 1
+    stepped = alice.request({"op": "act", "world": world, "actions": {"agent_0": 2}})
+    assert stepped["tick"] == 1 and stepped["filled"] == {"agent_1": "lost", "agent_2": "lost"}
     assert time.monotonic() - start < 1.0
     # A stranger cannot take a lost seat; the token can.
     stranger = RawClient(server.address)
@@ -106,6 +142,43 @@ def test_silent_client_loses_its_seats_and_reclaims_them_with_its_token(make_ser
     alice.send({"op": "act", "world": world, "actions": {"agent_0": 0}})
     resumed = back.request({"op": "act", "world": world, "actions": {"agent_1": 3, "agent_2": 4}})
     assert resumed["tick"] == 2 and alice.recv()["tick"] == 2
+
+
+def _listed(client: RawClient) -> set[int]:
+    return {w["world"] for w in client.ok({"op": "list"})["worlds"]}
+
+
+def _gone_within(client: RawClient, world: int, seconds: float) -> bool:
+    """Whether ``world`` leaves the server's list within ``seconds`` (``client`` stays alive: it asks)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if world not in _listed(client):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_world_nobody_owns_or_holds_is_closed(make_server):
+    """The creator never joins and goes silent, then its players go silent too: the world closes, it does not leak."""
+    server = make_server(heartbeat_timeout_s=0.3)
+    owner, alice, bob, watcher = (RawClient(server.address) for _ in range(4))
+    world = _shared_world(owner)
+    alice.ok({"op": "join", "world": world, "seats": ["agent_0"]})
+    bob.ok({"op": "join", "world": world, "seats": ["agent_1", "agent_2"]})
+    assert _gone_within(watcher, world, 4 * 0.3 + 2.0), "a world with no owner and no live holder stayed open"
+
+
+def test_an_ownerless_world_closes_when_its_last_holder_leaves(make_server):
+    server = make_server(heartbeat_timeout_s=0.3)
+    owner, alice = RawClient(server.address), RawClient(server.address)
+    world = _shared_world(owner)
+    alice.ok({"op": "join", "world": world})
+    end = time.monotonic() + 4 * 0.3  # the owner goes silent; alice, alive, keeps the world open
+    while time.monotonic() < end:
+        assert world in _listed(alice)
+        time.sleep(0.05)
+    alice.ok({"op": "leave", "world": world})
+    assert world not in _listed(alice), "a world with no owner and only free seats stayed open"
 
 
 _PLAYER = textwrap.dedent(
@@ -155,7 +228,7 @@ def test_killed_client_costs_a_deadline_then_its_token_resumes_the_seat(make_ser
         back.ok({"op": "join", "world": world, "tokens": tokens})
         alice.send({"op": "act", "world": world, "actions": {"agent_0": 1}})
         resumed = back.request({"op": "act", "world": world, "actions": {"agent_1": 0, "agent_2": 0}})
-        assert resumed["tick"] == alice.recv()["tick"] and not resumed["infos"]["agent_1"]["late"]
+        assert resumed["tick"] == alice.recv()["tick"] and resumed["filled"] == {}
     finally:
         player.kill()
 

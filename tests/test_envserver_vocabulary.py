@@ -29,6 +29,8 @@ def test_field_values_are_the_documented_ones():
         assert f'"{layout}"' in DOC
     for state in vocabulary.SEAT_STATES:
         assert f"`{state}`" in DOC or f'"{state}"' in DOC
+    for reason in vocabulary.FILL_REASONS:
+        assert f'"{reason}"' in DOC[DOC.index("### act → step") :]
     assert f"version {vocabulary.PROTOCOL_VERSION}" in DOC.splitlines()[0]
 
 

@@ -84,6 +84,9 @@ FILL_KINDS = ("noop", "random", "repeat")
 #: A seat's state in ``list``: nobody holds it; a live connection does; its holder went silent (its token reclaims it).
 FREE, HELD, LOST = "free", "held", "lost"
 SEAT_STATES = (FREE, HELD, LOST)
+#: Why a seat got the fill action, in a ``step`` reply's ``filled``: its seat was free or lost, or held but late.
+LATE = "late"
+FILL_REASONS = (FREE, LOST, LATE)
 #: ``join`` ``role``: take seats and act, or only watch.
 AGENT, OBSERVER = "agent", "observer"
 ROLES = (AGENT, OBSERVER)
