@@ -5,10 +5,12 @@ A scenario name is one of:
 - a registered name (``foraging_v0``): our own worlds and any the operator registers;
 - ``module:callable`` for a PettingZoo environment (``mpe2.simple_spread_v3:parallel_env``); AEC environments are
   converted with PettingZoo's ``aec_to_parallel``;
-- ``gymnasium:ENV_ID`` for a single-agent gymnasium environment, hosted as a one-seat world.
+- ``gymnasium:ENV_ID`` for a single-agent gymnasium environment, hosted as a one-seat world; ``ENV_ID`` may name a
+  module to import first, as gymnasium allows (``gymnasium:MODULE:Env-v0``).
 
-Clients send names over the network, so :func:`make_env` only imports modules inside the allowed packages and only
-calls the conventional PettingZoo constructors (``parallel_env``, ``env``, ``raw_env``).
+Clients send names over the network, so :func:`make_env` only imports modules inside the allowed packages (the one
+inside a gymnasium id too) and only calls the conventional PettingZoo constructors (``parallel_env``, ``env``,
+``raw_env``).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,6 +31,12 @@ from pettingzoo.utils.conversions import aec_to_parallel
 DEFAULT_ALLOWED_PACKAGES = ("agora_marl.scenarios", "pettingzoo", "mpe2", "gymnasium")
 #: The only attribute names a ``module:callable`` scenario may name: PettingZoo's constructor conventions.
 ALLOWED_CALLABLES = ("parallel_env", "env", "raw_env")
+
+_MAX_NAME_LENGTH = 200
+#: What an unregistered name is made of: dotted module names, gymnasium ids (``ALE/Pong-v5``), and the colons between.
+_NAME_CHARACTERS = re.compile(r"[A-Za-z0-9_.:/-]+")
+#: A gymnasium id after its optional module part: ``[namespace/]name[-vN]`` (gymnasium's own form, ASCII only).
+_GYMNASIUM_ID = re.compile(r"(?:[A-Za-z0-9_-]+/)?[A-Za-z0-9_.-]+")
 
 
 class ScenarioNotAllowed(Exception):
@@ -118,41 +127,68 @@ def load_scenario_module(spec: str) -> list[str]:
 
 def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES) -> None:
     """Raise :class:`ScenarioNotAllowed` unless ``name`` is registered or lives in an allowed package."""
+    _parse(name, tuple(allowed_packages))
+
+
+def _parse(name: Any, allowed: tuple[str, ...]) -> tuple[str, str] | None:
+    """``None`` for a registered name, else ``(module, attr)``: a PettingZoo constructor, or ``("gymnasium", ID)``.
+
+    Parsed strictly, since a name comes from the network and the parts before a colon get imported: an unregistered
+    name is short and ASCII, every module part is a public identifier inside an allowed package, and so is the module
+    a gymnasium id may name before its own colon (``gymnasium:mod.ule:Env-v0``: gymnasium imports ``mod.ule``).
+    """
     if not isinstance(name, str) or not name:
         raise ScenarioNotAllowed("the scenario must be a non-empty string")
     if name in _REGISTRY:
-        return
+        return None
+    if len(name) > _MAX_NAME_LENGTH or not _NAME_CHARACTERS.fullmatch(name):
+        raise ScenarioNotAllowed(
+            f"scenario name {name[:80]!r} is not a registered name, and unregistered names are at most "
+            f"{_MAX_NAME_LENGTH} characters of A-Z a-z 0-9 _ . - / :"
+        )
     if ":" not in name:
         raise ScenarioNotAllowed(f"{name!r} is not a registered scenario (registered: {sorted(_REGISTRY)})")
     module, attr = name.split(":", 1)
-    allowed = tuple(allowed_packages)
     if module == "gymnasium":
         if "gymnasium" not in allowed:
             raise ScenarioNotAllowed("this server does not host gymnasium environments")
-        return
+        env_module, _, env_name = attr.rpartition(":")
+        if env_module:
+            _check_module(env_module, allowed)
+        if not _GYMNASIUM_ID.fullmatch(env_name):
+            raise ScenarioNotAllowed(
+                f"gymnasium id {attr!r} is not [module:][namespace/]name[-vN] (module a dotted name inside an allowed "
+                "package; namespace and name of A-Z a-z 0-9 _ . -)"
+            )
+        return module, attr
+    _check_module(module, allowed)
+    if attr not in ALLOWED_CALLABLES:
+        raise ScenarioNotAllowed(f"{attr!r} is not a scenario constructor; use one of {list(ALLOWED_CALLABLES)}")
+    return module, attr
+
+
+def _check_module(module: str, allowed: tuple[str, ...]) -> None:
     # A package is allowed with everything under it (`agora_marl.scenarios` allows `agora_marl.scenarios.x`, never
-    # `agora_marl.launch`). Private modules (`_x`, `__init__`) are never constructors' homes; refusing them narrows
-    # what a client reaches.
+    # `agora_marl.launch`). Private modules (`_x`, `__init__`, `__main__`) are never constructors' homes; refusing
+    # them narrows what a client reaches.
     inside = any(module == package or module.startswith(package + ".") for package in allowed)
     if not inside or not all(p.isidentifier() and not p.startswith("_") for p in module.split(".")):
         raise ScenarioNotAllowed(f"module {module!r} is outside the allowed packages {list(allowed)}")
-    if attr not in ALLOWED_CALLABLES:
-        raise ScenarioNotAllowed(f"{attr!r} is not a scenario constructor; use one of {list(ALLOWED_CALLABLES)}")
 
 
 def make_env(name: str, config: dict | None = None, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES):
     """Build one instance of scenario ``name`` as a PettingZoo ParallelEnv.
 
     Raises:
-        ScenarioNotAllowed: the name is not hostable here.
+        ScenarioNotAllowed: the name is not hostable here (checked before anything is imported).
         Exception: whatever the scenario's constructor raises for a bad config.
     """
-    check_allowed(name, allowed_packages)
+    parsed = _parse(name, tuple(allowed_packages))
     config = dict(config or {})
-    if name in _REGISTRY:
+    if parsed is None:
         entry = _REGISTRY[name]
         return as_parallel(entry.factory(**{**entry.defaults, **config}))
-    module, attr = name.split(":", 1)
+    module, attr = parsed
     if module == "gymnasium":
         import gymnasium
 

@@ -32,6 +32,18 @@ def scratch_registry(monkeypatch):
         "../mpe2:env",
         "not_registered_v0",
         "",
+        # gymnasium imports the module named before a colon inside an env id: the same allow-list applies to it.
+        "gymnasium:unittest.__main__:X-v0",
+        "gymnasium:this:X-v0",
+        "gymnasium:os:CartPole-v1",
+        "gymnasium:gymnasium._private:CartPole-v1",
+        "gymnasium:a:b:CartPole-v1",
+        "gymnasium:",
+        "gymnasium:CartPole-v1\n",
+        "gymnasium:Cart Pole-v1",
+        "gymnasium:../CartPole-v1",
+        "mpe2.simple_spread_v3:parallel_env\x00",
+        "x" * 1000,
     ],
 )
 def test_names_outside_the_allowlist_are_refused_before_any_import(name, monkeypatch):
@@ -40,6 +52,19 @@ def test_names_outside_the_allowlist_are_refused_before_any_import(name, monkeyp
     with pytest.raises(ScenarioNotAllowed):
         make_env(name)
     assert imported == [] or imported == [("agora_marl.scenarios.builtin",)]
+
+
+def test_a_refused_gymnasium_name_imports_nothing_and_a_module_inside_the_allowlist_is_kept():
+    sys.modules.pop("this", None)
+    with pytest.raises(ScenarioNotAllowed, match="'this' is outside the allowed packages"):
+        make_env("gymnasium:this:X-v0")
+    assert "this" not in sys.modules
+    check_allowed("gymnasium:gymnasium.envs.classic_control:CartPole-v1")
+    check_allowed("gymnasium:mpe2.simple_spread_v3:Spread-v0")  # allowed package: gymnasium imports it
+    with pytest.raises(ScenarioNotAllowed, match="outside the allowed packages"):
+        check_allowed("gymnasium:mpe2.simple_spread_v3:Spread-v0", allowed_packages=("gymnasium",))
+    env = make_env("gymnasium:gymnasium.envs.classic_control:CartPole-v1")
+    assert env.possible_agents == ["agent_0"]
 
 
 def test_gymnasium_is_allowed_only_when_its_package_is():
