@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from agora_marl import __version__, scenarios
 from agora_marl.envserver.batch import BatchStepper
 from agora_marl.envserver.protocol import WorldSpec, check_value, from_wire, to_wire
@@ -68,6 +70,63 @@ def field(message: dict, name: str, kind: type | tuple, default: Any = _REQUIRED
             BAD_REQUEST, f"field {name!r} must be {names}, got {type(value).__name__}", "see docs/protocol.md"
         )
     return value
+
+
+#: How deep a plain-data field (``config``, ``options``) may nest: deeper is refused before it is walked.
+PLAIN_DEPTH = 32
+
+
+def plain_field(message: dict, name: str, default: Any = _REQUIRED) -> Any:
+    """``field(message, name, dict, default)`` whose every nested value is plain msgpack data, else ``bad_request``.
+
+    Plain data is what a scenario's keyword config may hold: maps with string keys, lists, strings, ints, floats,
+    booleans and nil, at most :data:`PLAIN_DEPTH` levels deep; never an array frame (the ``arrays`` table can put one
+    at any path) nor bytes. Checked before anything is built with it.
+    """
+    value = field(message, name, dict, default)
+
+    def where(path: tuple) -> str:
+        return "/".join(str(p) for p in path)[:100]
+
+    stack = [(value, (name,))]  # a loop, not recursion: a 1 MiB header can nest far past Python's recursion limit
+    while stack:
+        node, path = stack.pop()
+        if len(path) > PLAIN_DEPTH:
+            raise ProtocolError(BAD_REQUEST, f"field {where(path)!r} nests deeper than {PLAIN_DEPTH}", "flatten it")
+        if isinstance(node, dict):
+            for key, sub in node.items():
+                if not isinstance(key, str):
+                    raise ProtocolError(
+                        BAD_REQUEST, f"field {where(path)!r} has a {type(key).__name__} key", "use string keys"
+                    )
+                stack.append((sub, (*path, key)))
+        elif isinstance(node, list):
+            stack.extend((sub, (*path, i)) for i, sub in enumerate(node))
+        elif not (node is None or isinstance(node, bool | int | float | str)):
+            kind = "an array" if isinstance(node, np.ndarray) else f"a {type(node).__name__}"
+            raise ProtocolError(
+                BAD_REQUEST,
+                f"field {where(path)!r} is {kind}; it must be plain data",
+                "send maps with string keys, lists, strings, numbers, booleans and nil only",
+            )
+    return value
+
+
+def strings(values: Any, name: str) -> None:
+    """``bad_request`` unless every one of ``values`` (a list's items, a map's keys or values) is a string."""
+    for value in values:
+        if not isinstance(value, str):
+            raise ProtocolError(
+                BAD_REQUEST, f"field {name!r} must hold strings, got a {type(value).__name__}", "see docs/protocol.md"
+            )
+
+
+def seed_field(message: dict) -> int | None:
+    """The optional ``seed``: a non-negative int (gymnasium and numpy refuse negative seeds), else ``bad_request``."""
+    seed = field(message, "seed", int, None)
+    if seed is not None and seed < 0:
+        raise ProtocolError(BAD_REQUEST, f"'seed' must be a non-negative int, got {seed}", "send a seed >= 0")
+    return seed
 
 
 def _owned(server: EnvServer, session: Session, message: dict) -> World:
@@ -132,8 +191,8 @@ def op_list(server: EnvServer, session: Session, message: dict) -> dict:
 def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     config = server.config
     name = field(message, "scenario", str)
-    scenario_config = field(message, "config", dict, {})
-    seed = field(message, "seed", int, None)
+    scenario_config = plain_field(message, "config", {})
+    seed = seed_field(message)
     copies = field(message, "copies", int, 1)
     join = field(message, "join", bool, False)
     deadline_ms = field(message, "deadline_ms", (int, float), config.default_deadline_ms)
@@ -143,9 +202,13 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     if not 1 <= copies <= config.max_batch:
         raise ProtocolError(BAD_REQUEST, f"'copies' must be 1..{config.max_batch}, got {copies}", "create in chunks")
     if not 0 < deadline_ms <= 3_600_000:
-        raise ProtocolError(BAD_REQUEST, f"'deadline_ms' must be in (0, 3600000], got {deadline_ms}", "")
+        raise ProtocolError(
+            BAD_REQUEST, f"'deadline_ms' must be in (0, 3600000], got {deadline_ms}", "send milliseconds"
+        )
     if fill not in FILL_KINDS:
-        raise ProtocolError(BAD_REQUEST, f"'fill' must be one of {list(FILL_KINDS)}, got {fill!r}", "")
+        raise ProtocolError(
+            BAD_REQUEST, f"'fill' must be one of {list(FILL_KINDS)}, got {fill!r:.40}", "see the step rule"
+        )
     if len(session.owned) + copies > config.max_worlds_per_client:
         raise ProtocolError(
             TOO_MANY_WORLDS,
@@ -173,7 +236,9 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
         spec = WorldSpec.of_env(name, scenario_config, envs[0])
         wire_spec = spec.to_wire()
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # a scenario's SystemExit too: it costs this request, never the server
         raise ProtocolError(
             SCENARIO_ERROR, f"building {name!r} failed: {type(exc).__name__}: {exc}", "check the scenario's config"
         ) from None
@@ -227,19 +292,24 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     role = field(message, "role", str, AGENT)
     tokens = field(message, "tokens", dict, {})
     owner_token = field(message, "owner_token", str, None)
+    strings(tokens, "tokens")
+    strings(tokens.values(), "tokens")
     if role not in ROLES:
-        raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r}", "")
+        raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r:.40}", "see join")
     if owner_token is not None and owner_token != world.owner_token:
-        raise ProtocolError(BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "")
+        raise ProtocolError(
+            BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "send the created reply's owner_token"
+        )
     seats: list[str] = []
     if role == AGENT:
         requested = field(message, "seats", (list, str), list(tokens) if tokens else "all")
         if requested == "all":
             seats = [a for a, s in world.seats.items() if s.state == FREE or s.holder == session.identity]
         elif isinstance(requested, list):
+            strings(requested, "seats")
             seats = requested
         else:
-            raise ProtocolError(BAD_REQUEST, "'seats' must be a list of agents or \"all\"", "")
+            raise ProtocolError(BAD_REQUEST, "'seats' must be a list of agents or \"all\"", "see join")
         for agent in seats:
             seat = world.seat(agent)
             token = tokens.get(agent)
@@ -250,7 +320,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
             if seat.state == LOST and token is None:
                 raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} was lost by its holder", "reclaim it with its token")
         if len(set(seats)) != len(seats):
-            raise ProtocolError(BAD_REQUEST, "'seats' names a seat twice", "")
+            raise ProtocolError(BAD_REQUEST, "'seats' names a seat twice", "name each seat once")
     # Checked: now change state. A takeover interrupts the previous holder's waiting request.
     world.refresh()
     granted = {}
@@ -291,6 +361,7 @@ def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
     mine = world.held_by(session.identity)
     seats = field(message, "seats", list, mine)
+    strings(seats, "seats")
     for agent in seats:
         world.seat(agent)
         if agent not in mine:
@@ -316,13 +387,15 @@ def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
     world = _owned(server, session, message)
     if world.group is not None:
         raise world.group.refuse_single(world.world_id)
-    seed = field(message, "seed", int, None)
-    options = field(message, "options", dict, None)
+    seed = seed_field(message)
+    options = plain_field(message, "options", None)
     for identity, header in world.cancel_waiters("the owner reset the world"):
         server.send(identity, header)
     try:
         world.reset(seed=seed, options=options)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         raise ProtocolError(
             SCENARIO_ERROR, f"reset raised {type(exc).__name__}: {exc}", "check the seed/options"
         ) from None
@@ -356,6 +429,7 @@ def op_act(server: EnvServer, session: Session, message: dict) -> None:
     if world.group is not None:
         raise world.group.refuse_single(world.world_id)
     actions = field(message, "actions", dict)
+    strings(actions, "actions")
     if not actions:
         raise ProtocolError(BAD_REQUEST, "'actions' is empty", "send {agent: action} for the seats you hold")
     if world.episode_over:
@@ -379,12 +453,16 @@ def op_act(server: EnvServer, session: Session, message: dict) -> None:
 
 def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
     ids = field(message, "worlds", list)
+    if not all(type(i) is int for i in ids):  # before any comparison: `True == 1` in Python
+        raise ProtocolError(BAD_REQUEST, "'worlds' must list world ids (ints)", "see list")
     layout = field(message, "layout", str, "agents")
     with_state = field(message, "state", bool, False)
     if not 1 <= len(ids) <= server.config.max_batch:
-        raise ProtocolError(BAD_REQUEST, f"'worlds' must list 1..{server.config.max_batch} worlds", "")
+        raise ProtocolError(BAD_REQUEST, f"'worlds' must list 1..{server.config.max_batch} worlds", "split the batch")
     if layout not in LAYOUTS:
-        raise ProtocolError(BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r}", "")
+        raise ProtocolError(
+            BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r:.40}", "see step_batch"
+        )
     group = server.world(ids[0]).group
     if group is not None:
         # A vector group is checked as a whole: one list comparison instead of K lookups.
@@ -407,9 +485,17 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
                 BATCH_MISMATCH, f"you do not hold every seat of world {world.world_id}", "create with join: true"
             )
         if world.group is not None:
-            raise ProtocolError(BATCH_MISMATCH, "vector-backed worlds step only as their whole group", "")
+            raise ProtocolError(
+                BATCH_MISMATCH,
+                "vector-backed worlds step only as their whole group",
+                f"send worlds {world.group.world_ids}",
+            )
         if world.spec_key != key:
-            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} has another spec than world {ids[0]}", "")
+            raise ProtocolError(
+                BATCH_MISMATCH,
+                f"world {world.world_id} has another spec than world {ids[0]}",
+                "batch worlds of one spec",
+            )
         if not world.options.auto_reset:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
         if world.waiters:  # a batch would step or reset under it, and the act would wait on a tick that never comes
@@ -419,7 +505,7 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
     return BatchStepper(worlds, layout, with_state)
 
 
-def _batch_failed(server: EnvServer, stepper: BatchStepper, doing: str, exc: Exception) -> ProtocolError:
+def _batch_failed(server: EnvServer, stepper: BatchStepper, doing: str, exc: BaseException) -> ProtocolError:
     """A scenario raised in the middle of a batch: some worlds may have moved and some not, so all of them close."""
     ids = [w.world_id for w in stepper.worlds]
     where = f"world {stepper.current.world_id}" if stepper.current is not None else "the batch"
@@ -437,7 +523,9 @@ def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
     actions = stepper.check_actions(message.get("actions"))
     try:
         reply = stepper.step(actions)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         raise _batch_failed(server, stepper, "stepping", exc) from None
     server.stats["steps"] += len(stepper.worlds)
     return reply
@@ -445,10 +533,12 @@ def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_reset_batch(server: EnvServer, session: Session, message: dict) -> dict:
     stepper = _batch(server, session, message)
-    seed = field(message, "seed", int, None)
+    seed = seed_field(message)
     try:
         return stepper.reset(seed)
-    except Exception as exc:
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:
         raise _batch_failed(server, stepper, "resetting", exc) from None
 
 

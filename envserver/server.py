@@ -172,7 +172,7 @@ class EnvServer:
             handler = OPERATIONS.get(message["op"])
             if handler is None:
                 raise ProtocolError(
-                    UNKNOWN_OP, f"unknown operation {message['op']!r}", f"use one of {sorted(OPERATIONS)}"
+                    UNKNOWN_OP, f"unknown operation {message['op']!r:.80}", f"use one of {sorted(OPERATIONS)}"
                 )
             reply = handler(self, session, message)
             if reply is not None:
@@ -181,7 +181,9 @@ class EnvServer:
         except ProtocolError as exc:
             self.stats["errors"] += 1
             self.send(identity, exc.to_header(exc.request_id or request_id))
-        except Exception as exc:  # a bug of ours must cost one request, never the server
+        except KeyboardInterrupt:  # the server's stop signal
+            raise
+        except BaseException as exc:  # a bug of ours or a scenario's SystemExit costs one request, never the server
             self.stats["errors"] += 1
             log.exception("internal error while serving a request")
             error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
@@ -245,7 +247,9 @@ class EnvServer:
     def _step_and_reply(self, world: World) -> None:
         try:
             outcome = world.step()
-        except Exception as exc:
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a scenario's SystemExit too
             log.exception("world %d raised while stepping", world.world_id)
             for identity, header in world.cancel_waiters(f"world {world.world_id} raised {exc!r}; it is closed"):
                 header["code"] = SCENARIO_ERROR
@@ -279,7 +283,9 @@ class EnvServer:
         self.worlds.pop(world.world_id, None)
         try:
             world.env.close()
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
             log.exception("world %d raised while closing", world.world_id)
 
     # ---- liveness ---------------------------------------------------------------------------------------------

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import functools
+
 import msgpack
 import numpy as np
 import pytest
+from gymnasium import spaces
+from pettingzoo import ParallelEnv
 
+import agora_marl.scenarios.registry as registry
 from agora_marl.envserver.protocol import pack
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
 
 
-def _trajectory(client: RawClient, seed: int, steps: int = 30) -> list[np.ndarray]:
+def well_behaved_trajectory(client: RawClient, seed: int, steps: int = 30) -> list[np.ndarray]:
     """A well-behaved batched trajectory: fixed seed and action sequence, returns every observation."""
     created = client.ok({"op": "create", "scenario": SPREAD, "seed": seed, "copies": 2, "join": True})
     worlds = created["worlds"]
@@ -48,11 +53,23 @@ BAD_FRAMES = {
     "negative shape": [_header({"op": "ping", "arrays": [[["a"], "uint8", [-1]]]}), b""],
     "shape whose size overflows int64": [_header({"op": "ping", "arrays": [[["a"], "uint8", [2**32, 2**32]]]}), b""],
     "path not strings": [_header({"op": "ping", "arrays": [[[1], "uint8", [1]]]}), b"\x00"],
+    "dtype a list": [_header({"op": "ping", "arrays": [[["a"], ["float32"], [1]]]}), b"\x00" * 4],
+    "dtype a map": [_header({"op": "ping", "arrays": [[["a"], {"float32": 1}, [1]]]}), b"\x00" * 4],
+    "dtype an int": [_header({"op": "ping", "arrays": [[["a"], 5, [1]]]}), b"\x00" * 4],
     "path conflict": [
         _header({"op": "ping", "x": 1, "arrays": [[["x", "y"], "uint8", [1]]]}),
         b"\x00",
     ],
 }
+
+
+def _readable_id(header: bytes) -> int:
+    """The id a refusal must carry: the header's, when the header is a readable map with an int id; else 0."""
+    try:
+        request_id = msgpack.unpackb(header, strict_map_key=True).get("id", 0)
+    except Exception:
+        return 0
+    return request_id if type(request_id) is int else 0
 
 
 @pytest.mark.parametrize("name", sorted(BAD_FRAMES))
@@ -62,6 +79,7 @@ def test_malformed_frames_get_bad_message(server, name):
     reply = client.recv()
     assert reply["op"] == "error"
     assert reply["code"] == "bad_message", reply
+    assert reply["id"] == _readable_id(BAD_FRAMES[name][0]), reply
     assert reply["message"] and reply["hint"]
     assert client.request({"op": "ping"})["op"] == "pong"
 
@@ -71,6 +89,9 @@ def test_wrong_version_and_unknown_op(server):
     client.send_frames([msgpack.packb({"v": 99, "op": "ping", "id": 5})])
     reply = client.recv()
     assert (reply["code"], reply["id"]) == ("bad_version", 5)
+    client.send_frames([msgpack.packb({"v": True, "op": "ping", "id": 6})])  # True == 1 in Python, not on the wire
+    reply = client.recv()
+    assert (reply["code"], reply["id"]) == ("bad_version", 6)
     assert client.request({"op": "launch_missiles"})["code"] == "unknown_op"
 
 
@@ -106,12 +127,48 @@ def _bad_requests(world: int, other_world: int) -> dict[str, tuple[dict, str]]:
         "step_batch repeat": ({"op": "step_batch", "worlds": [other_world, other_world]}, "batch_mismatch"),
         "step_batch bad layout": ({"op": "step_batch", "worlds": [world], "layout": "diagonal"}, "bad_request"),
         "step_batch no worlds": ({"op": "step_batch", "worlds": []}, "bad_request"),
+        # Nested values are checked too: list items, map values, and arrays put anywhere through the arrays table.
+        "create config holds an array": (
+            {"op": "create", "scenario": SPREAD, "config": {"max_cycles": np.array([25, 1])}},
+            "bad_request",
+        ),
+        "create config holds a nested array": (
+            {"op": "create", "scenario": SPREAD, "config": {"x": {"y": np.zeros(2)}}},
+            "bad_request",
+        ),
+        "create config holds bytes": ({"op": "create", "scenario": SPREAD, "config": {"x": b"\x00"}}, "bad_request"),
+        "create config too deep": (
+            {"op": "create", "scenario": SPREAD, "config": {"x": functools.reduce(lambda x, _: [x], range(40), 1)}},
+            "bad_request",
+        ),
+        "create negative seed": ({"op": "create", "scenario": SPREAD, "seed": -1}, "bad_request"),
+        "create gymnasium module outside": (
+            {"op": "create", "scenario": "gymnasium:this:X-v0"},
+            "scenario_not_allowed",
+        ),
+        "join token an array": (
+            {"op": "join", "world": world, "tokens": {"agent_0": np.zeros(3)}},
+            "bad_request",
+        ),
+        "join token an int": ({"op": "join", "world": world, "tokens": {"agent_0": 5}}, "bad_request"),
+        "join seat an int": ({"op": "join", "world": world, "seats": [1]}, "bad_request"),
+        "join seat a list": ({"op": "join", "world": world, "seats": [["agent_0"]]}, "bad_request"),
+        "join owner_token an array": ({"op": "join", "world": world, "owner_token": np.zeros(2)}, "bad_request"),
+        "leave seat an int": ({"op": "leave", "world": other_world, "seats": [0]}, "bad_request"),
+        "reset negative seed": ({"op": "reset", "world": other_world, "seed": -1}, "bad_request"),
+        "reset options hold an array": (
+            {"op": "reset", "world": other_world, "options": {"x": np.zeros(2)}},
+            "bad_request",
+        ),
+        "reset_batch negative seed": ({"op": "reset_batch", "worlds": [other_world], "seed": -5}, "bad_request"),
+        "step_batch world ids not ints": ({"op": "step_batch", "worlds": [other_world, "x"]}, "bad_request"),
+        "act ragged action": ({"op": "act", "world": other_world, "actions": {"agent_0": [[1], [2, 3]]}}, "bad_action"),
     }
 
 
 def test_bad_requests_change_nothing_and_others_carry_on(server):
     good = RawClient(server.address)
-    reference = _trajectory(good, seed=3)
+    reference = well_behaved_trajectory(good, seed=3)
 
     holder, intruder = RawClient(server.address), RawClient(server.address)
     world = holder.ok({"op": "create", "scenario": SPREAD, "seed": 1, "copies": 1, "join": True})["worlds"][0]
@@ -120,7 +177,7 @@ def test_bad_requests_change_nothing_and_others_carry_on(server):
     for name, (request, code) in _bad_requests(world, other).items():
         reply = intruder.request(request)
         assert reply["op"] == "error" and reply["code"] == code, (name, reply)
-        assert reply["hint"] is not None
+        assert reply["message"] and reply["hint"], (name, reply)
     after = holder.ok({"op": "observe", "world": world})
     assert after["tick"] == before["tick"] and after["episode"] == before["episode"]
     for agent in before["obs"]:
@@ -128,7 +185,7 @@ def test_bad_requests_change_nothing_and_others_carry_on(server):
     listing = {w["world"]: w for w in intruder.ok({"op": "list"})["worlds"]}
     assert listing[world]["seats"] == {"agent_0": "held", "agent_1": "held", "agent_2": "held"}
 
-    again = _trajectory(good, seed=3)
+    again = well_behaved_trajectory(good, seed=3)
     assert len(again) == len(reference)
     for x, y in zip(reference, again, strict=True):
         np.testing.assert_array_equal(x, y)
@@ -196,3 +253,100 @@ def test_far_oversized_message_only_costs_the_sender_its_connection(make_server)
     with pytest.raises(TimeoutError):
         sender.recv(timeout_ms=500)
     assert bystander.request({"op": "ping"})["op"] == "pong"
+
+
+def test_scenario_names_cannot_import_modules_or_stop_the_server(server):
+    good = RawClient(server.address)
+    reference = well_behaved_trajectory(good, seed=5)
+    client = RawClient(server.address)
+    for name in (
+        "gymnasium:unittest.__main__:X-v0",  # raises SystemExit on import
+        "gymnasium:this:X-v0",  # prints on import
+        "gymnasium:os:CartPole-v1",
+        "gymnasium:a:b:CartPole-v1",
+        "gymnasium:CartPole-v1\n",
+    ):
+        reply = client.request({"op": "create", "scenario": name})
+        assert reply["code"] == "scenario_not_allowed", (name, reply)
+        assert "scenario" in reply["message"] or name.split(":")[1] in reply["message"], reply
+        assert reply["hint"]
+        assert client.request({"op": "ping"})["op"] == "pong"
+    again = well_behaved_trajectory(good, seed=5)
+    for x, y in zip(reference, again, strict=True):
+        np.testing.assert_array_equal(x, y)
+
+
+class _Exits(ParallelEnv):
+    """Two agents, Discrete(2) actions; raises SystemExit where ``exit_in`` says (what an operator's scenario may)."""
+
+    metadata = {"name": "exits_v0"}
+
+    def __init__(self, exit_in: str = "", **config):
+        if exit_in == "init":
+            raise SystemExit(3)
+        self.exit_in = exit_in
+        self.possible_agents = ["a0", "a1"]
+        self.agents = []
+        self.resets = 0
+
+    def observation_space(self, agent):
+        return spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+    def action_space(self, agent):
+        return spaces.Discrete(2)
+
+    def reset(self, seed=None, options=None):
+        self.resets += 1
+        if self.exit_in == "reset" and self.resets > 1:  # the first reset is create's
+            raise SystemExit("reset")
+        self.agents = list(self.possible_agents)
+        return {a: np.zeros(2, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    def step(self, actions):
+        if self.exit_in == "step":
+            raise SystemExit("step")
+        obs = {a: np.zeros(2, np.float32) for a in self.agents}
+        zero = {a: 0.0 for a in self.agents}
+        false = {a: False for a in self.agents}
+        return obs, zero, false, false, {a: {} for a in self.agents}
+
+    def close(self):
+        if self.exit_in == "close":
+            raise SystemExit("close")
+
+
+@pytest.fixture
+def exits_registered(monkeypatch):
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry.registered()))
+    registry.register("exits_v0", _Exits, "raises SystemExit")
+
+
+def test_a_scenario_raising_system_exit_costs_one_request_never_the_server(make_server, exits_registered):
+    server = make_server()
+    good = RawClient(server.address)
+    reference = well_behaved_trajectory(good, seed=4)
+    client = RawClient(server.address)
+
+    def create(exit_in: str, copies: int = 1) -> list[int]:
+        return client.ok(
+            {"op": "create", "scenario": "exits_v0", "config": {"exit_in": exit_in}, "copies": copies, "join": True}
+        )["worlds"]
+
+    reply = client.request({"op": "create", "scenario": "exits_v0", "config": {"exit_in": "init"}})
+    assert reply["code"] == "scenario_error" and "SystemExit" in reply["message"], reply
+    [world] = create("reset")
+    assert client.request({"op": "reset", "world": world})["code"] == "scenario_error"
+    worlds = create("reset", copies=2)
+    assert client.request({"op": "reset_batch", "worlds": worlds})["code"] == "scenario_error"
+    worlds = create("step", copies=2)
+    actions = {"a0": np.zeros(2, np.int64), "a1": np.zeros(2, np.int64)}
+    assert client.request({"op": "step_batch", "worlds": worlds, "actions": actions})["code"] == "scenario_error"
+    [world] = create("step")
+    reply = client.request({"op": "act", "world": world, "actions": {"a0": 0, "a1": 1}})
+    assert reply["code"] == "scenario_error" and "closed" in reply["message"], reply  # the world steps in the server
+    [world] = create("close")
+    assert client.ok({"op": "close", "world": world})["world"] == world  # its env's close raised: logged, closed
+    assert client.request({"op": "ping"})["op"] == "pong"
+    again = well_behaved_trajectory(good, seed=4)
+    for x, y in zip(reference, again, strict=True):
+        np.testing.assert_array_equal(x, y)

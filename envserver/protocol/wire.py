@@ -114,25 +114,33 @@ def _fail(message: str, request_id: int = 0) -> ProtocolError:
     return ProtocolError(BAD_MESSAGE, message, "see docs/protocol.md, 'Frames'", request_id)
 
 
+def _where(path: list[str]) -> str:
+    # A path's keys are the peer's strings: long ones are cut so that a refusal stays small.
+    where = "/".join(path)
+    return where if len(where) <= 100 else where[:100] + "..."
+
+
 def _check_array_entry(entry: Any, frame: Any, request_id: int) -> tuple[list[str], np.ndarray]:
+    # Every part is checked for its type before it is used (hashed, compared, multiplied): a list where the dtype's
+    # name is due must get bad_message, never a TypeError.
     if not (isinstance(entry, list | tuple) and len(entry) == 3):
         raise _fail("each entry of 'arrays' must be [path, dtype, shape]", request_id)
     path, dtype, shape = entry
     if not (isinstance(path, list | tuple) and 1 <= len(path) <= _MAX_PATH_DEPTH):
         raise _fail(f"array path must be a list of 1 to {_MAX_PATH_DEPTH} strings", request_id)
     if not all(isinstance(part, str) for part in path):
-        raise _fail(f"array path {path!r} must hold only strings", request_id)
-    if dtype not in DTYPES:
-        raise _fail(f"array {'/'.join(path)}: dtype {dtype!r} is not one of {sorted(DTYPES)}", request_id)
+        raise _fail(f"array path {path!r:.100} must hold only strings", request_id)
+    if not (isinstance(dtype, str) and dtype in DTYPES):
+        raise _fail(f"array {_where(path)}: dtype {dtype!r:.40} is not one of {sorted(DTYPES)}", request_id)
     if not (isinstance(shape, list | tuple) and len(shape) <= _MAX_NDIM):
-        raise _fail(f"array {'/'.join(path)}: shape must be a list of at most {_MAX_NDIM} ints", request_id)
+        raise _fail(f"array {_where(path)}: shape must be a list of at most {_MAX_NDIM} ints", request_id)
     if not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in shape):
-        raise _fail(f"array {'/'.join(path)}: shape {shape!r} must hold non-negative ints", request_id)
+        raise _fail(f"array {_where(path)}: shape {shape!r:.100} must hold non-negative ints", request_id)
     buffer = memoryview(_as_bytes_like(frame))
     expected = math.prod(shape) * DTYPES[dtype].itemsize  # exact ints: a hostile huge shape cannot overflow
     if buffer.nbytes != expected:
         raise _fail(
-            f"array {'/'.join(path)}: frame has {buffer.nbytes} bytes, dtype {dtype} and shape {list(shape)} need "
+            f"array {_where(path)}: frame has {buffer.nbytes} bytes, dtype {dtype} and shape {list(shape)} need "
             f"{expected}",
             request_id,
         )
@@ -145,18 +153,19 @@ def _insert(message: dict, path: list[str], array: np.ndarray, request_id: int) 
     for part in path[:-1]:
         child = node.setdefault(part, {})
         if not isinstance(child, dict):
-            raise _fail(f"array path {'/'.join(path)} runs through a non-map field {part!r}", request_id)
+            raise _fail(f"array path {_where(path)} runs through a non-map field {part[:100]!r}", request_id)
         node = child
     if path[-1] in node:
-        raise _fail(f"array path {'/'.join(path)} names a field that is already set", request_id)
+        raise _fail(f"array path {_where(path)} names a field that is already set", request_id)
     node[path[-1]] = array
 
 
 def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
     """The message carried by ``frames`` (header fields with the arrays put in place at their paths).
 
-    Checks the header is a msgpack map with an int ``v`` equal to :data:`PROTOCOL_VERSION`, a string ``op``, and
-    an ``arrays`` table that matches the frames exactly. Arrays are read-only views of the frames.
+    Checks the header is a msgpack map with an int ``id``, an int ``v`` equal to :data:`PROTOCOL_VERSION`, a string
+    ``op``, and an ``arrays`` table that matches the frames exactly, each of its parts of the right type. Arrays are
+    read-only views of the frames.
 
     Raises:
         ProtocolError: ``bad_message`` or ``bad_version``; its ``request_id`` is the header's ``id`` when known.
@@ -176,10 +185,10 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
     if not isinstance(request_id, int) or isinstance(request_id, bool):
         raise _fail("'id' must be an integer")
     version = header.get("v")
-    if version != PROTOCOL_VERSION:
+    if type(version) is not int or version != PROTOCOL_VERSION:  # `True == 1` in Python, not on the wire
         raise ProtocolError(
             BAD_VERSION,
-            f"protocol version {version!r} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            f"protocol version {version!r:.40} is not supported; this server speaks version {PROTOCOL_VERSION}",
             f'send "v": {PROTOCOL_VERSION} in every header, or upgrade the client',
             request_id,
         )
