@@ -5,8 +5,7 @@ the ``op`` up there. Each handler checks everything before it changes anything, 
 ProtocolError) leaves the server as it was. ``None`` means the reply comes later (``act`` waits for its world to step).
 The handlers reach the server through its public methods only; the server imports this module, never the reverse.
 
-Longer than our ~400-line habit on purpose: it is the server's whole request surface, one handler per section of
-docs/protocol.md in the document's order, and its checks are reviewed together (every refusal before any change).
+The stepping requests (``act``, ``step_batch``, ``reset_batch``) live in stepping.py; reading fields in fields.py.
 """
 
 from __future__ import annotations
@@ -14,26 +13,19 @@ from __future__ import annotations
 import secrets
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from agora_marl import __version__, scenarios
-from agora_marl.envserver.batch import BatchStepper
-from agora_marl.envserver.protocol import WorldSpec, check_value, from_wire, to_wire
+from agora_marl.envserver.fields import field, plain_field, seed_field, strings
+from agora_marl.envserver.protocol import WorldSpec, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     AGENT,
-    ALREADY_ACTED,
-    BAD_ACTION,
     BAD_REQUEST,
     BAD_TOKEN,
-    BATCH_MISMATCH,
-    EPISODE_OVER,
     FILL_KINDS,
     FREE,
     HELD,
-    LAYOUTS,
     LOST,
     NOT_OWNER,
     NOT_YOUR_SEAT,
@@ -46,87 +38,12 @@ from agora_marl.envserver.protocol.vocabulary import (
     SEAT_TAKEN,
     TOO_MANY_WORLDS,
 )
-from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup, VectorStepper
+from agora_marl.envserver.stepping import op_act, op_reset_batch, op_step_batch
+from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup
 from agora_marl.envserver.world import World, WorldOptions
 
 if TYPE_CHECKING:
     from agora_marl.envserver.server import EnvServer, Session
-
-_REQUIRED = object()
-
-
-def field(message: dict, name: str, kind: type | tuple, default: Any = _REQUIRED) -> Any:
-    """``message[name]`` if it has the right type; ``default`` when absent; ``bad_request`` otherwise."""
-    if name not in message:
-        if default is _REQUIRED:
-            raise ProtocolError(BAD_REQUEST, f"'{message['op']}' needs the field {name!r}", "see docs/protocol.md")
-        return default
-    value = message[name]
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    ok = False if isinstance(value, bool) and bool not in kinds else isinstance(value, kinds)
-    if not ok:
-        names = "/".join(k.__name__ for k in kinds)
-        raise ProtocolError(
-            BAD_REQUEST, f"field {name!r} must be {names}, got {type(value).__name__}", "see docs/protocol.md"
-        )
-    return value
-
-
-#: How deep a plain-data field (``config``, ``options``) may nest: deeper is refused before it is walked.
-PLAIN_DEPTH = 32
-
-
-def plain_field(message: dict, name: str, default: Any = _REQUIRED) -> Any:
-    """``field(message, name, dict, default)`` whose every nested value is plain msgpack data, else ``bad_request``.
-
-    Plain data is what a scenario's keyword config may hold: maps with string keys, lists, strings, ints, floats,
-    booleans and nil, at most :data:`PLAIN_DEPTH` levels deep; never an array frame (the ``arrays`` table can put one
-    at any path) nor bytes. Checked before anything is built with it.
-    """
-    value = field(message, name, dict, default)
-
-    def where(path: tuple) -> str:
-        return "/".join(str(p) for p in path)[:100]
-
-    stack = [(value, (name,))]  # a loop, not recursion: a 1 MiB header can nest far past Python's recursion limit
-    while stack:
-        node, path = stack.pop()
-        if len(path) > PLAIN_DEPTH:
-            raise ProtocolError(BAD_REQUEST, f"field {where(path)!r} nests deeper than {PLAIN_DEPTH}", "flatten it")
-        if isinstance(node, dict):
-            for key, sub in node.items():
-                if not isinstance(key, str):
-                    raise ProtocolError(
-                        BAD_REQUEST, f"field {where(path)!r} has a {type(key).__name__} key", "use string keys"
-                    )
-                stack.append((sub, (*path, key)))
-        elif isinstance(node, list):
-            stack.extend((sub, (*path, i)) for i, sub in enumerate(node))
-        elif not (node is None or isinstance(node, bool | int | float | str)):
-            kind = "an array" if isinstance(node, np.ndarray) else f"a {type(node).__name__}"
-            raise ProtocolError(
-                BAD_REQUEST,
-                f"field {where(path)!r} is {kind}; it must be plain data",
-                "send maps with string keys, lists, strings, numbers, booleans and nil only",
-            )
-    return value
-
-
-def strings(values: Any, name: str) -> None:
-    """``bad_request`` unless every one of ``values`` (a list's items, a map's keys or values) is a string."""
-    for value in values:
-        if not isinstance(value, str):
-            raise ProtocolError(
-                BAD_REQUEST, f"field {name!r} must hold strings, got a {type(value).__name__}", "see docs/protocol.md"
-            )
-
-
-def seed_field(message: dict) -> int | None:
-    """The optional ``seed``: a non-negative int (gymnasium and numpy refuse negative seeds), else ``bad_request``."""
-    seed = field(message, "seed", int, None)
-    if seed is not None and seed < 0:
-        raise ProtocolError(BAD_REQUEST, f"'seed' must be a non-negative int, got {seed}", "send a seed >= 0")
-    return seed
 
 
 def _owned(server: EnvServer, session: Session, message: dict) -> World:
@@ -419,127 +336,6 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
     world.refresh()
     return {"op": "state", "world": world.world_id, "tick": world.tick, "state": world.state()}
-
-
-# ---- stepping -----------------------------------------------------------------------------------------------
-
-
-def op_act(server: EnvServer, session: Session, message: dict) -> None:
-    world = server.world(message.get("world"))
-    if world.group is not None:
-        raise world.group.refuse_single(world.world_id)
-    actions = field(message, "actions", dict)
-    strings(actions, "actions")
-    if not actions:
-        raise ProtocolError(BAD_REQUEST, "'actions' is empty", "send {agent: action} for the seats you hold")
-    if world.episode_over:
-        raise ProtocolError(EPISODE_OVER, f"the episode of world {world.world_id} is over", "the owner must reset it")
-    checked = {}
-    for agent, value in actions.items():
-        seat = world.seat(agent)
-        if seat.holder != session.identity:
-            raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", "join the seat first")
-        if agent in world.pending or any(agent in w.seats for w in world.waiters):
-            raise ProtocolError(ALREADY_ACTED, f"seat {agent!r} already acted this tick", "wait for the step reply")
-        space = world.act_spaces[agent]
-        try:
-            checked[agent] = from_wire(space, check_value(space, value, (), f"actions/{agent}"))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise ProtocolError(BAD_ACTION, str(exc), f"a valid action of seat {agent!r} is in {space}") from None
-    world.submit(session.identity, message["id"], checked, time.monotonic())
-    server.try_step(world)
-    return None
-
-
-def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
-    ids = field(message, "worlds", list)
-    if not all(type(i) is int for i in ids):  # before any comparison: `True == 1` in Python
-        raise ProtocolError(BAD_REQUEST, "'worlds' must list world ids (ints)", "see list")
-    layout = field(message, "layout", str, "agents")
-    with_state = field(message, "state", bool, False)
-    if not 1 <= len(ids) <= server.config.max_batch:
-        raise ProtocolError(BAD_REQUEST, f"'worlds' must list 1..{server.config.max_batch} worlds", "split the batch")
-    if layout not in LAYOUTS:
-        raise ProtocolError(
-            BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r:.40}", "see step_batch"
-        )
-    group = server.world(ids[0]).group
-    if group is not None:
-        # A vector group is checked as a whole: one list comparison instead of K lookups.
-        if not group.intact or ids != group.world_ids:
-            raise ProtocolError(
-                BATCH_MISMATCH,
-                "vector-backed worlds step only as their whole group, in order",
-                f"send worlds {group.world_ids}" if group.intact else "a world of this group was closed",
-            )
-        if group.sole_holder() != session.identity:
-            raise ProtocolError(BATCH_MISMATCH, "you do not hold every seat of these worlds", "create with join: true")
-        return VectorStepper(group, layout, with_state)  # its worlds share spec and options by construction
-    worlds = [server.world(i) for i in ids]
-    if len(set(ids)) != len(ids):
-        raise ProtocolError(BATCH_MISMATCH, "'worlds' lists a world twice", "list each world once")
-    key = worlds[0].spec_key
-    for world in worlds:
-        if world.sole_holder() != session.identity:
-            raise ProtocolError(
-                BATCH_MISMATCH, f"you do not hold every seat of world {world.world_id}", "create with join: true"
-            )
-        if world.group is not None:
-            raise ProtocolError(
-                BATCH_MISMATCH,
-                "vector-backed worlds step only as their whole group",
-                f"send worlds {world.group.world_ids}",
-            )
-        if world.spec_key != key:
-            raise ProtocolError(
-                BATCH_MISMATCH,
-                f"world {world.world_id} has another spec than world {ids[0]}",
-                "batch worlds of one spec",
-            )
-        if not world.options.auto_reset:
-            raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} does not auto-reset", "create it with it")
-        if world.waiters:  # a batch would step or reset under it, and the act would wait on a tick that never comes
-            raise ProtocolError(
-                ALREADY_ACTED, f"world {world.world_id} has an act waiting for its step", "wait for the step reply"
-            )
-    return BatchStepper(worlds, layout, with_state)
-
-
-def _batch_failed(server: EnvServer, stepper: BatchStepper, doing: str, exc: BaseException) -> ProtocolError:
-    """A scenario raised in the middle of a batch: some worlds may have moved and some not, so all of them close."""
-    ids = [w.world_id for w in stepper.worlds]
-    where = f"world {stepper.current.world_id}" if stepper.current is not None else "the batch"
-    for world in stepper.worlds:
-        server.close_world(world, f"a world of its batch raised while {doing}")
-    return ProtocolError(
-        SCENARIO_ERROR,
-        f"{where} raised while {doing}: {type(exc).__name__}: {exc}; every world of the batch ({ids}) is closed",
-        "create the worlds again",
-    )
-
-
-def op_step_batch(server: EnvServer, session: Session, message: dict) -> dict:
-    stepper = _batch(server, session, message)
-    actions = stepper.check_actions(message.get("actions"))
-    try:
-        reply = stepper.step(actions)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        raise _batch_failed(server, stepper, "stepping", exc) from None
-    server.stats["steps"] += len(stepper.worlds)
-    return reply
-
-
-def op_reset_batch(server: EnvServer, session: Session, message: dict) -> dict:
-    stepper = _batch(server, session, message)
-    seed = seed_field(message)
-    try:
-        return stepper.reset(seed)
-    except KeyboardInterrupt:
-        raise
-    except BaseException as exc:
-        raise _batch_failed(server, stepper, "resetting", exc) from None
 
 
 #: Every operation's handler, by the ``op`` of its request.
