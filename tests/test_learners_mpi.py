@@ -20,6 +20,7 @@ import torch
 from agora_marl.learners import mpi
 from agora_marl.learners.mpi import cuda, tensors
 from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
+from tests.procs import modules_loaded_by
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -49,13 +50,13 @@ def test_alone_is_rank_0_of_1() -> None:
 
 def test_the_package_imports_no_torch() -> None:
     """``agora serve`` runs as an MPI rank through learners.mpi and launch.cluster: neither may pull torch in."""
-    code = (
-        "import sys, agora_marl.learners.mpi as m, agora_marl.launch.cluster, agora_marl.launch.commands.serve; "
-        "m.size(); m.published('server'); print('torch' in sys.modules)"
+    loaded = modules_loaded_by(
+        "agora_marl.learners.mpi as m",
+        "agora_marl.launch.cluster",
+        "agora_marl.launch.commands.serve",
+        then="m.size(); m.published('server')",
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "False"
+    assert "torch" not in loaded
 
 
 def test_launched_by_mpi_reads_the_launchers_rank_variables(monkeypatch) -> None:
