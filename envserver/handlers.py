@@ -68,7 +68,7 @@ def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
         "server": "agora",
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
-        "session": session.identity.hex(),
+        "session": session.label,
         "limits": {
             "max_message_bytes": config.max_message_bytes,
             "max_worlds_per_client": config.max_worlds_per_client,

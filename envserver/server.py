@@ -7,9 +7,12 @@ connections. docs/protocol.md is the specification of every operation handled he
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import heapq
 import logging
+import os
+import secrets
 import threading
 import time
 from dataclasses import dataclass, field
@@ -66,10 +69,13 @@ class Session:
     """What the server knows of one connection (a ROUTER identity)."""
 
     identity: bytes
+    """The connection's ROUTER routing id: for routing replies only, and never shown to any client."""
     last_seen: float
     owned: set[int] = field(default_factory=set)
     seats: set[tuple[int, str]] = field(default_factory=set)
     name: str = ""
+    label: str = field(default_factory=lambda: secrets.token_hex(8))
+    """What the client is told its session is called (``welcome.session``): random, unrelated to the routing id."""
 
 
 class EnvServer:
@@ -82,6 +88,7 @@ class EnvServer:
     def __init__(self, config: ServerConfig | None = None, context: zmq.Context | None = None):
         self.config = config or ServerConfig()
         self.context = context or zmq.Context.instance()
+        _unpredictable_routing_ids()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         # A message far past the limit is cut off by libzmq itself before it is ever buffered whole.
@@ -345,3 +352,18 @@ def _peek_id(header_frame) -> int:
     except Exception:
         return 0
     return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
+
+
+def _unpredictable_routing_ids() -> None:
+    """Seed the C library's ``rand()`` from the OS before a ROUTER socket is made.
+
+    libzmq numbers the connections that bring no routing id of their own ``0x00`` + a 32-bit counter starting at
+    ``rand()``, which nothing seeds: every server would hand out the same ids in the same order (the first is
+    ``006b8b4567``). A client that sets its own ``ZMQ_ROUTING_ID`` to the next of them makes libzmq abort the whole
+    server (an assertion in ``add_out_pipe``) when the next ordinary client connects. A random start, with routing
+    ids never shown to clients, leaves such a client a guess of one in 2**32 per connection it holds.
+    """
+    try:
+        ctypes.CDLL(None).srand(int.from_bytes(os.urandom(4), "little"))
+    except (OSError, AttributeError):  # no C library to reach (not on Linux/macOS): libzmq's own order stands
+        log.warning("could not seed libzmq's routing ids; clients could predict them")

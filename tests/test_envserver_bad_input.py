@@ -7,11 +7,15 @@ import functools
 import msgpack
 import numpy as np
 import pytest
+import zmq
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 import agora_marl.scenarios.registry as registry
+from agora_marl.agents import AgentClient
+from agora_marl.envserver.process import ServerProcesses
 from agora_marl.envserver.protocol import pack
+from tests.conftest import EXTERNAL_SERVER
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -350,3 +354,35 @@ def test_a_scenario_raising_system_exit_costs_one_request_never_the_server(make_
     again = well_behaved_trajectory(good, seed=4)
     for x, y in zip(reference, again, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_forged_routing_id_cannot_abort_the_server():
+    """libzmq aborts a ROUTER when a client's self-chosen routing id equals the next one it generates for a client
+    that brings none. Unseeded, libzmq's ids start at the same value in every process (``006b8b4567``): forging the
+    next ones took the server down at the next ordinary connection. The server seeds them and never shows them."""
+    if EXTERNAL_SERVER:
+        pytest.skip("starts its own server process (an abort must not take the test run with it)")
+    unseeded_first = 0x6B8B4567
+    context = zmq.Context.instance()
+    forged = []
+    with ServerProcesses(count=1, transport="tcp") as servers:
+        try:
+            for k in range(64):
+                socket = context.socket(zmq.DEALER)
+                socket.setsockopt(zmq.LINGER, 0)
+                socket.setsockopt(zmq.ROUTING_ID, b"\x00" + (unseeded_first + k).to_bytes(4, "big"))
+                socket.connect(servers.addresses[0])
+                socket.send_multipart(pack({"op": "ping", "id": k}))
+                forged.append(socket)
+            for socket in forged:  # every forged id is registered before an ordinary client arrives
+                assert socket.poll(10_000), "a forged connection got no pong"
+                socket.recv_multipart()
+            sessions = set()
+            for _ in range(8):
+                with AgentClient(servers.addresses[0], timeout_s=10.0) as client:
+                    sessions.add(client.hello()["session"])
+            assert all(proc.poll() is None for proc in servers.procs), "the server died"
+            assert len(sessions) == 8 and all(len(bytes.fromhex(s)) == 8 for s in sessions)
+        finally:
+            for socket in forged:
+                socket.close(linger=0)
