@@ -45,6 +45,9 @@ from agora_marl.envserver.world import World, WorldOptions
 if TYPE_CHECKING:
     from agora_marl.envserver.server import EnvServer, Session
 
+#: The render modes a client may ask a served world for: none, or frames as arrays (never a window on the server).
+SERVED_RENDER_MODES = (None, "rgb_array")
+
 
 def _owned(server: EnvServer, session: Session, message: dict) -> World:
     world = server.world(message.get("world"))
@@ -109,6 +112,14 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     config = server.config
     name = field(message, "scenario", str)
     scenario_config = plain_field(message, "config", {})
+    render_mode = scenario_config.get("render_mode")
+    if render_mode not in SERVED_RENDER_MODES:
+        # "human" opens a window and sleeps to its frame rate inside the one loop every client shares.
+        raise ProtocolError(
+            BAD_REQUEST,
+            f"'config.render_mode' must be one of {list(SERVED_RENDER_MODES)}, got {render_mode!r:.40}",
+            "render in your own process; a served world draws only to arrays (rgb_array)",
+        )
     seed = seed_field(message)
     copies = field(message, "copies", int, 1)
     join = field(message, "join", bool, False)

@@ -102,6 +102,13 @@ class EnvServer:
             bind = bind[:-2] + ":*"
         self.socket.bind(bind)
         self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
+        if exposed(self.address) and not self.config.curve_secret_key:
+            log.warning(
+                "SERVING WITHOUT AUTHENTICATION on %s, which other machines can reach: anyone who can connect may "
+                "create, join and close worlds. On a network, run with --curve-secret (CurveZMQ), or bind "
+                "tcp://127.0.0.1 or ipc:// and reach the server through the job's own nodes only.",
+                self.address,
+            )
         self.worlds: dict[int, World] = {}
         self.sessions: dict[bytes, Session] = {}
         self._next_world = 1
@@ -352,6 +359,14 @@ def _peek_id(header_frame) -> int:
     except Exception:
         return 0
     return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
+
+
+def exposed(address: str) -> bool:
+    """Whether a bound endpoint is reachable from other machines: tcp:// on anything but a loopback address."""
+    if not address.startswith("tcp://"):
+        return False
+    host = address.removeprefix("tcp://").rpartition(":")[0].strip("[]")
+    return not (host.startswith("127.") or host in ("localhost", "::1"))
 
 
 def _unpredictable_routing_ids() -> None:

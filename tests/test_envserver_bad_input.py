@@ -386,3 +386,25 @@ def test_a_forged_routing_id_cannot_abort_the_server():
         finally:
             for socket in forged:
                 socket.close(linger=0)
+
+
+def test_a_world_cannot_open_a_window_on_the_server(server):
+    """render_mode "human" would open a window and sleep to its frame rate in the loop every client shares."""
+    client = RawClient(server.address)
+    try:
+        for mode in ("human", "ansi", 3):
+            reply = client.request({"op": "create", "scenario": SPREAD, "config": {"render_mode": mode}})
+            assert reply["op"] == "error" and reply["code"] == "bad_request", reply
+            assert "render_mode" in reply["message"]
+        assert (
+            client.ok({"op": "create", "scenario": SPREAD, "config": {"render_mode": "rgb_array"}})["op"] == "created"
+        )
+    finally:
+        client.close()
+
+
+def test_an_exposed_bind_without_curve_is_flagged():
+    from agora_marl.envserver.server import exposed
+
+    assert exposed("tcp://0.0.0.0:5555") and exposed("tcp://10.1.2.3:5555") and exposed("tcp://[fe80::1]:9")
+    assert not exposed("tcp://127.0.0.1:5555") and not exposed("tcp://[::1]:5555") and not exposed("ipc:///tmp/s")
