@@ -164,6 +164,17 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             firsts = [env.reset(seed=None if seed is None else seed + i) for i, env in enumerate(envs)]
         spec = WorldSpec.of_env(name, scenario_config, envs[0])
         wire_spec = spec.to_wire()
+        # Everything else that asks the scenario something, before any world is registered.
+        agents = spec.possible_agents
+        spaces = [({a: e.observation_space(a) for a in agents}, {a: e.action_space(a) for a in agents}) for e in envs]
+        first_obs = (
+            [
+                {a: to_wire(obs_spaces[a], obs[a]) for a in agents if a in obs}
+                for (obs_spaces, _), (obs, _) in zip(spaces, firsts, strict=True)
+            ]
+            if join
+            else []
+        )
     except KeyboardInterrupt:
         raise
     except BaseException as exc:  # a scenario's SystemExit too: it costs this request, never the server
@@ -180,8 +191,8 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             env=env,
             spec=wire_spec,
             spec_key=spec_key,
-            obs_spaces={a: env.observation_space(a) for a in spec.possible_agents},
-            act_spaces={a: env.action_space(a) for a in spec.possible_agents},
+            obs_spaces=spaces[i][0],
+            act_spaces=spaces[i][1],
             state_space=spec.state_space,
             options=options,
             owner=session.identity,
@@ -203,9 +214,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     }
     if join:
         reply["tokens"] = [_take_all(world, session) for world in worlds]
-        reply["obs"] = {
-            str(w.world_id): {a: to_wire(w.obs_spaces[a], w.obs[a]) for a in w.agents if a in w.obs} for w in worlds
-        }
+        reply["obs"] = {str(w.world_id): obs for w, obs in zip(worlds, first_obs, strict=True)}
     return reply
 
 
@@ -346,7 +355,17 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
     if not (_member(world, session) or session.identity in world.observers):
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
     world.refresh()
-    return {"op": "state", "world": world.world_id, "tick": world.tick, "state": world.state()}
+    try:
+        state = world.state()
+    except ProtocolError:
+        raise
+    except KeyboardInterrupt:
+        raise
+    except BaseException as exc:  # the scenario's own state() raised: its fault, not the server's
+        raise ProtocolError(
+            SCENARIO_ERROR, f"the state of world {world.world_id} raised {type(exc).__name__}: {exc}", "fix state()"
+        ) from None
+    return {"op": "state", "world": world.world_id, "tick": world.tick, "state": state}
 
 
 #: Every operation's handler, by the ``op`` of its request.

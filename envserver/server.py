@@ -260,7 +260,8 @@ class EnvServer:
 
     def _step_and_reply(self, world: World) -> None:
         try:
-            outcome = world.step()
+            # The replies are built here too: an observation that does not fit its space fails like a step.
+            replies = world.replies(world.step())
         except KeyboardInterrupt:
             raise
         except BaseException as exc:  # a scenario's SystemExit too
@@ -271,7 +272,7 @@ class EnvServer:
             self.close_world(world, "the scenario raised")
             return
         self.stats["steps"] += 1
-        for identity, reply in world.replies(outcome):
+        for identity, reply in replies:
             self.send(identity, reply)
 
     def _fire_deadlines(self, now: float) -> None:

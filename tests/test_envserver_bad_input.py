@@ -304,7 +304,18 @@ class _Exits(ParallelEnv):
         if self.exit_in == "reset" and self.resets > 1:  # the first reset is create's
             raise SystemExit("reset")
         self.agents = list(self.possible_agents)
+        if self.exit_in == "obs":  # an observation that is no value of its space
+            return {a: "not numbers" for a in self.agents}, {a: {} for a in self.agents}
         return {a: np.zeros(2, np.float32) for a in self.agents}, {a: {} for a in self.agents}
+
+    @property
+    def state_space(self):
+        return spaces.Box(-1.0, 1.0, (4,), np.float32)
+
+    def state(self):
+        if self.exit_in == "state":
+            raise RuntimeError("state")
+        return np.zeros(4, np.float32)
 
     def step(self, actions):
         if self.exit_in == "step":
@@ -354,6 +365,20 @@ def test_a_scenario_raising_system_exit_costs_one_request_never_the_server(make_
     again = well_behaved_trajectory(good, seed=4)
     for x, y in zip(reference, again, strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_a_scenario_failing_anywhere_is_a_scenario_error_and_registers_nothing(make_server, exits_registered):
+    """Beyond its step: its state(), or a first observation that is no value of its space (read by create)."""
+    server = make_server()
+    client = RawClient(server.address)
+    before = len(client.ok({"op": "list"})["worlds"])
+    reply = client.request({"op": "create", "scenario": "exits_v0", "config": {"exit_in": "obs"}, "join": True})
+    assert reply["code"] == "scenario_error", reply
+    assert len(client.ok({"op": "list"})["worlds"]) == before, "a refused create registered a world"
+    world = client.ok({"op": "create", "scenario": "exits_v0", "config": {"exit_in": "state"}, "join": True})
+    reply = client.request({"op": "state", "world": world["worlds"][0]})
+    assert reply["code"] == "scenario_error" and "state" in reply["message"], reply
+    assert client.request({"op": "ping"})["op"] == "pong"
 
 
 def test_a_forged_routing_id_cannot_abort_the_server():
