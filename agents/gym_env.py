@@ -58,6 +58,18 @@ class SeatEnv(gymnasium.Env):
     ):
         if (scenario is None) == (world is None):
             raise ValueError("give exactly one of scenario= (create a world) or world= (join an existing one)")
+        self._recipe = {
+            "address": address,
+            "scenario": scenario,
+            "config": config,
+            "world": world,
+            "seat": seat,
+            "token": token,
+            "seed": seed,
+            "fill": fill,
+            "deadline_ms": deadline_ms,
+            "timeout_s": timeout_s,
+        }
         self.client = client or AgentClient(address, timeout_s=timeout_s)
         self._owns_client = client is None
         self._closed = False
@@ -84,6 +96,20 @@ class SeatEnv(gymnasium.Env):
         self._episode = joined.episode
         alive = self.seat in joined.agents
         self._next_obs: tuple[Any, dict] | None = (joined.obs[self.seat], {}) if alive else None
+
+    def __getstate__(self) -> dict:
+        """What a copy needs to connect again (vectorising wrappers pickle their envs into worker processes).
+
+        A copy of an env that created its world creates its own (same scenario, config and seed); a copy of an env
+        in a shared world reclaims the same seat with its token, so the seat moves to the copy.
+        """
+        recipe = dict(self._recipe)
+        if not self.owns_world:
+            recipe.update(seat=self.seat, token=self.token)
+        return recipe
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(**state)
 
     def _tokens(self, token: str | None) -> dict[str, str] | None:
         if token is None:

@@ -46,6 +46,14 @@ class RemoteParallelEnv(ParallelEnv):
         client: AgentClient | None = None,
     ):
         self._check_render_mode(render_mode)
+        self._recipe = {
+            "address": address,
+            "scenario": scenario,
+            "config": config,
+            "seed": seed,
+            "timeout_s": timeout_s,
+            "deadline_ms": deadline_ms,
+        }
         self._connect(address, timeout_s, client)
         created = self.client.create(
             scenario, config, seed=seed, join=True, deadline_ms=deadline_ms, auto_reset=False, wait_for_seats=False
@@ -70,11 +78,24 @@ class RemoteParallelEnv(ParallelEnv):
         next episode's first ones, if the world auto-reset). Closing an attached env leaves its seats, not the world.
         """
         env = cls.__new__(cls)
-        env._connect(address, timeout_s, client)
-        joined = env.client.join(world, tokens=tokens, owner_token=owner_token)
-        env._setup(world, joined.spec, joined.seats, owner_token, owns_world=False)
-        env.agents = list(joined.agents)
+        env._attach(address, world, owner_token, tokens, timeout_s, client)
         return env
+
+    def _attach(
+        self,
+        address: str,
+        world: int,
+        owner_token: str | None,
+        tokens: dict[str, str] | None,
+        timeout_s: float,
+        client: AgentClient | None = None,
+    ) -> None:
+        self._recipe = None
+        self._attached = {"address": address, "world": world, "owner_token": owner_token, "timeout_s": timeout_s}
+        self._connect(address, timeout_s, client)
+        joined = self.client.join(world, tokens=tokens, owner_token=owner_token)
+        self._setup(world, joined.spec, joined.seats, owner_token, owns_world=False)
+        self.agents = list(joined.agents)
 
     def _connect(self, address: str, timeout_s: float, client: AgentClient | None) -> None:
         self.client = client or AgentClient(address, timeout_s=timeout_s)
@@ -94,6 +115,23 @@ class RemoteParallelEnv(ParallelEnv):
         self.state_space = spec.state_space
         self.render_mode = None
         self.metadata = {**type(self).metadata, "name": spec.scenario}
+
+    def __getstate__(self) -> dict:
+        """What a copy needs to connect again (vectorising wrappers pickle their envs into worker processes).
+
+        A copy of an env that created its world creates a world of its own, with the same scenario, config and seed
+        (so it replays the same episodes). A copy of an attached env takes the same seats over with their tokens: the
+        seats move to the copy, and the original's pending requests are interrupted.
+        """
+        if self._recipe is not None:
+            return {"create": self._recipe}
+        return {"attach": {**self._attached, "tokens": dict(self.tokens)}}
+
+    def __setstate__(self, state: dict) -> None:
+        if "create" in state:
+            self.__init__(**state["create"])
+        else:
+            self._attach(**state["attach"])
 
     @staticmethod
     def _check_render_mode(render_mode: str | None) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 import warnings
 
 import numpy as np
@@ -164,3 +165,41 @@ def test_seat_env_whose_agent_leaves_early_waits_for_the_next_episode(server):
             assert any(terminated and tick > 0 for _, terminated, tick in outcomes), outcomes
         finally:
             env.close()
+
+
+def test_the_envs_pickle_by_connecting_again(server):
+    """Vectorising wrappers (SuperSuit, SB3) pickle their envs into workers: a copy connects again on its own."""
+    env = RemoteParallelEnv(server.address, SPREAD, config={"max_cycles": 5}, seed=7, timeout_s=10.0)
+    copy = pickle.loads(pickle.dumps(env))
+    try:
+        assert copy.world != env.world and copy.possible_agents == env.possible_agents
+        for one in (env, copy):
+            one.reset(seed=3)
+        for _ in range(5):  # a world of its own, the same scenario, config and seed: the same episode
+            actions = {a: 1 for a in env.agents}
+            (obs_a, rew_a, *_), (obs_b, rew_b, *_) = env.step(actions), copy.step(actions)
+            assert rew_a == rew_b and all(np.array_equal(obs_a[a], obs_b[a]) for a in obs_a)
+    finally:
+        copy.close()
+        env.close()
+    seat = SeatEnv(server.address, scenario="gymnasium:CartPole-v1", seed=2, timeout_s=10.0)
+    seat_copy = pickle.loads(pickle.dumps(seat))
+    try:
+        assert seat_copy.world != seat.world
+        first, _ = seat.reset(seed=5)
+        again, _ = seat_copy.reset(seed=5)
+        assert np.array_equal(first, again)
+    finally:
+        seat_copy.close()
+        seat.close()
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        (world,) = owner.create(SPREAD, wait_for_seats=False).worlds
+        attached = RemoteParallelEnv.attach(server.address, world, timeout_s=10.0)
+        moved = pickle.loads(pickle.dumps(attached))  # the seats move to the copy, with their tokens
+        try:
+            assert moved.world == world and moved.tokens == attached.tokens
+            moved.reset()
+            assert set(moved.step({a: 0 for a in moved.agents})[0]) == set(moved.possible_agents)
+        finally:
+            moved.close()
+            attached.close()
