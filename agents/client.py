@@ -155,9 +155,14 @@ class AgentClient:
 
     # -- session ------------------------------------------------------------------------------------------------
 
-    def hello(self, name: str | None = None) -> dict:
-        """Introduce the client; returns the ``welcome`` map (server version, limits, scenarios), also kept in ``welcome``."""
-        self.welcome = self.request("hello", name=name or self.name)
+    def hello(self, name: str | None = None, keep_alive_s: float | None = None) -> dict:
+        """Introduce the client; returns the ``welcome`` map (server version, limits, scenarios), also kept in ``welcome``.
+
+        ``keep_alive_s`` asks the server to keep this connection's seats and worlds through that long a silence (a
+        long learner update between steps); the server grants at most ``limits.max_keep_alive_s`` and says what it
+        granted in ``welcome["keep_alive_s"]``.
+        """
+        self.welcome = self.request("hello", name=name or self.name, keep_alive_s=keep_alive_s)
         return self.welcome
 
     def ping(self) -> float:

@@ -9,9 +9,10 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from agora_marl.agents.client import AgentClient
+from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.types import Observation
 from agora_marl.envserver.protocol import WorldSpec
+from agora_marl.envserver.protocol.vocabulary import NOT_YOUR_SEAT
 
 
 class RemoteParallelEnv(ParallelEnv):
@@ -30,6 +31,9 @@ class RemoteParallelEnv(ParallelEnv):
         deadline_ms: the world's lockstep deadline (server default if None).
         render_mode: only None: frames do not travel over the protocol; render the scenario in process instead.
         client: an existing client to use (kept open on :meth:`close`); by default the env opens its own.
+        keep_alive_s: how long the env may go without a call (a training framework's update between episodes) and
+            keep its world; the server grants at most its ``max_keep_alive_s``. Only for the env's own client.
+            If the seats are lost all the same, the next step takes them back with their tokens.
     """
 
     metadata = {"name": "agora_remote", "render_modes": [], "is_parallelizable": True}
@@ -44,6 +48,7 @@ class RemoteParallelEnv(ParallelEnv):
         deadline_ms: int | None = None,
         render_mode: str | None = None,
         client: AgentClient | None = None,
+        keep_alive_s: float | None = 300.0,
     ):
         self._check_render_mode(render_mode)
         self._recipe = {
@@ -53,8 +58,9 @@ class RemoteParallelEnv(ParallelEnv):
             "seed": seed,
             "timeout_s": timeout_s,
             "deadline_ms": deadline_ms,
+            "keep_alive_s": keep_alive_s,
         }
-        self._connect(address, timeout_s, client)
+        self._connect(address, timeout_s, client, keep_alive_s)
         created = self.client.create(
             scenario, config, seed=seed, join=True, deadline_ms=deadline_ms, auto_reset=False, wait_for_seats=False
         )
@@ -71,6 +77,7 @@ class RemoteParallelEnv(ParallelEnv):
         tokens: dict[str, str] | None = None,
         timeout_s: float = 30.0,
         client: AgentClient | None = None,
+        keep_alive_s: float | None = 300.0,
     ) -> RemoteParallelEnv:
         """Take every free seat of an existing world (or reclaim seats with ``tokens``) and drive it as a ParallelEnv.
 
@@ -78,7 +85,7 @@ class RemoteParallelEnv(ParallelEnv):
         next episode's first ones, if the world auto-reset). Closing an attached env leaves its seats, not the world.
         """
         env = cls.__new__(cls)
-        env._attach(address, world, owner_token, tokens, timeout_s, client)
+        env._attach(address, world, owner_token, tokens, timeout_s, client, keep_alive_s)
         return env
 
     def _attach(
@@ -89,18 +96,27 @@ class RemoteParallelEnv(ParallelEnv):
         tokens: dict[str, str] | None,
         timeout_s: float,
         client: AgentClient | None = None,
+        keep_alive_s: float | None = 300.0,
     ) -> None:
         self._recipe = None
-        self._attached = {"address": address, "world": world, "owner_token": owner_token, "timeout_s": timeout_s}
-        self._connect(address, timeout_s, client)
+        self._attached = {
+            "address": address,
+            "world": world,
+            "owner_token": owner_token,
+            "timeout_s": timeout_s,
+            "keep_alive_s": keep_alive_s,
+        }
+        self._connect(address, timeout_s, client, keep_alive_s)
         joined = self.client.join(world, tokens=tokens, owner_token=owner_token)
         self._setup(world, joined.spec, joined.seats, owner_token, owns_world=False)
         self.agents = list(joined.agents)
 
-    def _connect(self, address: str, timeout_s: float, client: AgentClient | None) -> None:
-        self.client = client or AgentClient(address, timeout_s=timeout_s)
+    def _connect(self, address: str, timeout_s: float, client: AgentClient | None, keep_alive_s: float | None) -> None:
+        self.client = client or AgentClient(address, timeout_s=timeout_s, name="RemoteParallelEnv")
         self._owns_client = client is None
         self._closed = False
+        if self._owns_client:
+            self.client.hello(keep_alive_s=keep_alive_s)
 
     def _setup(self, world: int, spec: WorldSpec, tokens: dict, owner_token: str | None, owns_world: bool) -> None:
         self.world = world
@@ -115,6 +131,17 @@ class RemoteParallelEnv(ParallelEnv):
         self.state_space = spec.state_space
         self.render_mode = None
         self.metadata = {**type(self).metadata, "name": spec.scenario}
+
+    def _act(self, actions: dict[str, Any]):
+        try:
+            return self.client.act(self.world, actions)
+        except ServerError as exc:
+            if exc.code != NOT_YOUR_SEAT:
+                raise
+        # The server gave the seats up (this env was silent past its keep-alive): take them back with their tokens,
+        # and the ownership with the owner token, then act again. A seat someone else holds now fails the join.
+        self.client.join(self.world, tokens=self.tokens, owner_token=self.owner_token)
+        return self.client.act(self.world, actions)
 
     def __getstate__(self) -> dict:
         """What a copy needs to connect again (vectorising wrappers pickle their envs into worker processes).
@@ -171,7 +198,7 @@ class RemoteParallelEnv(ParallelEnv):
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"step() needs an action for every live agent; missing {missing}")
-        result = self.client.act(self.world, {a: actions[a] for a in self.agents})
+        result = self._act({a: actions[a] for a in self.agents})
         obs = result.obs
         if result.final_obs is not None:
             # The world auto-reset (an attached shared world): end this episode here and start the next on reset().

@@ -66,16 +66,26 @@ def _member(world: World, session: Session) -> bool:
 def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
     session.name = str(field(message, "name", str, ""))[:200]
     config = server.config
+    keep_alive = field(message, "keep_alive_s", (int, float), None)
+    if keep_alive is not None:
+        if not keep_alive >= 0:  # NaN too
+            raise ProtocolError(
+                BAD_REQUEST, f"'keep_alive_s' must be >= 0, got {keep_alive}", "send seconds, or omit it"
+            )
+        # Never shorter than the server's own timeout, never longer than the operator allows.
+        session.keep_alive_s = min(max(float(keep_alive), config.heartbeat_timeout_s), config.max_keep_alive_s)
     return {
         "op": "welcome",
         "server": "agora",
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "session": session.label,
+        "keep_alive_s": session.keep_alive_s if session.keep_alive_s is not None else config.heartbeat_timeout_s,
         "limits": {
             "max_message_bytes": config.max_message_bytes,
             "max_worlds_per_client": config.max_worlds_per_client,
             "heartbeat_timeout_s": config.heartbeat_timeout_s,
+            "max_keep_alive_s": config.max_keep_alive_s,
             "max_batch": config.max_batch,
         },
         "scenarios": sorted(scenarios.registered()),

@@ -77,6 +77,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="seconds of silence before a client loses its seats (default %(default)s)",
     )
     parser.add_argument(
+        "--max-keep-alive",
+        type=float,
+        default=600.0,
+        help="the longest silence a client may ask for at hello (keep_alive_s), e.g. through a long learner update "
+        "(default %(default)s)",
+    )
+    parser.add_argument(
         "--deadline-ms", type=float, default=1000.0, help="default lockstep deadline of a world (default %(default)s)"
     )
     parser.add_argument(
@@ -115,6 +122,7 @@ def server_config(args: argparse.Namespace, bind: str | None = None):
         max_message_bytes=args.max_message_bytes,
         max_worlds_per_client=args.max_worlds_per_client,
         heartbeat_timeout_s=args.heartbeat_timeout,
+        max_keep_alive_s=args.max_keep_alive,
         default_deadline_ms=args.deadline_ms,
         allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
         curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
@@ -196,6 +204,7 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
         f"--max-message-bytes={args.max_message_bytes}",
         f"--max-worlds-per-client={args.max_worlds_per_client}",
         f"--heartbeat-timeout={args.heartbeat_timeout}",
+        f"--max-keep-alive={args.max_keep_alive}",
         f"--deadline-ms={args.deadline_ms}",
         f"--log-level={args.log_level}",
     ]

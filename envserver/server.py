@@ -55,7 +55,9 @@ class ServerConfig:
     max_batch: int = 4096
     """Most worlds in one ``create`` (copies) or ``step_batch``."""
     heartbeat_timeout_s: float = 10.0
-    """A connection silent this long (and with no act in flight) loses its seats."""
+    """A connection silent this long (and with no act in flight) loses its seats, unless it asked for longer."""
+    max_keep_alive_s: float = 600.0
+    """The longest silence a connection may ask for at ``hello`` (``keep_alive_s``) before it loses its seats."""
     default_deadline_ms: float = 1000.0
     """Lockstep deadline of worlds whose creator sends none."""
     allowed_packages: tuple[str, ...] = scenarios.DEFAULT_ALLOWED_PACKAGES
@@ -74,6 +76,9 @@ class Session:
     owned: set[int] = field(default_factory=set)
     seats: set[tuple[int, str]] = field(default_factory=set)
     name: str = ""
+    keep_alive_s: float | None = None
+    """How long this connection may be silent before it loses its seats (``hello``'s ``keep_alive_s``); None: the
+    server's heartbeat timeout."""
     label: str = field(default_factory=lambda: secrets.token_hex(8))
     """What the client is told its session is called (``welcome.session``): random, unrelated to the routing id."""
 
@@ -320,9 +325,9 @@ class EnvServer:
     def _sweep_silent(self, now: float) -> None:
         """Connections silent past the heartbeat timeout lose their seats and their worlds' ownership; a world left
         with no owner and no held seat closes."""
-        limit = now - self.config.heartbeat_timeout_s
         for identity, session in list(self.sessions.items()):
-            if session.last_seen >= limit or self._has_waiters(identity, session):
+            silence = session.keep_alive_s if session.keep_alive_s is not None else self.config.heartbeat_timeout_s
+            if session.last_seen >= now - silence or self._has_waiters(identity, session):
                 continue
             log.info("connection %s went silent; releasing its seats", identity.hex())
             touched = set()

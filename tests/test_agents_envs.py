@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import time
 import warnings
 
 import numpy as np
@@ -202,4 +203,33 @@ def test_the_envs_pickle_by_connecting_again(server):
             assert set(moved.step({a: 0 for a in moved.agents})[0]) == set(moved.possible_agents)
         finally:
             moved.close()
+            attached.close()
+
+
+def test_a_quiet_env_keeps_its_world_and_takes_lost_seats_back(make_server):
+    """A training framework's update may last longer than the server's heartbeat timeout (RLlib's first: ~14 s)."""
+    server = make_server(heartbeat_timeout_s=0.5)
+    env = RemoteParallelEnv(server.address, SPREAD, seed=1, timeout_s=10.0, keep_alive_s=5.0)
+    try:
+        assert env.client.welcome["keep_alive_s"] == 5.0
+        env.reset(seed=1)
+        time.sleep(1.5)  # three heartbeat timeouts without a word
+        obs, *_ = env.step({a: 0 for a in env.agents})
+        assert set(obs) == set(env.possible_agents)
+    finally:
+        env.close()
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        owner.hello(keep_alive_s=30.0)
+        (world,) = owner.create(SPREAD, wait_for_seats=False).worlds
+        attached = RemoteParallelEnv.attach(server.address, world, timeout_s=10.0, keep_alive_s=None)
+        try:
+            attached.reset()
+            deadline = time.monotonic() + 10.0
+            while "held" in owner.list_worlds()[0]["seats"].values():  # the server gives the silent env's seats up
+                assert time.monotonic() < deadline, "the silent env kept its seats"
+                time.sleep(0.1)
+            obs, *_ = attached.step({a: 0 for a in attached.agents})  # ... and the env takes them back
+            assert set(obs) == set(attached.possible_agents)
+            assert set(owner.list_worlds()[0]["seats"].values()) == {"held"}
+        finally:
             attached.close()
