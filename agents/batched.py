@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agora_marl.agents.client import AgentClient
+from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient
 from agora_marl.agents.types import encode_value
 from agora_marl.envserver.protocol import WorldSpec, from_wire
 from agora_marl.envserver.protocol.vocabulary import LAYOUT_AGENTS, LAYOUT_STACKED, LAYOUTS
@@ -118,7 +118,8 @@ class BatchedWorlds:
         for address, rows in zip(addresses, shares, strict=False):
             client = AgentClient(address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key)
             self._clients.append(client)
-            max_batch = int(client.hello()["limits"].get("max_batch", len(rows)))
+            welcome = client.hello(timeout_s=min(timeout_s, HELLO_TIMEOUT_S))  # a dead address fails in seconds
+            max_batch = int(welcome["limits"].get("max_batch", len(rows)))
             for start in range(0, len(rows), max_batch):
                 lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
                 seed = None if self._seed is None else self._seed + lo

@@ -19,6 +19,10 @@ from agora_marl.agents.types import Created, Joined, Observation, StepResult, en
 from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
 from agora_marl.envserver.protocol.vocabulary import ERROR_OP, INTERNAL
 
+#: How long the views (RemoteParallelEnv, BatchedWorlds) wait for their first reply: a server that does not answer a
+#: hello this fast is not there, and saying so beats waiting out a long step timeout.
+HELLO_TIMEOUT_S = 10.0
+
 
 class ServerError(Exception):
     """The server refused a request: ``code`` is one of docs/protocol.md's error codes.
@@ -155,14 +159,15 @@ class AgentClient:
 
     # -- session ------------------------------------------------------------------------------------------------
 
-    def hello(self, name: str | None = None, keep_alive_s: float | None = None) -> dict:
+    def hello(self, name: str | None = None, keep_alive_s: float | None = None, timeout_s: float | None = None) -> dict:
         """Introduce the client; returns the ``welcome`` map (server version, limits, scenarios), also kept in ``welcome``.
 
         ``keep_alive_s`` asks the server to keep this connection's seats and worlds through that long a silence (a
         long learner update between steps); the server grants at most ``limits.max_keep_alive_s`` and says what it
-        granted in ``welcome["keep_alive_s"]``.
+        granted in ``welcome["keep_alive_s"]``. ``timeout_s`` (default: the client's) bounds the wait: a first
+        request with a short one tells a dead or mistyped address in seconds.
         """
-        self.welcome = self.request("hello", name=name or self.name, keep_alive_s=keep_alive_s)
+        self.welcome = self.request("hello", timeout_s, name=name or self.name, keep_alive_s=keep_alive_s)
         return self.welcome
 
     def ping(self) -> float:

@@ -9,7 +9,7 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient, ServerError
 from agora_marl.agents.types import Observation
 from agora_marl.envserver.protocol import WorldSpec
 from agora_marl.envserver.protocol.vocabulary import NOT_YOUR_SEAT
@@ -116,7 +116,7 @@ class RemoteParallelEnv(ParallelEnv):
         self._owns_client = client is None
         self._closed = False
         if self._owns_client:
-            self.client.hello(keep_alive_s=keep_alive_s)
+            self.client.hello(keep_alive_s=keep_alive_s, timeout_s=min(timeout_s, HELLO_TIMEOUT_S))
 
     def _setup(self, world: int, spec: WorldSpec, tokens: dict, owner_token: str | None, owns_world: bool) -> None:
         self.world = world

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -129,3 +131,11 @@ def test_bad_actions_raise_and_change_nothing(server):
         assert isinstance(result, BatchResult) and result.rewards.shape == (2, 3)
         batched.heartbeat()
         assert batched.heartbeat_timeout_s > 0
+
+
+def test_a_dead_address_fails_in_seconds_with_what_to_check(tmp_path):
+    """The step timeout (60 s by default) is for slow steps; no server at all is told by the first request."""
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match="is the server running and reachable"):
+        BatchedWorlds(f"ipc://{tmp_path}/nobody.sock", "mpe2.simple_spread_v3:parallel_env", num_worlds=2)
+    assert time.monotonic() - started < 20.0
