@@ -69,6 +69,7 @@ class BatchedWorlds:
         state: also return each world's global state (for centralized critics).
         timeout_s: how long to wait for any reply.
         server_key: the servers' CurveZMQ public key (Z85), for servers run with ``--curve-secret``.
+        client_key: this client's secret certificate (``NAME.key_secret``), for servers run with ``--clients``.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class BatchedWorlds:
         state: bool = False,
         timeout_s: float = 60.0,
         server_key: str | None = None,
+        client_key: str | None = None,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -98,7 +100,7 @@ class BatchedWorlds:
         self._clients: list[AgentClient] = []
         self._chunks: list[_Chunk] = []
         try:
-            self._create(addresses, scenario, config or {}, timeout_s, server_key)
+            self._create(addresses, scenario, config or {}, timeout_s, server_key, client_key)
             spec = self.spec
             self.possible_agents: list[str] = list(spec.possible_agents)
             self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
@@ -111,12 +113,20 @@ class BatchedWorlds:
             raise
 
     def _create(
-        self, addresses: list[str], scenario: str, config: dict, timeout_s: float, server_key: str | None
+        self,
+        addresses: list[str],
+        scenario: str,
+        config: dict,
+        timeout_s: float,
+        server_key: str | None,
+        client_key: str | None,
     ) -> None:
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
         self.spec: WorldSpec | None = None
         for address, rows in zip(addresses, shares, strict=False):
-            client = AgentClient(address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key)
+            client = AgentClient(
+                address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key, client_key=client_key
+            )
             self._clients.append(client)
             welcome = client.hello(timeout_s=min(timeout_s, HELLO_TIMEOUT_S))  # a dead address fails in seconds
             max_batch = int(welcome["limits"].get("max_batch", len(rows)))

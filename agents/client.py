@@ -9,11 +9,13 @@ Waiting always polls with a timeout: a dead server raises :class:`TimeoutError`,
 from __future__ import annotations
 
 import itertools
+import os
 import time
 from typing import Any
 
 import numpy as np
 import zmq
+from zmq.auth import load_certificate
 
 from agora_marl.agents.types import Created, Joined, Observation, StepResult, encode_actions
 from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
@@ -54,8 +56,11 @@ class AgentClient:
         address: the server's endpoint, ``tcp://HOST:PORT`` or ``ipc://PATH``.
         timeout_s: how long to wait for a reply before raising :class:`TimeoutError` (per call, overridable).
         name: shown in the server's log (sent with :meth:`hello`).
-        server_key: the server's Z85 CurveZMQ public key, for a server run with ``--curve-secret``: the connection
-            is then encrypted, with a fresh client key pair.
+        server_key: the server's Z85 CurveZMQ public key (or the path of its ``NAME.key`` certificate, or of a file
+            holding the key), for a server run with ``--curve-secret``: the connection is then encrypted, with a fresh
+            client key pair unless ``client_key`` is given.
+        client_key: this client's key pair, for a server that lets in only listed clients (``--clients``): the path
+            of a secret certificate (``NAME.key_secret`` from ``agora keys new``).
         context: the ZeroMQ context to use (default: the process-wide one).
     """
 
@@ -66,6 +71,7 @@ class AgentClient:
         name: str | None = None,
         server_key: str | bytes | None = None,
         context: zmq.Context | None = None,
+        client_key: str | os.PathLike | None = None,
     ):
         self.address = address
         self.timeout_s = timeout_s
@@ -74,9 +80,9 @@ class AgentClient:
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         if server_key:
-            public, secret = zmq.curve_keypair()
+            public, secret = _key_pair(client_key)
             self._socket.curve_publickey, self._socket.curve_secretkey = public, secret
-            self._socket.curve_serverkey = server_key.encode() if isinstance(server_key, str) else server_key
+            self._socket.curve_serverkey = _server_public_key(server_key)
         self._socket.connect(address)
         self._ids = itertools.count(1)
         self._ops: dict[int, str] = {}  # in-flight request id -> op
@@ -381,3 +387,24 @@ class AgentClient:
 
     def __repr__(self) -> str:
         return f"AgentClient({self.address!r}, in_flight={len(self._ops)})"
+
+
+def _server_public_key(server_key: str | bytes) -> bytes:
+    """A server's Z85 public key given as itself, as its certificate file (``NAME.key``) or as a file holding it."""
+    if isinstance(server_key, str) and os.path.isfile(server_key):
+        try:
+            return load_certificate(server_key)[0]
+        except ValueError:  # not a certificate: a file with the key alone
+            with open(server_key) as handle:
+                return handle.read().strip().encode()
+    return server_key.encode() if isinstance(server_key, str) else server_key
+
+
+def _key_pair(client_key: str | os.PathLike | None) -> tuple[bytes, bytes]:
+    """This client's CURVE key pair: from a secret certificate, or a fresh one."""
+    if client_key is None:
+        return zmq.curve_keypair()
+    public, secret = load_certificate(client_key)
+    if secret is None:
+        raise ValueError(f"{client_key} holds only a public key: give the NAME.key_secret file")
+    return public, secret

@@ -50,6 +50,8 @@ class PlaySettings:
     """How long to wait for any one reply."""
     server_key: str | None = None
     """The server's CurveZMQ public key (Z85), for a server run with ``--curve-secret``."""
+    client_key: str | None = None
+    """This client's secret certificate (``NAME.key_secret``), for a server that lets in only listed clients."""
 
 
 def play(settings: PlaySettings, out: Callable[[str], Any] = print, run_loader: RunLoader | None = None) -> list[float]:
@@ -60,7 +62,13 @@ def play(settings: PlaySettings, out: Callable[[str], Any] = print, run_loader: 
     if (settings.world is None) == (settings.scenario is None):
         raise ValueError("give exactly one of a world to join or a scenario to create")
     address = resolve_address(settings.connect)
-    client = AgentClient(address, timeout_s=settings.timeout_s, name="agora play", server_key=settings.server_key)
+    client = AgentClient(
+        address,
+        timeout_s=settings.timeout_s,
+        name="agora play",
+        server_key=settings.server_key,
+        client_key=settings.client_key,
+    )
     created_world = None
     try:
         client.hello()

@@ -18,6 +18,8 @@ import signal
 import time
 from pathlib import Path
 
+from zmq.auth import load_certificate, load_certificates
+
 DESCRIPTION = "Run an agora env server: a ZeroMQ ROUTER socket hosting many multi-agent worlds."
 #: The examples under ``--help``; ``%(prog)s`` is ``agora serve`` or ``python -m agora_marl.envserver``.
 EPILOG = """\
@@ -87,7 +89,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--deadline-ms", type=float, default=1000.0, help="default lockstep deadline of a world (default %(default)s)"
     )
     parser.add_argument(
-        "--curve-secret", type=Path, help="file holding a Z85 CurveZMQ secret key: encrypt and authenticate the socket"
+        "--curve-secret",
+        type=Path,
+        help="the server's CurveZMQ secret key: a NAME.key_secret file from `agora keys new`, or a file holding the "
+        "Z85 key; encrypts the socket, and clients must know the server's public key (NAME.key)",
+    )
+    parser.add_argument(
+        "--clients",
+        type=Path,
+        metavar="DIR",
+        help="with --curve-secret: let in only the clients whose public keys (*.key files, `agora keys new`) are in DIR",
     )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
@@ -125,8 +136,35 @@ def server_config(args: argparse.Namespace, bind: str | None = None):
         max_keep_alive_s=args.max_keep_alive,
         default_deadline_ms=args.deadline_ms,
         allowed_packages=(*scenarios.DEFAULT_ALLOWED_PACKAGES, *args.allow),
-        curve_secret_key=args.curve_secret.read_text().strip().encode() if args.curve_secret else None,
+        curve_secret_key=secret_key(args.curve_secret) if args.curve_secret else None,
+        curve_client_keys=client_keys(args.clients, args.curve_secret) if args.clients else None,
     )
+
+
+def secret_key(path: Path) -> bytes:
+    """The Z85 CurveZMQ secret key in ``path``: a certificate with its secret part (``agora keys new``) or the key."""
+    try:
+        _public, secret = load_certificate(path)
+    except (OSError, ValueError):
+        secret = None
+    if secret is None:
+        text = path.read_text().strip()
+        if len(text) != 40:
+            raise SystemExit(f"--curve-secret {path}: neither a secret certificate nor a 40-character Z85 key")
+        secret = text.encode()
+    return secret
+
+
+def client_keys(folder: Path, curve_secret: Path | None) -> tuple[bytes, ...]:
+    """The public keys of the ``*.key`` certificates in ``folder`` (the clients' allow-list)."""
+    if curve_secret is None:
+        raise SystemExit("--clients needs --curve-secret: an allow-list of client keys works over CurveZMQ only")
+    if not folder.is_dir():
+        raise SystemExit(f"--clients {folder}: no such folder (make keys with `agora keys new NAME --dir {folder}`)")
+    keys = tuple(load_certificates(folder))
+    if not keys:
+        raise SystemExit(f"--clients {folder}: no *.key certificate in it, so nobody could connect")
+    return keys
 
 
 def run(args: argparse.Namespace) -> int:
@@ -211,4 +249,6 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     flags += [f"--allow={p}" for p in args.allow] + [f"--scenario-module={m}" for m in args.scenario_module]
     if args.curve_secret:
         flags.append(f"--curve-secret={args.curve_secret}")
+    if args.clients:
+        flags.append(f"--clients={args.clients}")
     return flags

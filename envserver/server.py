@@ -64,6 +64,8 @@ class ServerConfig:
     """Packages whose PettingZoo/gymnasium constructors clients may name (registered scenarios always allowed)."""
     curve_secret_key: bytes | None = None
     """Z85 CurveZMQ secret key: when set, the socket is a CURVE server and clients must know its public key."""
+    curve_client_keys: tuple[bytes, ...] | None = None
+    """Z85 public keys of the clients allowed in (CURVE only); None: any client that knows the server's key."""
 
 
 @dataclass
@@ -92,6 +94,14 @@ class EnvServer:
 
     def __init__(self, config: ServerConfig | None = None, context: zmq.Context | None = None):
         self.config = config or ServerConfig()
+        self._authenticator = None
+        self._private_context: zmq.Context | None = None
+        if self.config.curve_client_keys is not None:
+            if not self.config.curve_secret_key:
+                raise ValueError("an allow-list of client keys needs the server's CURVE secret key too")
+            # A ZAP handler answers for every server socket of its context: give this server a context of its own.
+            context = self._private_context = zmq.Context()
+            self._authenticator = _allow_list(context, self.config.curve_client_keys)
         self.context = context or zmq.Context.instance()
         _unpredictable_routing_ids()
         self.socket = self.context.socket(zmq.ROUTER)
@@ -168,6 +178,11 @@ class EnvServer:
             for world in list(self.worlds.values()):
                 self.close_world(world, "the server is shutting down")
             self.socket.close(linger=0)
+            if self._authenticator is not None:
+                self._authenticator.stop()
+                self._authenticator = None
+            if self._private_context is not None:
+                self._private_context.term()
 
     # ---- one request ------------------------------------------------------------------------------------------
 
@@ -365,6 +380,29 @@ def _peek_id(header_frame) -> int:
     except Exception:
         return 0
     return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
+
+
+class _AllowedKeys:
+    """pyzmq's ZAP credentials provider: a client gets in when its public key is one of the allowed."""
+
+    def __init__(self, keys: tuple[bytes, ...]):
+        self.keys = frozenset(keys)
+
+    def callback(self, domain: str, key: bytes) -> bool:
+        allowed = key in self.keys
+        if not allowed:
+            log.warning("refused a CURVE client whose key is not on the allow-list: %s", key.decode(errors="replace"))
+        return allowed
+
+
+def _allow_list(context: zmq.Context, keys: tuple[bytes, ...]):
+    """Start a ZAP handler on ``context`` that lets in only the CURVE clients with these public keys."""
+    from zmq.auth.thread import ThreadAuthenticator
+
+    authenticator = ThreadAuthenticator(context, log=logging.getLogger("agora.server.auth"))
+    authenticator.start()
+    authenticator.configure_curve_callback(domain="*", credentials_provider=_AllowedKeys(tuple(keys)))
+    return authenticator
 
 
 def exposed(address: str) -> bool:

@@ -84,6 +84,10 @@ class EnvSettings:
     (``agora serve --scenario-module``)."""
     timeout_s: float = 60.0
     """How long a request to a server may take before the learner gives up."""
+    server_key: str = ""
+    """For servers run with ``--curve-secret``: their CurveZMQ public key (Z85, or the path of ``NAME.key``)."""
+    client_key: str = ""
+    """For servers run with ``--clients``: this learner's secret certificate (``NAME.key_secret``)."""
 
 
 @dataclass

@@ -54,7 +54,12 @@ def open_worlds(
     the world allows (``"stacked"`` needs every agent to share its spaces)."""
     env = config.env
     kwargs = dict(
-        num_worlds=env.num_worlds, seed=mpi.seed_for_rank(config.run.seed), state=state, timeout_s=env.timeout_s
+        num_worlds=env.num_worlds,
+        seed=mpi.seed_for_rank(config.run.seed),
+        state=state,
+        timeout_s=env.timeout_s,
+        server_key=env.server_key or None,
+        client_key=env.client_key or None,
     )
     for layout in layouts[:-1]:
         try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 _EPILOG = """\
 examples:
@@ -50,7 +49,14 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="seed of a created world")
     parser.add_argument("--fill", default="noop", choices=("noop", "random", "repeat"), help="unheld seats' action")
     parser.add_argument("--deadline-ms", type=int, help="lockstep deadline of a created world")
-    parser.add_argument("--server-key", metavar="KEY|FILE", help="the server's CurveZMQ public key (or a file of it)")
+    parser.add_argument(
+        "--server-key", metavar="KEY|FILE", help="the server's CurveZMQ public key, its NAME.key file, or a file of it"
+    )
+    parser.add_argument(
+        "--client-key",
+        metavar="FILE",
+        help="this client's NAME.key_secret (agora keys new), for a server that lets in only listed clients",
+    )
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for a reply (default %(default)s)")
     parser.set_defaults(func=run)
 
@@ -80,13 +86,6 @@ def _config(values: list[str]) -> dict:
     return config
 
 
-def _server_key(value: str | None) -> str | None:
-    if value and os.path.isfile(value):
-        with open(value) as handle:
-            return handle.read().strip()
-    return value
-
-
 def run(args: argparse.Namespace) -> int:
     from agora_marl.agents.play import PlaySettings, play
     from agora_marl.launch.policies import load_run_policy
@@ -104,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         fill=args.fill,
         deadline_ms=args.deadline_ms,
         timeout_s=args.timeout,
-        server_key=_server_key(args.server_key),
+        server_key=args.server_key,
+        client_key=args.client_key,
     )
     returns = play(settings, out=lambda line: print(line, flush=True), run_loader=load_run_policy)
     if returns:
