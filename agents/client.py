@@ -4,11 +4,17 @@ Several requests may be in flight at once (an ``act`` reply comes only when its 
 matched to its request by ``id``; replies that arrive while waiting for another one are kept until asked for.
 Waiting always polls with a timeout: a dead server raises :class:`TimeoutError`, never hangs. Error replies raise
 :class:`ServerError`. A client is not thread-safe (ZeroMQ sockets are not): use one per thread.
+
+Authority comes from the session secret the server issues at ``hello``: the client says hello by itself before its
+first request that needs a session, and puts the secret in every request. When the server has forgotten the session
+(a silence past its keep-alive), the request fails with ``no_session`` and the client says hello again before the
+next one; seats are then reclaimed with their tokens (RemoteParallelEnv, SeatEnv and play do that).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import time
 from typing import Any
@@ -19,7 +25,7 @@ from zmq.auth import load_certificate
 
 from agora_marl.agents.types import Created, Joined, Observation, StepResult, encode_actions
 from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
-from agora_marl.envserver.protocol.vocabulary import ERROR_OP, INTERNAL
+from agora_marl.envserver.protocol.vocabulary import ERROR_OP, INTERNAL, NO_SESSION, SESSIONLESS
 
 #: How long the views (RemoteParallelEnv, BatchedWorlds) wait for their first reply: a server that does not answer a
 #: hello this fast is not there, and saying so beats waiting out a long step timeout.
@@ -72,11 +78,15 @@ class AgentClient:
         server_key: str | bytes | None = None,
         context: zmq.Context | None = None,
         client_key: str | os.PathLike | None = None,
+        operator: str | os.PathLike | None = None,
     ):
         self.address = address
         self.timeout_s = timeout_s
         self.name = name
         self.welcome: dict | None = None
+        self._operator = read_operator_secret(operator) if operator is not None else None
+        self._secret: str | None = None  # the session secret from welcome; None: hello before the next request
+        self._keep_alive_s: float | None = None
         self._socket = (context or zmq.Context.instance()).socket(zmq.DEALER)
         self._socket.setsockopt(zmq.LINGER, 0)
         if server_key:
@@ -97,6 +107,10 @@ class AgentClient:
         """Send one request without waiting; returns its id, for :meth:`reply`. Array fields become frames."""
         if self._socket.closed:
             raise RuntimeError(f"the client for {self.address} is closed")
+        if self._secret is None and op not in SESSIONLESS:
+            self.hello(keep_alive_s=self._keep_alive_s)
+        if self._secret is not None and "secret" not in fields:
+            fields["secret"] = self._secret
         request_id = next(self._ids)
         frames = pack({"op": op, "id": request_id, **{k: v for k, v in fields.items() if v is not None}})
         try:
@@ -135,7 +149,16 @@ class AgentClient:
         return self._take(request_id)
 
     def request(self, op: str, timeout_s: float | None = None, **fields: Any) -> dict:
-        """Send a request and wait for its reply (see :meth:`reply`)."""
+        """Send a request and wait for its reply (see :meth:`reply`).
+
+        A request refused with ``no_session`` (the server forgot this client's session) is sent once more, after a new
+        hello; what the old session held is then reclaimed with its tokens, by the caller.
+        """
+        try:
+            return self.reply(self.send(op, **dict(fields)), timeout_s)
+        except ServerError as exc:
+            if exc.code != NO_SESSION or op in SESSIONLESS:
+                raise
         return self.reply(self.send(op, **fields), timeout_s)
 
     def _receive_available(self) -> None:
@@ -160,7 +183,10 @@ class AgentClient:
         op = self._ops.pop(request_id, "?")
         self._acts.pop(request_id, None)
         if message.get("op") == ERROR_OP:
-            raise ServerError(message.get("code", INTERNAL), message.get("message", ""), message.get("hint", ""), op)
+            code = message.get("code", INTERNAL)
+            if code == NO_SESSION:
+                self._secret = None  # the server forgot this session: hello again before the next request
+            raise ServerError(code, message.get("message", ""), message.get("hint", ""), op)
         return message
 
     # -- session ------------------------------------------------------------------------------------------------
@@ -173,7 +199,17 @@ class AgentClient:
         granted in ``welcome["keep_alive_s"]``. ``timeout_s`` (default: the client's) bounds the wait: a first
         request with a short one tells a dead or mistyped address in seconds.
         """
-        self.welcome = self.request("hello", timeout_s, name=name or self.name, keep_alive_s=keep_alive_s)
+        if keep_alive_s is not None:
+            self._keep_alive_s = keep_alive_s
+        self.name = name or self.name
+        fields = {"name": self.name, "keep_alive_s": self._keep_alive_s, "operator": self._operator}
+        try:
+            self.welcome = self.reply(self.send("hello", secret=self._secret, **fields), timeout_s)
+        except ServerError as exc:
+            if exc.code != NO_SESSION:
+                raise
+            self.welcome = self.reply(self.send("hello", **fields), timeout_s)  # forgotten: a new session
+        self._secret = self.welcome.get("secret")
         return self.welcome
 
     def ping(self) -> float:
@@ -190,7 +226,9 @@ class AgentClient:
         self._receive_available()
 
     def list_worlds(self) -> list[dict]:
-        """Every world on the server: ``{"world", "scenario", "agents", "seats", "tick", "episode"}`` maps."""
+        """The worlds this client may see (every world, for an operator): maps with ``world``, ``scenario``,
+        ``agents``, ``seats`` (state per agent), ``holders`` (holder name per agent), ``observers``, ``public``,
+        ``render``, ``tick``, ``episode``, ``steps_per_s``, ``late``, ``returns`` and ``rewards`` (docs/protocol.md)."""
         return list(self.request("list")["worlds"])
 
     # -- worlds -------------------------------------------------------------------------------------------------
@@ -206,6 +244,8 @@ class AgentClient:
         fill: str = "noop",
         auto_reset: bool = True,
         wait_for_seats: bool | None = None,
+        public: bool = False,
+        render: bool = False,
     ) -> Created:
         """Create ``copies`` worlds of ``scenario`` (this client owns them); with ``join``, also hold every seat.
 
@@ -223,12 +263,22 @@ class AgentClient:
             fill=fill,
             auto_reset=auto_reset,
             wait_for_seats=wait_for_seats,
+            public=public or None,
+            render=render or None,
         )
         spec = WorldSpec.from_wire(reply["spec"])
         worlds = [int(w) for w in reply["worlds"]]
         self._specs.update(dict.fromkeys(worlds, spec))
         obs = {int(w): spec.decode_obs(values) for w, values in (reply.get("obs") or {}).items()}
-        return Created(worlds, spec, reply.get("owner_token", ""), list(reply.get("tokens") or []), obs)
+        return Created(
+            worlds,
+            spec,
+            reply.get("owner_token", ""),
+            list(reply.get("tokens") or []),
+            obs,
+            reply.get("observer_token", ""),
+            bool(reply.get("render", False)),
+        )
 
     def join(
         self,
@@ -237,13 +287,24 @@ class AgentClient:
         role: str = "agent",
         tokens: dict[str, str] | None = None,
         owner_token: str | None = None,
+        observer_token: str | None = None,
+        takeover: bool = True,
     ) -> Joined:
         """Take seats of ``world`` (``"all"``: every free or lost seat), reclaim them with ``tokens``, or observe.
 
-        With ``tokens`` and no explicit ``seats``, the seats the tokens name are taken. Raises :class:`ServerError`
-        (``seat_taken``, ``bad_token``, ``unknown_seat``, ``unknown_world``).
+        With ``tokens`` and no explicit ``seats``, the seats the tokens name are taken. An observer needs the
+        owner's ``observer_token`` unless the world is public or this client is an operator. ``takeover=False``
+        reclaims seats with their tokens only where nobody else holds them now (``seat_taken`` otherwise). Raises
+        :class:`ServerError` (``seat_taken``, ``bad_token``, ``unknown_seat``, ``unknown_world``, ``not_allowed``).
         """
-        fields: dict[str, Any] = {"world": world, "role": role, "tokens": tokens, "owner_token": owner_token}
+        fields: dict[str, Any] = {
+            "world": world,
+            "role": role,
+            "tokens": tokens,
+            "owner_token": owner_token,
+            "observer_token": observer_token,
+            "takeover": None if takeover else False,
+        }
         if not (tokens and seats == "all"):
             fields["seats"] = seats
         reply = self.request("join", **fields)
@@ -288,6 +349,11 @@ class AgentClient:
     def state(self, world: int) -> np.ndarray:
         """The world's global state (its ``state()``, or the concatenated observations)."""
         return np.asarray(self.request("state", world=world)["state"])
+
+    def render(self, world: int) -> np.ndarray:
+        """The world as a (H, W, 3) uint8 picture, for a member or an admitted observer of a world created with
+        ``render=True``. The server draws a world at most once per tick, however many ask."""
+        return np.asarray(self.request("render", world=world)["frame"])
 
     def act(self, world: int, actions: dict[str, Any], timeout_s: float | None = None) -> StepResult:
         """Send actions for held seats and block until the world steps (up to its deadline).
@@ -387,6 +453,21 @@ class AgentClient:
 
     def __repr__(self) -> str:
         return f"AgentClient({self.address!r}, in_flight={len(self._ops)})"
+
+
+def read_operator_secret(operator: str | os.PathLike) -> str:
+    """The operator secret given as itself, as the file ``agora serve`` writes it to, or as a connection file that
+    holds it (``"operator"``)."""
+    if isinstance(operator, os.PathLike) or os.path.isfile(operator):
+        with open(operator) as handle:
+            text = handle.read().strip()
+        if text.startswith("{"):
+            try:
+                return str(json.loads(text)["operator"])
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{operator} is a JSON file with no 'operator' secret in it") from None
+        return text
+    return str(operator)
 
 
 def _server_public_key(server_key: str | bytes) -> bytes:

@@ -10,7 +10,7 @@ import gymnasium
 from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.types import StepResult
 from agora_marl.envserver.protocol import noop_value
-from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, LOST, NOT_YOUR_SEAT
+from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, NO_SESSION, NOT_YOUR_SEAT
 
 
 class SeatEnv(gymnasium.Env):
@@ -181,16 +181,12 @@ class SeatEnv(gymnasium.Env):
         try:
             return self.client.act(self.world, {self.seat: action})
         except ServerError as exc:
-            if exc.code != NOT_YOUR_SEAT or not self._seat_lost():
+            if exc.code not in (NOT_YOUR_SEAT, NO_SESSION):
                 raise
-            # The server gave the seat up (this connection was silent too long): reclaim it with its token.
-            self.client.join(self.world, tokens={self.seat: self.token})
+            # The server gave the seat up (this connection was silent too long): reclaim it with its token, unless
+            # someone took it over with the token meanwhile (then the join fails with seat_taken).
+            self.client.join(self.world, tokens={self.seat: self.token}, takeover=False)
             return self.client.act(self.world, {self.seat: action})
-
-    def _seat_lost(self) -> bool:
-        # "lost": our silence cost the seat, so take it back; "held": someone took it over with the token, so don't.
-        seats = {w["world"]: w["seats"] for w in self.client.list_worlds()}.get(self.world, {})
-        return seats.get(self.seat) == LOST
 
     def render(self) -> None:
         """Nothing to render over the wire: warns and returns None, as gymnasium does without a render mode."""

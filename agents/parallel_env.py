@@ -12,7 +12,7 @@ from pettingzoo import ParallelEnv
 from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient, ServerError
 from agora_marl.agents.types import Observation
 from agora_marl.envserver.protocol import WorldSpec
-from agora_marl.envserver.protocol.vocabulary import NOT_YOUR_SEAT
+from agora_marl.envserver.protocol.vocabulary import NO_SESSION, NOT_YOUR_SEAT
 
 
 class RemoteParallelEnv(ParallelEnv):
@@ -136,11 +136,11 @@ class RemoteParallelEnv(ParallelEnv):
         try:
             return self.client.act(self.world, actions)
         except ServerError as exc:
-            if exc.code != NOT_YOUR_SEAT:
+            if exc.code not in (NOT_YOUR_SEAT, NO_SESSION):
                 raise
         # The server gave the seats up (this env was silent past its keep-alive): take them back with their tokens,
         # and the ownership with the owner token, then act again. A seat someone else holds now fails the join.
-        self.client.join(self.world, tokens=self.tokens, owner_token=self.owner_token)
+        self.client.join(self.world, tokens=self.tokens, owner_token=self.owner_token, takeover=False)
         return self.client.act(self.world, actions)
 
     def __getstate__(self) -> dict:

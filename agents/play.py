@@ -17,7 +17,14 @@ from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.policies import RunLoader, named_policy
 from agora_marl.agents.types import StepResult
 from agora_marl.envserver.protocol import noop_value, resolve_address
-from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, LOST, NOT_YOUR_SEAT
+from agora_marl.envserver.protocol.vocabulary import (
+    EPISODE_OVER,
+    INTERRUPTED,
+    NO_SESSION,
+    NOT_YOUR_SEAT,
+    SEAT_TAKEN,
+    UNKNOWN_WORLD,
+)
 
 
 @dataclass
@@ -156,7 +163,7 @@ class _Player:
         try:
             return self.client.act(self.world, actions)
         except ServerError as exc:
-            if exc.code == NOT_YOUR_SEAT:
+            if exc.code in (NOT_YOUR_SEAT, NO_SESSION):
                 self._reclaim()
             elif exc.code in (INTERRUPTED, EPISODE_OVER):
                 self._resync(wait=exc.code == EPISODE_OVER)
@@ -166,14 +173,16 @@ class _Player:
 
     def _reclaim(self) -> None:
         # A silent connection loses all its seats at once (they become "lost"); a seat still "held" is someone else's.
-        seats = {w["world"]: w["seats"] for w in self.client.list_worlds()}.get(self.world)
-        if seats is None:
-            raise RuntimeError(f"world {self.world} is gone: its owner closed it")
-        lost = {s: t for s, t in self.tokens.items() if seats.get(s) == LOST}
-        if not lost:
-            raise RuntimeError(f"seats {sorted(self.tokens)} of world {self.world} were taken over with their tokens")
-        self.out(f"the server gave up seats {sorted(lost)} (this client was silent too long); reclaiming them")
-        self.client.join(self.world, tokens=lost)
+        # Reclaim with takeover=False: a seat someone took over with its token meanwhile stays theirs.
+        self.out(f"the server gave up seats {sorted(self.tokens)} (this client was silent too long); reclaiming them")
+        try:
+            self.client.join(self.world, tokens=self.tokens, takeover=False)
+        except ServerError as exc:
+            if exc.code == UNKNOWN_WORLD:
+                raise RuntimeError(f"world {self.world} is gone: its owner closed it") from None
+            if exc.code == SEAT_TAKEN:
+                raise RuntimeError(f"seats of world {self.world} were taken over with their tokens") from None
+            raise
 
     def _resync(self, wait: bool) -> None:
         # The owner reset the world, or its episode is over and only the owner can start the next: wait for it.

@@ -52,6 +52,10 @@ class Created:
     """With ``join=True``: one ``{agent: token}`` map per world."""
     obs: dict[int, dict[str, Any]] = field(default_factory=dict)
     """With ``join=True``: each world's first observations, ``obs[world][agent]``."""
+    observer_token: str = ""
+    """Admits an observer (``join(..., role="observer", observer_token=...)``): give it to whom may watch."""
+    render: bool = False
+    """The worlds give frames (``render``)."""
 
 
 @dataclass

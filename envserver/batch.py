@@ -168,6 +168,9 @@ class BatchStepper:
             self.current = world
             result_obs, rew, term, trunc, _ = env.step({a: rows[a][k] for a in env.agents})
             world.tick += 1
+            world.steps += 1
+            world.last_rewards = rew
+            world.episode_return += sum(rew.values())
             # One row assignment per field and world, not one per agent.
             rewards[k] = [rew.get(a, 0.0) for a in agents]
             terminated[k] = [term.get(a, False) for a in agents]
@@ -181,6 +184,7 @@ class BatchStepper:
                 self._write_obs(final_obs, k, result_obs)
                 if final_state is not None:
                     final_state[k] = world.state()
+                world.end_episode()
                 world.reset()
                 world.episode += 1
             elif len(env.agents) < n_agents:

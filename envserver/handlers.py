@@ -27,6 +27,7 @@ from agora_marl.envserver.protocol.vocabulary import (
     FREE,
     HELD,
     LOST,
+    NOT_ALLOWED,
     NOT_OWNER,
     NOT_YOUR_SEAT,
     OBSERVER,
@@ -60,18 +61,37 @@ def _member(world: World, session: Session) -> bool:
     return world.owner == session.identity or any(w == world.world_id for w, _ in session.seats)
 
 
+def _may_watch(world: World, session: Session) -> bool:
+    """Whether the session may read the whole world (every agent's observations, its frames): its owner, an
+    observer the owner admitted, an operator, anyone for a public world."""
+    return world.public or session.operator or world.owner == session.identity or session.identity in world.observers
+
+
+def _visible(world: World, session: Session) -> bool:
+    """Whether ``list`` shows the world to the session."""
+    return _may_watch(world, session) or _member(world, session)
+
+
 # ---- connection ---------------------------------------------------------------------------------------------
 
 
-def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
-    session.name = str(field(message, "name", str, ""))[:200]
+def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
+    """Open a session (or, with its ``secret``, renew one): the secret it returns authorises every later request."""
+    name = str(field(message, "name", str, ""))[:200]
     config = server.config
     keep_alive = field(message, "keep_alive_s", (int, float), None)
+    operator = field(message, "operator", str, None)
+    if keep_alive is not None and not keep_alive >= 0:  # NaN too
+        raise ProtocolError(BAD_REQUEST, f"'keep_alive_s' must be >= 0, got {keep_alive}", "send seconds, or omit it")
+    if operator is not None and not secrets.compare_digest(operator.encode(), server.operator_secret.encode()):
+        raise ProtocolError(
+            NOT_ALLOWED, "that is not this server's operator secret", "read it from the server's operator file"
+        )
+    if session is None:
+        session = server.new_session()
+    session.name = name
+    session.operator = session.operator or operator is not None
     if keep_alive is not None:
-        if not keep_alive >= 0:  # NaN too
-            raise ProtocolError(
-                BAD_REQUEST, f"'keep_alive_s' must be >= 0, got {keep_alive}", "send seconds, or omit it"
-            )
         # Never shorter than the server's own timeout, never longer than the operator allows.
         session.keep_alive_s = min(max(float(keep_alive), config.heartbeat_timeout_s), config.max_keep_alive_s)
     return {
@@ -80,6 +100,8 @@ def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
         "version": __version__,
         "protocol": PROTOCOL_VERSION,
         "session": session.label,
+        "secret": session.secret,
+        "operator": session.operator,
         "keep_alive_s": session.keep_alive_s if session.keep_alive_s is not None else config.heartbeat_timeout_s,
         "limits": {
             "max_message_bytes": config.max_message_bytes,
@@ -93,26 +115,33 @@ def op_hello(server: EnvServer, session: Session, message: dict) -> dict:
     }
 
 
-def op_ping(server: EnvServer, session: Session, message: dict) -> dict:
+def op_ping(server: EnvServer, session: Session | None, message: dict) -> dict:
     return {"op": "pong", "time": time.time()}
 
 
 def op_list(server: EnvServer, session: Session, message: dict) -> dict:
-    return {
-        "op": "worlds",
-        "worlds": [
-            {
-                "world": w.world_id,
-                "scenario": w.spec["scenario"],
-                "agents": w.agents,
-                "seats": {a: s.state for a, s in w.seats.items()},
-                "tick": w.tick,
-                "episode": w.episode,
-            }
-            for w in server.worlds.values()
-            if w.refresh() is None
-        ],
-    }
+    now = time.monotonic()
+    worlds = []
+    for w in server.worlds.values():
+        if not _visible(w, session):
+            continue
+        w.refresh()
+        holders = {a: server.holder_name(s.holder) for a, s in w.seats.items()}
+        entry = {
+            "world": w.world_id,
+            "scenario": w.spec["scenario"],
+            "agents": w.agents,
+            "seats": {a: s.state for a, s in w.seats.items()},
+            "holders": holders,
+            "observers": len(w.observers),
+            "public": w.public,
+            "render": w.renders,
+            "tick": w.tick,
+            "episode": w.episode,
+        }
+        entry.update(w.stats(now))
+        worlds.append(entry)
+    return {"op": "worlds", "worlds": worlds}
 
 
 # ---- worlds -------------------------------------------------------------------------------------------------
@@ -137,6 +166,10 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     fill = field(message, "fill", str, "noop")
     auto_reset = field(message, "auto_reset", bool, True)
     wait_for_seats = field(message, "wait_for_seats", bool, not join)
+    public = field(message, "public", bool, False)
+    render = field(message, "render", bool, False)
+    if render and render_mode is None:
+        scenario_config = {**scenario_config, "render_mode": "rgb_array"}
     if not 1 <= copies <= config.max_batch:
         raise ProtocolError(BAD_REQUEST, f"'copies' must be 1..{config.max_batch}, got {copies}", "create in chunks")
     if not 0 < deadline_ms <= 3_600_000:
@@ -166,6 +199,7 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         vector = scenarios.make_vector(name, copies, scenario_config) if vectorise else None
         if vector is not None:
             group = VectorGroup(vector)
+            group.rate_mark = (time.monotonic(), 0)
             group.last_obs = vector.reset(seed=seed)
             envs = [CopyView(group, i) for i in range(copies)]
             firsts = [(CopyObs(group, i), {}) for i in range(copies)]
@@ -194,6 +228,8 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
     spec_key = server.spec_key(wire_spec)
     options = WorldOptions(deadline_ms / 1000.0, fill, auto_reset, wait_for_seats)
     owner_token = secrets.token_hex(16)  # one for all the copies created together
+    observer_token = secrets.token_hex(16)
+    renders = group.renders if group is not None else getattr(envs[0], "render_mode", None) == "rgb_array"
     worlds = []
     for i, env in enumerate(envs):
         world = World(
@@ -208,11 +244,15 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
             owner=session.identity,
             owner_token=owner_token,
             seed=None if seed is None else seed + i,
+            public=public,
+            observer_token=observer_token,
+            renders=renders,
         )
         world.obs, world.infos = firsts[i]
         if group is not None:
             world.group, world.index = group, i
             group.add(world)
+        world.rate_mark = (time.monotonic(), 0)
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
         worlds.append(world)
@@ -221,6 +261,8 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict:
         "worlds": [w.world_id for w in worlds],
         "spec": wire_spec,
         "owner_token": owner_token,
+        "observer_token": observer_token,
+        "render": renders,
     }
     if join:
         reply["tokens"] = [_take_all(world, session) for world in worlds]
@@ -238,11 +280,25 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
     role = field(message, "role", str, AGENT)
     tokens = field(message, "tokens", dict, {})
+    takeover = field(message, "takeover", bool, True)
     owner_token = field(message, "owner_token", str, None)
+    observer_token = field(message, "observer_token", str, None)
     strings(tokens, "tokens")
     strings(tokens.values(), "tokens")
     if role not in ROLES:
         raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r:.40}", "see join")
+    if observer_token is not None and not secrets.compare_digest(observer_token, world.observer_token):
+        raise ProtocolError(
+            BAD_TOKEN,
+            f"that is not the observer token of world {world.world_id}",
+            "ask its owner for the created reply's observer_token",
+        )
+    if role == OBSERVER and observer_token is None and owner_token is None and not _may_watch(world, session):
+        raise ProtocolError(
+            NOT_ALLOWED,
+            f"world {world.world_id} admits only the observers its owner invites",
+            "join with the owner's 'observer_token' (or as an operator); public worlds admit anyone",
+        )
     if owner_token is not None and owner_token != world.owner_token:
         raise ProtocolError(
             BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "send the created reply's owner_token"
@@ -262,7 +318,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
             token = tokens.get(agent)
             if token is not None and token != seat.token:
                 raise ProtocolError(BAD_TOKEN, f"that is not the token of seat {agent!r}", "join without a token")
-            if seat.state == HELD and seat.holder != session.identity and token is None:
+            if seat.state == HELD and seat.holder != session.identity and (token is None or not takeover):
                 raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} is held by another client", "pick a free seat")
             if seat.state == LOST and token is None:
                 raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} was lost by its holder", "reclaim it with its token")
@@ -275,8 +331,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
         seat = world.seats[agent]
         previous = seat.holder
         if previous is not None and previous != session.identity:
-            for identity, header in world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous):
-                server.send(identity, header)
+            server.send_to(world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous))
             old = server.sessions.get(previous)
             if old:
                 old.seats.discard((world.world_id, agent))
@@ -313,8 +368,7 @@ def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
         world.seat(agent)
         if agent not in mine:
             raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", f"you hold {mine}")
-    for identity, header in world.cancel_waiters("you left the world", session.identity):
-        server.send(identity, header)
+    server.send_to(world.cancel_waiters("you left the world", session.identity))
     for agent in seats:
         world.release_seat(agent, lost=False)
         session.seats.discard((world.world_id, agent))
@@ -336,8 +390,7 @@ def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
         raise world.group.refuse_single(world.world_id)
     seed = seed_field(message)
     options = plain_field(message, "options", None)
-    for identity, header in world.cancel_waiters("the owner reset the world"):
-        server.send(identity, header)
+    server.send_to(world.cancel_waiters("the owner reset the world"))
     try:
         world.reset(seed=seed, options=options)
     except KeyboardInterrupt:
@@ -352,7 +405,7 @@ def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if world.owner == session.identity or session.identity in world.observers:
+    if _may_watch(world, session):
         return world.observation_reply(world.live_agents)
     mine = world.held_by(session.identity)
     if not mine:
@@ -362,7 +415,7 @@ def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_state(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if not (_member(world, session) or session.identity in world.observers):
+    if not (_member(world, session) or _may_watch(world, session)):
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
     world.refresh()
     try:
@@ -376,6 +429,26 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
             SCENARIO_ERROR, f"the state of world {world.world_id} raised {type(exc).__name__}: {exc}", "fix state()"
         ) from None
     return {"op": "state", "world": world.world_id, "tick": world.tick, "state": state}
+
+
+def op_render(server: EnvServer, session: Session, message: dict) -> dict:
+    world = server.world(message.get("world"))
+    if not (_member(world, session) or _may_watch(world, session)):
+        raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it (as an observer) first")
+    world.refresh()
+    if world.frame_tick != (world.episode, world.tick) or world.frame is None:
+        try:
+            world.frame = world.render()
+        except ProtocolError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:
+            raise ProtocolError(
+                SCENARIO_ERROR, f"rendering world {world.world_id} raised {type(exc).__name__}: {exc}", "fix render()"
+            ) from None
+        world.frame_tick = (world.episode, world.tick)
+    return {"op": "frame", "world": world.world_id, "tick": world.tick, "episode": world.episode, "frame": world.frame}
 
 
 #: Every operation's handler, by the ``op`` of its request.
@@ -393,5 +466,6 @@ OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
     "act": op_act,
     "step_batch": op_step_batch,
     "reset_batch": op_reset_batch,
+    "render": op_render,
 }
 assert set(OPERATIONS) == set(REQUESTS), "every request of the protocol has exactly one handler"

@@ -14,6 +14,8 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -34,6 +36,9 @@ Clients connect a ZeroMQ DEALER socket and speak the protocol of docs/protocol.m
 """
 
 log = logging.getLogger("agora.server")
+#: The environment variable through which `--workers N` hands its workers one shared operator secret (never argv,
+#: which every user of the machine can read in ps).
+OPERATOR_ENV = "AGORA_OPERATOR_SECRET"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,6 +105,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="DIR",
         help="with --curve-secret: let in only the clients whose public keys (*.key files, `agora keys new`) are in DIR",
     )
+    parser.add_argument(
+        "--max-sessions",
+        type=int,
+        default=65536,
+        help="sessions kept at once (one per hello; idle ones are forgotten); past it hello is refused (default "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--operator-file",
+        type=Path,
+        help="write the operator secret (lists and observes every world: agora watch, agora worlds) to this file, "
+        "readable by you only (default: ~/.cache/agora/operator/<address>; $AGORA_OPERATOR_DIR moves the folder)",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
 
@@ -132,6 +150,9 @@ def server_config(args: argparse.Namespace, bind: str | None = None):
         bind=bind or args.bind,
         max_message_bytes=args.max_message_bytes,
         max_worlds_per_client=args.max_worlds_per_client,
+        max_sessions=args.max_sessions,
+        # Workers of one `agora serve --workers N` share the operator secret their parent made.
+        operator_secret=os.environ.get(OPERATOR_ENV) or None,
         heartbeat_timeout_s=args.heartbeat_timeout,
         max_keep_alive_s=args.max_keep_alive,
         default_deadline_ms=args.deadline_ms,
@@ -174,14 +195,16 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--workers must be at least 1")
     if args.workers > 1:
         return _run_workers(args)
-    from agora_marl.envserver.protocol.connection import write_connection_file
+    from agora_marl.envserver.protocol.connection import operator_file, write_connection_file, write_operator_file
     from agora_marl.envserver.server import EnvServer
 
     server = EnvServer(server_config(args))
     signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    secret_file = args.operator_file or operator_file(server.address)
+    write_operator_file(secret_file, server.operator_secret)
     if args.addr_file:
-        write_connection_file(args.addr_file, [server.address])
-    log.info("serving on %s", server.address)
+        write_connection_file(args.addr_file, [server.address], operator=server.operator_secret)
+    log.info("serving on %s (operator secret in %s)", server.address, secret_file)
     with contextlib.suppress(KeyboardInterrupt):
         server.serve_forever()
     return 0
@@ -214,6 +237,7 @@ def _run_workers(args: argparse.Namespace) -> int:
     from agora_marl.envserver.process import ServerProcesses, ServerStartError
     from agora_marl.envserver.protocol.connection import write_connection_file
 
+    os.environ.setdefault(OPERATOR_ENV, secrets.token_urlsafe(32))  # one operator secret for all the workers
     stopped: list[int] = []  # a plain flag: a signal handler must not take a lock the main thread may hold
     signal.signal(signal.SIGTERM, lambda signum, _: stopped.append(signum))
     # The workers' log lines go where this process's go.
@@ -223,7 +247,7 @@ def _run_workers(args: argparse.Namespace) -> int:
     try:
         with workers:
             if args.addr_file:
-                write_connection_file(args.addr_file, workers.addresses)
+                write_connection_file(args.addr_file, workers.addresses, operator=os.environ[OPERATOR_ENV])
             print("serving on " + " ".join(workers.addresses), flush=True)
             with contextlib.suppress(KeyboardInterrupt):
                 while not stopped and workers.running():
@@ -241,6 +265,7 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     flags = [
         f"--max-message-bytes={args.max_message_bytes}",
         f"--max-worlds-per-client={args.max_worlds_per_client}",
+        f"--max-sessions={args.max_sessions}",
         f"--heartbeat-timeout={args.heartbeat_timeout}",
         f"--max-keep-alive={args.max_keep_alive}",
         f"--deadline-ms={args.deadline_ms}",

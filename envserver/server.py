@@ -27,8 +27,11 @@ from agora_marl.envserver.protocol import pack, unpack
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     BAD_REQUEST,
+    BUSY,
     INTERNAL,
+    NO_SESSION,
     SCENARIO_ERROR,
+    SESSIONLESS,
     TOO_LARGE,
     UNKNOWN_OP,
     UNKNOWN_WORLD,
@@ -49,7 +52,10 @@ class ServerConfig:
     max_message_bytes: int = 64 << 20
     """Requests larger than this are refused with ``too_large``; 8x this closes the connection."""
     max_worlds_per_client: int = 4096
-    """How many live worlds one connection may own."""
+    """How many live worlds one session may own."""
+    max_sessions: int = 65536
+    """How many sessions the server keeps at once (one per ``hello``; an idle one is forgotten after the heartbeat
+    timeout). Past it, ``hello`` is refused with ``busy``."""
     max_worlds: int = 65536
     """How many live worlds the server hosts in all."""
     max_batch: int = 4096
@@ -66,15 +72,33 @@ class ServerConfig:
     """Z85 CurveZMQ secret key: when set, the socket is a CURVE server and clients must know its public key."""
     curve_client_keys: tuple[bytes, ...] | None = None
     """Z85 public keys of the clients allowed in (CURVE only); None: any client that knows the server's key."""
+    operator_secret: str | None = None
+    """The operator credential: a ``hello`` that carries it may list and observe every world (tools such as
+    ``agora watch``). None: the server makes a random one (``EnvServer.operator_secret``; ``agora serve`` writes it
+    to a file only its user can read)."""
 
 
 @dataclass
 class Session:
-    """What the server knows of one connection (a ROUTER identity)."""
+    """What the server knows of one client: made by ``hello``, proved by its secret in every later request.
+
+    Authority never comes from the transport: a ZeroMQ routing id is chosen by the peer (``ZMQ_ROUTING_ID``) and can
+    be reused by anyone once its connection is gone, so it only says where replies go. Worlds record their owner and
+    seat holders by the session's ``identity``, a key of the server's own that no client ever sees.
+    """
 
     identity: bytes
-    """The connection's ROUTER routing id: for routing replies only, and never shown to any client."""
+    """The server's own key for this session (worlds' owner and holders); never shown to any client."""
+    route: bytes
+    """The ROUTER routing id of the connection that last proved the secret: where replies go."""
+    secret: str
+    """Sent once, in ``welcome``; every later request carries it as ``secret``."""
     last_seen: float
+    operator: bool = False
+    """Proved the operator credential at ``hello``: may list and observe every world."""
+    peer_key: str = ""
+    """The CURVE public key the session was made over (the ZAP ``User-Id``), when the server has an allow-list: a
+    secret shown over another key's connection is refused."""
     owned: set[int] = field(default_factory=set)
     seats: set[tuple[int, str]] = field(default_factory=set)
     name: str = ""
@@ -126,6 +150,10 @@ class EnvServer:
             )
         self.worlds: dict[int, World] = {}
         self.sessions: dict[bytes, Session] = {}
+        self._by_secret: dict[str, Session] = {}
+        self.request_route: bytes = b""
+        self.request_header: Any = None
+        self.operator_secret: str = self.config.operator_secret or secrets.token_urlsafe(32)
         self._next_world = 1
         self._deadlines: list[tuple[float, int]] = []
         self._stop = threading.Event()
@@ -187,7 +215,7 @@ class EnvServer:
     # ---- one request ------------------------------------------------------------------------------------------
 
     def _serve_one(self, frames: list) -> None:
-        identity = frames[0].bytes
+        route = frames[0].bytes
         frames = frames[1:]
         self.stats["requests"] += 1
         request_id = 0
@@ -202,29 +230,30 @@ class EnvServer:
                 )
             message = unpack(frames)
             request_id = message["id"]
-            session = self._session(identity)
-            handler = OPERATIONS.get(message["op"])
+            op = message["op"]
+            handler = OPERATIONS.get(op)
             if handler is None:
-                raise ProtocolError(
-                    UNKNOWN_OP, f"unknown operation {message['op']!r:.80}", f"use one of {sorted(OPERATIONS)}"
-                )
+                raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r:.80}", f"use one of {sorted(OPERATIONS)}")
+            session = self._session(message, route, frames[0], required=op not in SESSIONLESS)
+            self.request_route, self.request_header = route, frames[0]  # for hello's new_session
             reply = handler(self, session, message)
             if reply is not None:
                 reply["id"] = request_id
-                self.send(identity, reply)
+                self.send(route, reply)
         except ProtocolError as exc:
             self.stats["errors"] += 1
-            self.send(identity, exc.to_header(exc.request_id or request_id))
+            self.send(route, exc.to_header(exc.request_id or request_id))
         except KeyboardInterrupt:  # the server's stop signal
             raise
         except BaseException as exc:  # a bug of ours or a scenario's SystemExit costs one request, never the server
             self.stats["errors"] += 1
             log.exception("internal error while serving a request")
             error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
-            self.send(identity, error.to_header(request_id))
+            self.send(route, error.to_header(request_id))
 
-    def send(self, identity: bytes, message: dict) -> None:
-        frames = [identity, *pack(message)]
+    def send(self, route: bytes, message: dict) -> None:
+        """Send a message to the connection with this routing id (replies to the request being served)."""
+        frames = [route, *pack(message)]
         last = len(frames) - 1
         try:
             for i, frame in enumerate(frames):
@@ -233,15 +262,71 @@ class EnvServer:
                 big = getattr(frame, "nbytes", 0) >= _ZERO_COPY_BYTES
                 self.socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
         except zmq.ZMQError as exc:  # the peer is gone or its queue is full: its loss, not the server's
-            log.warning("dropping a reply to %s: %s", identity.hex(), exc)
+            log.warning("dropping a reply: %s", exc)
 
-    def _session(self, identity: bytes) -> Session:
-        session = self.sessions.get(identity)
-        now = time.monotonic()
+    def send_to(self, replies: list[tuple[bytes, dict]]) -> None:
+        """Send messages to sessions (by ``Session.identity``), wherever each last connected from; a session that is
+        gone gets nothing."""
+        for identity, message in replies:
+            session = self.sessions.get(identity)
+            if session is not None:
+                self.send(session.route, message)
+
+    def _session(self, message: dict, route: bytes, header, required: bool) -> Session | None:
+        """The session whose secret the request carries (its replies now go to ``route``), or None for a sessionless
+        request that carries none."""
+        secret = message.get("secret")
+        if secret is None and not required:
+            return None
+        session = self._by_secret.get(secret) if isinstance(secret, str) else None
         if session is None:
-            session = self.sessions[identity] = Session(identity, now)
-        session.last_seen = now
+            if secret is None:
+                raise ProtocolError(
+                    NO_SESSION,
+                    f"'{message['op']}' needs a session: it carries no 'secret'",
+                    "send hello first and put its welcome's 'secret' in every request",
+                )
+            raise ProtocolError(
+                NO_SESSION,
+                "no session has that secret: it was never issued, or the session was forgotten after a silence "
+                "longer than its keep_alive_s (or the server restarted)",
+                "send hello again (without a secret) and reclaim your seats with their tokens",
+            )
+        if route != session.route:  # the client reconnected (or another connection shows the secret)
+            if session.peer_key and _peer_key(header) != session.peer_key:
+                raise ProtocolError(
+                    NO_SESSION, "that session belongs to another CURVE key", "send hello over your own connection"
+                )
+            session.route = route
+        session.last_seen = time.monotonic()
         return session
+
+    def new_session(self) -> Session:
+        """A session for the ``hello`` being served; refused with ``busy`` when the server keeps as many as it may."""
+        route, header = self.request_route, self.request_header
+        if len(self.sessions) >= self.config.max_sessions:
+            raise ProtocolError(
+                BUSY, f"the server keeps {len(self.sessions)} sessions, its limit", "try again in a few seconds"
+            )
+        while True:
+            identity, secret = os.urandom(16), secrets.token_urlsafe(24)
+            if identity not in self.sessions and secret not in self._by_secret:
+                break
+        peer_key = _peer_key(header) if self._authenticator is not None else ""
+        session = Session(identity, route, secret, time.monotonic(), peer_key=peer_key)
+        self.sessions[identity] = self._by_secret[secret] = session
+        return session
+
+    def holder_name(self, identity: bytes | None) -> str | None:
+        """What ``list`` calls a seat's holder: the name it gave at ``hello``, else its public session label."""
+        session = self.sessions.get(identity) if identity is not None else None
+        if session is None:
+            return None
+        return session.name or session.label
+
+    def forget_session(self, session: Session) -> None:
+        self.sessions.pop(session.identity, None)
+        self._by_secret.pop(session.secret, None)
 
     # ---- worlds -----------------------------------------------------------------------------------------------
 
@@ -286,14 +371,14 @@ class EnvServer:
             raise
         except BaseException as exc:  # a scenario's SystemExit too
             log.exception("world %d raised while stepping", world.world_id)
-            for identity, header in world.cancel_waiters(f"world {world.world_id} raised {exc!r}; it is closed"):
+            cancelled = world.cancel_waiters(f"world {world.world_id} raised {exc!r}; it is closed")
+            for _, header in cancelled:
                 header["code"] = SCENARIO_ERROR
-                self.send(identity, header)
+            self.send_to(cancelled)
             self.close_world(world, "the scenario raised")
             return
         self.stats["steps"] += 1
-        for identity, reply in replies:
-            self.send(identity, reply)
+        self.send_to(replies)
 
     def _fire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
@@ -306,8 +391,7 @@ class EnvServer:
         """Close a world: its waiters get ``interrupted``, its seats and ownership are released, its env closed."""
         if world.group is not None:
             world.group.intact = False
-        for identity, header in world.cancel_waiters(f"world {world.world_id} was closed: {reason}"):
-            self.send(identity, header)
+        self.send_to(world.cancel_waiters(f"world {world.world_id} was closed: {reason}"))
         for agent, seat in world.seats.items():
             session = self.sessions.get(seat.holder) if seat.holder else None
             if session:
@@ -344,7 +428,7 @@ class EnvServer:
             silence = session.keep_alive_s if session.keep_alive_s is not None else self.config.heartbeat_timeout_s
             if session.last_seen >= now - silence or self._has_waiters(identity, session):
                 continue
-            log.info("connection %s went silent; releasing its seats", identity.hex())
+            log.info("session %r (%s) went silent; releasing its seats", session.name, session.identity.hex()[:8])
             touched = set()
             for world_id, agent in list(session.seats):
                 world = self.worlds.get(world_id)
@@ -358,7 +442,7 @@ class EnvServer:
                     world.owner = None
                     touched.add(world_id)
             session.owned.clear()
-            del self.sessions[identity]
+            self.forget_session(session)
             for world_id in touched:
                 world = self.worlds.get(world_id)
                 if world is not None and not self.close_if_abandoned(world):
@@ -369,6 +453,14 @@ class EnvServer:
         return any(
             any(waiter.identity == identity for waiter in self.worlds[w].waiters) for w in world_ids if w in self.worlds
         )
+
+
+def _peer_key(header) -> str:
+    """The CURVE public key (Z85) a message came over, as the ZAP handler named it (``User-Id``); "" when none."""
+    try:
+        return header.get("User-Id") or ""
+    except (AttributeError, zmq.ZMQError):
+        return ""
 
 
 def _peek_id(header_frame) -> int:

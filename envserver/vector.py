@@ -18,6 +18,8 @@ from pettingzoo import ParallelEnv
 from agora_marl.envserver.batch import BatchStepper
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, LAYOUT_STACKED
+from agora_marl.envserver.world import RECENT_RETURNS
+from agora_marl.scenarios import VectorScenario
 
 
 class VectorGroup:
@@ -34,12 +36,53 @@ class VectorGroup:
         self.last_obs: dict[str, np.ndarray] = {}
         self.ticks = np.zeros(vector.num_copies, np.int64)
         self.episodes = np.zeros(vector.num_copies, np.int64)
+        # What ``list`` shows, kept with a few vector ops per batch: returns so far, the last RECENT_RETURNS
+        # finished ones per copy (a ring), the last rewards, steps since creation.
+        self.steps = 0
+        self.returns = np.zeros(vector.num_copies, np.float64)
+        self.recent = np.zeros((vector.num_copies, RECENT_RETURNS), np.float64)
+        self.finished = np.zeros(vector.num_copies, np.int64)
+        self.last_rewards: np.ndarray | None = None
+        self.rate_mark: tuple[float, int] = (0.0, 0)
+        self.renders = type(vector).render is not VectorScenario.render
 
     def sole_holder(self) -> bytes | None:
         """The connection holding every seat of every copy, if one does (cached by each world)."""
         holders = {w.sole_holder() for w in self.worlds} if self.holders_dirty else {self._holder}
         self._holder, self.holders_dirty = (holders.pop() if len(holders) == 1 else None), False
         return self._holder
+
+    def record(self, rewards: np.ndarray, over: np.ndarray) -> None:
+        """Account one batch step's rewards (K, agents) and finished episodes for ``stats``."""
+        self.steps += 1
+        self.last_rewards = rewards
+        self.returns += rewards.sum(axis=1)
+        if over.any():
+            done = np.flatnonzero(over)
+            self.recent[done, self.finished[done] % RECENT_RETURNS] = self.returns[done]
+            self.finished[done] += 1
+            self.returns[done] = 0.0
+
+    def stats(self, index: int, now: float) -> dict:
+        """Copy ``index``'s part of ``list`` (see :meth:`World.stats`)."""
+        since, steps = self.rate_mark
+        rate = (self.steps - steps) / (now - since) if since and now > since else 0.0
+        if now - since >= 1.0:
+            self.rate_mark = (now, self.steps)
+        n = int(min(self.finished[index], RECENT_RETURNS))
+        order = (np.arange(n) + self.finished[index] - n) % RECENT_RETURNS
+        rewards = (
+            {} if self.last_rewards is None else dict(zip(self.agents, self.last_rewards[index].tolist(), strict=True))
+        )
+        return {
+            "steps_per_s": round(rate, 2),
+            "late": 0,
+            "returns": [round(r, 4) for r in self.recent[index, order].tolist()],
+            "rewards": rewards,
+        }
+
+    def render(self, index: int) -> np.ndarray:
+        return self.vector.render(index)
 
     def add(self, world: Any) -> None:
         self.worlds.append(world)
@@ -140,6 +183,7 @@ class VectorStepper(BatchStepper):
         obs, rewards, terminated, truncated = group.vector.step(actions)
         over = terminated.any(axis=1) | truncated.any(axis=1)
         group.ticks += 1
+        group.record(rewards, over)
         reply = {
             "op": "batch",
             "worlds": group.world_ids,

@@ -10,6 +10,7 @@ fill action, and every reply names them (``filled``).
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,9 @@ from pettingzoo import ParallelEnv
 from agora_marl.envserver.protocol import noop_value, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, FREE, HELD, INTERRUPTED, LATE, LOST, UNKNOWN_SEAT
+
+#: How many finished episodes' returns a world keeps for ``list``.
+RECENT_RETURNS = 10
 
 
 @dataclass
@@ -50,6 +54,7 @@ class Waiter:
     """An ``act`` request waiting for its world to step."""
 
     identity: bytes
+    """The session that sent it (``Session.identity``); its reply goes wherever that session last connected from."""
     request_id: int
     seats: list[str]
 
@@ -99,6 +104,26 @@ class World:
     """The :class:`agora_marl.envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
     index: int = 0
     deadline_at: float | None = None
+    public: bool = False
+    """Listed to every session and observable by anyone (``create``'s ``public``); else only by its members, the
+    sessions the owner admitted (``observer_token``) and operators."""
+    observer_token: str = ""
+    """Admits an observer; one for all the copies created together."""
+    renders: bool = False
+    """``render`` gives frames (the env was built with ``render_mode="rgb_array"``, or its vector form renders)."""
+    steps: int = 0
+    """Steps since the world was created, over all episodes (for the steps/s that ``list`` shows)."""
+    late_fills: int = 0
+    """Seats that were held but got the fill action at a deadline, over the world's life."""
+    episode_return: float = 0.0
+    """The running sum of every agent's rewards in the current episode."""
+    recent_returns: deque = field(default_factory=lambda: deque(maxlen=RECENT_RETURNS))
+    last_rewards: dict = field(default_factory=dict)
+    rate_mark: tuple[float, int] = (0.0, 0)
+    """(time, steps) when ``list`` last measured the rate."""
+    frame: np.ndarray | None = None
+    frame_tick: tuple[int, int] = (-1, -1)
+    """(episode, tick) of ``frame``: a world is drawn at most once per tick, however many watch it."""
     agents: list[str] = field(init=False)
     seats: dict[str, Seat] = field(init=False)
     rng: np.random.Generator = field(init=False)
@@ -235,7 +260,14 @@ class World:
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), filled)
         self.tick += 1
+        self.steps += 1
+        self.last_rewards = rewards
+        self.episode_return += float(sum(rewards.values()))
+        if filled:
+            self.late_fills += sum(1 for why in filled.values() if why == LATE)
         self.obs, self.infos = obs, infos
+        if self.episode_over:
+            self.end_episode()
         if self.episode_over and self.options.auto_reset:
             outcome.final_obs = obs
             self.reset()
@@ -282,7 +314,42 @@ class World:
         error = ProtocolError(INTERRUPTED, reason, "read the world again with observe, then act")
         return [(w.identity, error.to_header(w.request_id)) for w in cancelled]
 
+    def end_episode(self) -> None:
+        """Keep the finished episode's return for ``list``."""
+        self.recent_returns.append(self.episode_return)
+        self.episode_return = 0.0
+
     # ---- reading ----------------------------------------------------------------------------------------------
+
+    def stats(self, now: float) -> dict:
+        """What ``list`` shows of the world's activity: steps/s since the last look (at least 1 s apart), late
+        fills, the last episodes' returns and the last step's rewards."""
+        if self.group is not None:
+            return self.group.stats(self.index, now)
+        since, steps = self.rate_mark
+        rate = (self.steps - steps) / (now - since) if since and now > since else 0.0
+        if now - since >= 1.0:
+            self.rate_mark = (now, self.steps)
+        return {
+            "steps_per_s": round(rate, 2),
+            "late": self.late_fills,
+            "returns": [round(r, 4) for r in self.recent_returns],
+            "rewards": {a: float(r) for a, r in self.last_rewards.items()},
+        }
+
+    def render(self) -> np.ndarray:
+        """The world as a (H, W, 3) uint8 picture."""
+        if not self.renders:
+            raise ProtocolError(
+                BAD_REQUEST,
+                f"world {self.world_id} does not render",
+                "create it with 'render': true (its scenario must support rgb_array)",
+            )
+        frame = self.group.render(self.index) if self.group is not None else self.env.render()
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
+            raise ValueError(f"render() gave a {frame.dtype} array of shape {frame.shape}, not (H, W, 3) uint8")
+        return np.ascontiguousarray(frame[:, :, :3])
 
     def observation_reply(self, agents: list[str]) -> dict:
         self.refresh()

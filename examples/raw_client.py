@@ -14,11 +14,12 @@ import zmq
 
 rng = np.random.default_rng(0)
 ids = itertools.count(1)
+session = {}  # the secret from welcome, which every later request carries
 
 
 def request(sock, op, **fields):
     """Send one request and return its reply, with the array frames put in place at their paths."""
-    sock.send(msgpack.packb({"v": 1, "op": op, "id": next(ids), **fields}))
+    sock.send(msgpack.packb({"v": 2, "op": op, "id": next(ids), **session, **fields}))
     frames = sock.recv_multipart()  # one request in flight at a time, so this reply is ours
     reply = msgpack.unpackb(frames[0])
     for (path, dtype, shape), frame in zip(reply.pop("arrays", []), frames[1:], strict=True):
@@ -55,7 +56,7 @@ def main(address, target="mpe2.simple_spread_v3:parallel_env", episodes=3):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
-    request(sock, "hello", name="raw_client")
+    session["secret"] = request(sock, "hello", name="raw_client")["secret"]
     if target.isdigit():
         joined = request(sock, "join", world=int(target), seats="all")
         world, seats, spec = joined["world"], list(joined["seats"]), joined["spec"]

@@ -8,6 +8,7 @@ Tests that need a server with special settings (``make_server``) or scenarios re
 from __future__ import annotations
 
 import os
+import tempfile
 from types import SimpleNamespace
 
 import pytest
@@ -15,6 +16,8 @@ import pytest
 # Headless rendering for scenarios that draw with pygame.
 os.environ.setdefault("SDL_VIDEODRIVER", "dummy")
 os.environ.setdefault("SDL_AUDIODRIVER", "dummy")
+# Servers the tests start write their operator secrets here, not into the home folder.
+os.environ.setdefault("AGORA_OPERATOR_DIR", tempfile.mkdtemp(prefix="agora-operator-"))
 
 
 EXTERNAL_SERVER = os.environ.get("AGORA_SERVER")

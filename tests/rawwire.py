@@ -1,4 +1,8 @@
-"""A bare DEALER for server tests: sends exactly the frames a test builds, with no client library in between."""
+"""A bare DEALER for server tests: sends exactly the frames a test builds, with no client library in between.
+
+It says hello when made (``hello=False``: not) and puts the session secret in every message that has no ``secret`` of
+its own (``"secret": None`` sends none); ``send_frames`` sends the frames exactly as given.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ from agora_marl.envserver.protocol import pack, unpack
 
 
 class RawClient:
-    def __init__(self, address: str, timeout_s: float = 10.0, curve_serverkey: bytes | None = None):
+    def __init__(
+        self, address: str, timeout_s: float = 10.0, curve_serverkey: bytes | None = None, hello: bool = True
+    ):
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve_serverkey:
@@ -19,9 +25,16 @@ class RawClient:
         self.socket.connect(address)
         self.timeout_ms = int(timeout_s * 1000)
         self._ids = itertools.count(1)
+        self.secret: str | None = None
+        if hello:
+            self.secret = self.ok({"op": "hello", "name": "raw"})["secret"]
 
     def send(self, message: dict) -> int:
         message = {"id": next(self._ids), **message}
+        if "secret" not in message and self.secret is not None:
+            message["secret"] = self.secret
+        elif message.get("secret", "") is None:
+            del message["secret"]
         self.socket.send_multipart(pack(message))
         return message["id"]
 

@@ -11,6 +11,7 @@ import zmq
 from gymnasium import spaces
 
 from agora_marl.agents import AgentClient, ServerError
+from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 from tests.procs import modules_loaded_by
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -25,7 +26,7 @@ def client(server):
 
 def test_session_round_trips(client):
     welcome = client.hello(name="test")
-    assert welcome["protocol"] == 1 and welcome["limits"]["max_batch"] >= 1
+    assert welcome["protocol"] == PROTOCOL_VERSION and welcome["limits"]["max_batch"] >= 1
     assert client.welcome is welcome
     assert abs(client.ping() - time.time()) < 60
     client.heartbeat()  # never waits; its pong is dropped when it comes

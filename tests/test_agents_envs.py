@@ -136,7 +136,7 @@ def test_seat_env_in_a_shared_world_waits_for_the_next_episode(server):
             # Another connection takes the seat over with its token; the old one must not fight to take it back.
             again = SeatEnv(server.address, world=world, seat="agent_2", token=env.token, timeout_s=10.0)
             assert again.token == env.token
-            with pytest.raises(ServerError, match="not_your_seat"):
+            with pytest.raises(ServerError, match="seat_taken"):
                 env.step(env.action_space.sample())
             again.reset()
             again.step(again.action_space.sample())

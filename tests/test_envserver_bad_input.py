@@ -15,6 +15,7 @@ import agora_marl.scenarios.registry as registry
 from agora_marl.agents import AgentClient
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.envserver.protocol import pack
+from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 from tests.conftest import EXTERNAL_SERVER
 from tests.rawwire import RawClient
 
@@ -37,17 +38,17 @@ def well_behaved_trajectory(client: RawClient, seed: int, steps: int = 30) -> li
 
 
 def _header(fields: dict) -> bytes:
-    return msgpack.packb({"v": 1, "id": 7, **fields})
+    return msgpack.packb({"v": PROTOCOL_VERSION, "id": 7, **fields})
 
 
 BAD_FRAMES = {
     "garbage bytes": [b"\xc1\xff\x00garbage"],
-    "truncated msgpack": [msgpack.packb({"v": 1, "op": "ping", "id": 1})[:-3]],
+    "truncated msgpack": [msgpack.packb({"v": PROTOCOL_VERSION, "op": "ping", "id": 1})[:-3]],
     "not a map": [msgpack.packb([1, 2, 3])],
     "empty header": [b""],
     "op not a string": [_header({"op": 5})],
-    "id not an int": [msgpack.packb({"v": 1, "op": "ping", "id": "x"})],
-    "int map keys": [msgpack.packb({"v": 1, "op": "ping", 3: 4})],
+    "id not an int": [msgpack.packb({"v": PROTOCOL_VERSION, "op": "ping", "id": "x"})],
+    "int map keys": [msgpack.packb({"v": PROTOCOL_VERSION, "op": "ping", 3: 4})],
     "arrays not a list": [_header({"op": "ping", "arrays": 5})],
     "arrays without frames": [_header({"op": "ping", "arrays": [[["a"], "float32", [2]]]})],
     "frame without arrays entry": [_header({"op": "ping"}), b"\x00" * 8],
@@ -186,7 +187,8 @@ def test_bad_requests_change_nothing_and_others_carry_on(server):
     assert after["tick"] == before["tick"] and after["episode"] == before["episode"]
     for agent in before["obs"]:
         np.testing.assert_array_equal(after["obs"][agent], before["obs"][agent])
-    listing = {w["world"]: w for w in intruder.ok({"op": "list"})["worlds"]}
+    assert world not in {w["world"] for w in intruder.ok({"op": "list"})["worlds"]}, "a private world is unlisted"
+    listing = {w["world"]: w for w in holder.ok({"op": "list"})["worlds"]}
     assert listing[world]["seats"] == {"agent_0": "held", "agent_1": "held", "agent_2": "held"}
 
     again = well_behaved_trajectory(good, seed=3)

@@ -14,6 +14,7 @@ from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
 from agora_marl import scenarios
+from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 from agora_marl.scenarios.vector import VectorScenario, vector_env
 from tests.rawwire import RawClient
 
@@ -103,7 +104,7 @@ def test_server_subprocess_with_workers_and_addr_file(tmp_path):
             assert time.monotonic() < deadline, "the server never wrote its connection file"
             time.sleep(0.05)
         info = json.loads(addr_file.read_text())
-        assert info["protocol"] == 1 and len(info["addresses"]) == 2
+        assert info["protocol"] == PROTOCOL_VERSION and len(info["addresses"]) == 2
         for address in info["addresses"]:
             assert RawClient(address).request({"op": "ping"})["op"] == "pong"
     finally:

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.skipif(not zmq.has("curve"), reason="libzmq was built w
 def test_curve_server_refuses_plain_clients_and_serves_curve_clients(make_server):
     public, secret = zmq.curve_keypair()
     server = make_server(curve_secret_key=secret)
-    plain = RawClient(server.address, timeout_s=0.5)
+    plain = RawClient(server.address, timeout_s=0.5, hello=False)
     plain.send({"op": "ping"})
     with pytest.raises(TimeoutError):
         plain.recv()

@@ -77,14 +77,18 @@ FIELD_VALUES: dict[str, list[Any]] = {
     "copies": [2, 4097],
     "deadline_ms": [1e-300, 3_600_001, -0.0],
     "seed": [2**32, 2**64 - 2],
+    "secret": ["not-a-secret", "x" * 64],
+    "operator": ["not-the-operator"],
+    "observer_token": ["0" * 32],
 }
 
 
 class Context:
     """Worlds the fuzzing client owns and holds, rebuilt when a fuzzed request closed or left one."""
 
-    def __init__(self, client: RawClient):
+    def __init__(self, client: RawClient, operator: str):
         self.client = client
+        self.operator = operator
         self.worlds: list[int] = []
         self.build()
 
@@ -96,18 +100,24 @@ class Context:
         box = self.client.ok({**create, "seed": 0, "config": {"continuous_actions": True}})
         batch = self.client.ok({**create, "seed": 1, "copies": 2})
         vector = self.client.ok({"op": "create", "scenario": "foraging_v0", "seed": 2, "copies": 2, "join": True})
-        self.world, self.box = one["worlds"][0], box["worlds"][0]
+        drawn = self.client.ok({**create, "seed": 3, "render": True})
+        self.world, self.box, self.drawn = one["worlds"][0], box["worlds"][0], drawn["worlds"][0]
+        self.observer_token = box["observer_token"]
         self.tokens = one["tokens"][0]
         self.owner_token = one["owner_token"]
         self.batch = batch["worlds"]
         self.vector = vector["worlds"]
-        self.worlds = [self.world, self.box, *self.batch, *self.vector]
+        self.worlds = [self.world, self.box, self.drawn, *self.batch, *self.vector]
 
     def templates(self) -> dict[str, list[dict]]:
-        """Well-formed requests for each operation (each would succeed as it is)."""
+        """Well-formed requests for each operation (each would succeed as it is), with the session secret as a field
+        of its own, to be mutated like the others."""
         zeros_box = np.zeros(5, np.float32)
-        return {
-            "hello": [{"op": "hello", "name": "fuzz"}],
+        templates = {
+            "hello": [
+                {"op": "hello", "name": "fuzz"},
+                {"op": "hello", "name": "fuzz", "keep_alive_s": 5, "operator": self.operator, "secret": None},
+            ],
             "ping": [{"op": "ping"}],
             "list": [{"op": "list"}],
             "create": [
@@ -124,6 +134,7 @@ class Context:
                     "wait_for_seats": False,
                 },
                 {"op": "create", "scenario": "foraging_v0", "config": {"size": 5}, "copies": 2, "join": True},
+                {"op": "create", "scenario": SPREAD, "public": True, "render": True},
             ],
             "join": [
                 {
@@ -134,7 +145,8 @@ class Context:
                     "tokens": {"agent_0": self.tokens["agent_0"]},
                     "owner_token": self.owner_token,
                 },
-                {"op": "join", "world": self.box, "role": "observer"},
+                {"op": "join", "world": self.box, "role": "observer", "observer_token": self.observer_token},
+                {"op": "join", "world": self.world, "tokens": self.tokens, "takeover": False},
             ],
             "leave": [{"op": "leave", "world": self.world, "seats": ["agent_0"]}],
             "close": [{"op": "close", "world": self.world}],
@@ -165,7 +177,13 @@ class Context:
                 {"op": "reset_batch", "worlds": list(self.vector), "seed": 2, "layout": "agents", "state": False},
                 {"op": "reset_batch", "worlds": list(self.batch), "seed": 2, "layout": "stacked", "state": True},
             ],
+            "render": [{"op": "render", "world": self.drawn}],
         }
+        for op, variants in templates.items():
+            if op not in vocabulary.SESSIONLESS:
+                for message in variants:
+                    message["secret"] = self.client.secret
+        return templates
 
 
 def _replace(message: dict, path: tuple, value: Any) -> dict:
@@ -275,7 +293,7 @@ def test_fuzzed_requests_get_proper_replies_and_change_nothing_for_others(server
 
     rng = random.Random(SEED)
     client = RawClient(server.address, timeout_s=10)
-    context = Context(client)
+    context = Context(client, server.operator_secret)
     counts: collections.Counter = collections.Counter()
     sent = 0
     variants = [(op, i) for op in vocabulary.REQUESTS for i in range(len(context.templates()[op]))]

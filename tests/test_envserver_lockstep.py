@@ -245,8 +245,9 @@ def test_token_takeover_interrupts_the_old_holder(server):
 
 def test_observer_watches_but_never_acts(server):
     owner, watcher = RawClient(server.address), RawClient(server.address)
-    world = owner.ok({"op": "create", "scenario": SPREAD, "seed": 0, "join": True})["worlds"][0]
-    watcher.ok({"op": "join", "world": world, "role": "observer"})
+    created = owner.ok({"op": "create", "scenario": SPREAD, "seed": 0, "join": True})
+    world = created["worlds"][0]
+    watcher.ok({"op": "join", "world": world, "role": "observer", "observer_token": created["observer_token"]})
     assert set(watcher.ok({"op": "observe", "world": world})["obs"]) == {"agent_0", "agent_1", "agent_2"}
     assert watcher.ok({"op": "state", "world": world})["state"].shape == (54,)
     assert watcher.request({"op": "act", "world": world, "actions": {"agent_0": 1}})["code"] == "not_your_seat"

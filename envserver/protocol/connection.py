@@ -4,23 +4,49 @@ Written by ``agora serve --addr-file PATH`` (and every server process a launcher
 
     {"protocol": 1, "server": "agora", "version": "0.2.0", "addresses": ["ipc:///tmp/agora-x/server0.sock"], "pid": 4242}
 
-It is written atomically (a rename), so a file that exists is whole: a reader may poll for it.
+It is written atomically (a rename), so a file that exists is whole: a reader may poll for it. A connection file that
+holds the server's operator secret (``"operator"``) is made readable by its user only, as is the operator file
+(:func:`operator_file`) that ``agora serve`` writes the secret to.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 from agora_marl import __version__
 from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 
+#: Where operator files go unless ``AGORA_OPERATOR_DIR`` says otherwise.
+DEFAULT_OPERATOR_DIR = Path("~/.cache/agora/operator")
 
-def write_connection_file(path: str | Path, addresses: list[str]) -> None:
-    """Write the connection file of this process's server(s) at ``path`` atomically."""
-    path = Path(path)
+
+def operator_file(address: str) -> Path:
+    """Where ``agora serve`` keeps the operator secret of the server at ``address`` (and tools look for it)."""
+    folder = Path(os.environ.get("AGORA_OPERATOR_DIR") or DEFAULT_OPERATOR_DIR).expanduser()
+    return folder / re.sub(r"[^A-Za-z0-9._-]+", "_", address).strip("_")
+
+
+def _write_private(path: Path, text: str, private: bool) -> None:
+    """Write ``text`` to ``path`` atomically; ``private``: readable by this user only, from the first byte."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+    tmp.replace(path)
+
+
+def write_operator_file(path: str | Path, secret: str) -> None:
+    """Write an operator secret to ``path``, readable by this user only."""
+    _write_private(Path(path), secret + "\n", private=True)
+
+
+def write_connection_file(path: str | Path, addresses: list[str], operator: str | None = None) -> None:
+    """Write the connection file of this process's server(s) at ``path`` atomically (with the operator secret, if
+    given: the file is then readable by this user only)."""
     body = {
         "protocol": PROTOCOL_VERSION,
         "server": "agora",
@@ -28,9 +54,31 @@ def write_connection_file(path: str | Path, addresses: list[str]) -> None:
         "addresses": list(addresses),
         "pid": os.getpid(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
+    if operator is not None:
+        body["operator"] = operator
+    _write_private(Path(path), json.dumps(body), private=operator is not None)
+
+
+def find_operator_secret(connect: str) -> str | None:
+    """The operator secret for a server named by ``connect`` (a connection file or an endpoint): from the connection
+    file, else from the server's operator file; None when neither holds one this user can read."""
+    candidates = []
+    if "://" not in connect and os.path.isfile(connect):
+        try:
+            secret = json.loads(Path(connect).read_text()).get("operator")
+        except (ValueError, OSError, AttributeError):
+            secret = None
+        if isinstance(secret, str) and secret:
+            return secret
+        candidates = [operator_file(a) for a in read_connection_file(connect)]
+    else:
+        candidates = [operator_file(connect)]
+    for path in candidates:
+        try:
+            return path.read_text().strip() or None
+        except OSError:
+            continue
+    return None
 
 
 def read_connection_file(path: str | Path) -> list[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 #: The protocol version every header carries as ``"v"`` (and the ``welcome`` reply and connection files as
 #: ``"protocol"``). Bumped on any change a client written to the previous version would misread.
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 
 #: Each request a client may send, and the ``op`` of the reply it gets when it succeeds.
 REQUESTS: dict[str, str] = {
@@ -25,7 +25,10 @@ REQUESTS: dict[str, str] = {
     "act": "step",
     "step_batch": "batch",
     "reset_batch": "batch",
+    "render": "frame",
 }
+#: The requests a client may send without a session: every other request carries ``welcome``'s ``secret``.
+SESSIONLESS = ("hello", "ping")
 #: The ``op`` of every failure reply.
 ERROR_OP = "error"
 
@@ -35,6 +38,9 @@ BAD_VERSION = "bad_version"  # the header's "v" is not the server's protocol ver
 TOO_LARGE = "too_large"  # the message is over the server's size limit
 UNKNOWN_OP = "unknown_op"  # "op" names no operation
 BAD_REQUEST = "bad_request"  # a field is missing or of the wrong type
+NO_SESSION = "no_session"  # the request carries no session secret, or one this server did not issue (or forgot)
+NOT_ALLOWED = "not_allowed"  # the session may not do that (observe a world it was not admitted to, operator rights)
+BUSY = "busy"  # the server is at a limit of its own (sessions); try again later
 SCENARIO_NOT_ALLOWED = "scenario_not_allowed"  # the server does not host that scenario
 SCENARIO_ERROR = "scenario_error"  # the scenario raised while being built, reset or stepped
 TOO_MANY_WORLDS = "too_many_worlds"  # the client (or the server) is at its world limit
@@ -58,6 +64,9 @@ ERROR_CODES = (
     TOO_LARGE,
     UNKNOWN_OP,
     BAD_REQUEST,
+    NO_SESSION,
+    NOT_ALLOWED,
+    BUSY,
     SCENARIO_NOT_ALLOWED,
     SCENARIO_ERROR,
     TOO_MANY_WORLDS,

@@ -54,8 +54,11 @@ class Cover(VectorScenario):
 
     def __init__(self, num_copies: int, n_agents: int = 5, speed: float = 0.1, delay: int = 10, max_cycles: int = 25):
         super().__init__(num_copies)
-        if n_agents < 1 or speed <= 0 or delay < 0 or max_cycles < 1:
-            raise ValueError("cover needs n_agents >= 1, speed > 0, delay >= 0 and max_cycles >= 1")
+        # Upper bounds too: a served world's config comes from a client (see foraging).
+        if not (1 <= n_agents <= 64 and 0 < speed <= 10 and 0 <= delay <= 1000 and 1 <= max_cycles <= 100_000):
+            raise ValueError(
+                "cover needs 1 <= n_agents <= 64, 0 < speed <= 10, 0 <= delay <= 1000 and 1 <= max_cycles <= 100000"
+            )
         self.n_agents, self.speed, self.delay, self.max_cycles = n_agents, speed, delay, max_cycles
         self.possible_agents = [f"agent_{i}" for i in range(n_agents)]
         obs_space = Box(-2.0, 2.0, (2 + 3 * n_agents,), np.float32)

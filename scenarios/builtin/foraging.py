@@ -58,8 +58,13 @@ class Foraging(VectorScenario):
         max_cycles: int = 50,
     ):
         super().__init__(num_copies)
-        if size < 3 or n_agents < 1 or max_level < 1 or max_cycles < 1:
-            raise ValueError("foraging needs size >= 3, n_agents >= 1, max_level >= 1 and max_cycles >= 1")
+        # Upper bounds too: a served world's config comes from a client, and building a 10**9-sided grid would hold
+        # the server's loop for everyone.
+        if not (3 <= size <= 64 and 1 <= n_agents <= 16 and 1 <= max_level <= 100 and 1 <= max_cycles <= 100_000):
+            raise ValueError(
+                "foraging needs 3 <= size <= 64, 1 <= n_agents <= 16, 1 <= max_level <= 100 and "
+                "1 <= max_cycles <= 100000"
+            )
         if not 1 <= n_food <= (size - 2) ** 2 or n_agents + n_food > size * size:
             raise ValueError(f"{n_food} food and {n_agents} agents do not fit on a {size}x{size} grid")
         self.size, self.n_agents, self.n_food, self.max_level = size, n_agents, n_food, max_level

@@ -51,8 +51,8 @@ class PredatorPrey(Scenario):
         prey_speed: float = 0.1,
         catch_radius: float = 0.15,
     ):
-        if n_predators < 1 or n_prey < 1:
-            raise ValueError("predator_prey needs at least one predator and one prey")
+        if not (1 <= n_predators <= 64 and 1 <= n_prey <= 64):  # bounded: a served world's config is a client's
+            raise ValueError("predator_prey needs 1 to 64 predators and 1 to 64 prey")
         self.predators = [f"predator_{i}" for i in range(n_predators)]
         self.prey = [f"prey_{i}" for i in range(n_prey)]
         self.possible_agents = self.predators + self.prey
