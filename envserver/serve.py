@@ -72,7 +72,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="import MODULE (a module name or a .py file) first, so that its scenarios register themselves (repeatable)",
     )
     parser.add_argument(
-        "--max-message-bytes", type=int, default=64 << 20, help="refuse larger requests (default %(default)s)"
+        "--max-message-bytes",
+        type=int,
+        default=16 << 20,
+        help="refuse larger requests; a single frame larger than this closes the sender's connection (default "
+        "%(default)s)",
+    )
+    parser.add_argument(
+        "--max-queued-replies",
+        type=int,
+        default=256,
+        help="replies kept for a client that does not read them; past it its newest are dropped (default %(default)s)",
     )
     parser.add_argument(
         "--max-worlds-per-client", type=int, default=4096, help="worlds one connection may own (default %(default)s)"
@@ -149,6 +159,7 @@ def server_config(args: argparse.Namespace, bind: str | None = None):
     return ServerConfig(
         bind=bind or args.bind,
         max_message_bytes=args.max_message_bytes,
+        max_queued_replies=args.max_queued_replies,
         max_worlds_per_client=args.max_worlds_per_client,
         max_sessions=args.max_sessions,
         # Workers of one `agora serve --workers N` share the operator secret their parent made.
@@ -264,6 +275,7 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     """The flags every worker shares (each gets its own --bind and --addr-file)."""
     flags = [
         f"--max-message-bytes={args.max_message_bytes}",
+        f"--max-queued-replies={args.max_queued_replies}",
         f"--max-worlds-per-client={args.max_worlds_per_client}",
         f"--max-sessions={args.max_sessions}",
         f"--heartbeat-timeout={args.heartbeat_timeout}",

@@ -7,6 +7,7 @@ connections. docs/protocol.md is the specification of every operation handled he
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import hashlib
 import heapq
@@ -49,8 +50,14 @@ class ServerConfig:
 
     bind: str = "tcp://127.0.0.1:5555"
     """ZeroMQ endpoint to bind: ``tcp://HOST:PORT`` (port 0 picks a free one) or ``ipc://PATH``."""
-    max_message_bytes: int = 64 << 20
-    """Requests larger than this are refused with ``too_large``; 8x this closes the connection."""
+    max_message_bytes: int = 16 << 20
+    """Requests larger than this are refused with ``too_large``; a single frame larger than this closes the
+    connection."""
+    max_queued_requests: int = 64
+    """Whole requests libzmq queues per connection before it stops reading from it (ZMQ_RCVHWM)."""
+    max_queued_replies: int = 256
+    """Replies queued per connection for a client that does not read them; past it, its newest replies are dropped
+    (ZMQ_SNDHWM)."""
     max_worlds_per_client: int = 4096
     """How many live worlds one session may own."""
     max_sessions: int = 65536
@@ -94,6 +101,8 @@ class Session:
     secret: str
     """Sent once, in ``welcome``; every later request carries it as ``secret``."""
     last_seen: float
+    pending_worlds: int = 0
+    """Worlds of this session's large creates still being built (they count against its quota)."""
     operator: bool = False
     """Proved the operator credential at ``hello``: may list and observe every world."""
     peer_key: str = ""
@@ -130,8 +139,14 @@ class EnvServer:
         _unpredictable_routing_ids()
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
-        # A message far past the limit is cut off by libzmq itself before it is ever buffered whole.
-        self.socket.setsockopt(zmq.MAXMSGSIZE, 8 * self.config.max_message_bytes)
+        # Memory per connection: libzmq drops a connection that sends a frame over MAXMSGSIZE before buffering it
+        # (no frame of an acceptable request is larger than the request); it queues at most RCVHWM whole requests
+        # per connection (then stops reading that socket: TCP pushes back on the client) and SNDHWM replies (a
+        # client that never reads loses its newest replies, not the server its memory). What libzmq cannot bound
+        # is a multipart message that is never finished: see docs/security.md.
+        self.socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
+        self.socket.setsockopt(zmq.RCVHWM, self.config.max_queued_requests)
+        self.socket.setsockopt(zmq.SNDHWM, self.config.max_queued_replies)
         if self.config.curve_secret_key:
             self.socket.curve_secretkey = self.config.curve_secret_key
             self.socket.curve_publickey = zmq.curve_public(self.config.curve_secret_key)
@@ -152,6 +167,8 @@ class EnvServer:
         self.sessions: dict[bytes, Session] = {}
         self._by_secret: dict[str, Session] = {}
         self.request_route: bytes = b""
+        self.pending_worlds = 0
+        self._jobs: collections.deque = collections.deque()
         self.request_header: Any = None
         self.operator_secret: str = self.config.operator_secret or secrets.token_urlsafe(32)
         self._next_world = 1
@@ -188,7 +205,7 @@ class EnvServer:
         try:
             while not self._stop.is_set():
                 now = time.monotonic()
-                timeout = 0.1
+                timeout = 0.0 if self._jobs else 0.1
                 if self._deadlines:
                     timeout = min(timeout, max(0.0, self._deadlines[0][0] - now))
                 if poller.poll(timeout * 1000):
@@ -197,12 +214,16 @@ class EnvServer:
                         self._serve_one(self.socket.recv_multipart(copy=False))
                         if not self.socket.get(zmq.EVENTS) & zmq.POLLIN:
                             break
+                if self._jobs:
+                    self._run_job()
                 now = time.monotonic()
                 self._fire_deadlines(now)
                 if now >= next_sweep:
                     self._sweep_silent(now)
                     next_sweep = now + min(1.0, self.config.heartbeat_timeout_s / 4)
         finally:
+            for job in self._jobs:
+                job.build.close()  # a create still being built closes the envs it made
             for world in list(self.worlds.values()):
                 self.close_world(world, "the server is shutting down")
             self.socket.close(linger=0)
@@ -263,6 +284,33 @@ class EnvServer:
                 self.socket.send(frame, zmq.SNDMORE if i < last else 0, copy=not big)
         except zmq.ZMQError as exc:  # the peer is gone or its queue is full: its loss, not the server's
             log.warning("dropping a reply: %s", exc)
+
+    def defer(self, job) -> None:
+        """Queue work that answers its request later, a slice per loop turn (``job.step()`` returns the reply when
+        done, None for more; a ProtocolError is the reply)."""
+        self._jobs.append(job)
+
+    def _run_job(self) -> None:
+        job = self._jobs.popleft()
+        try:
+            reply = job.step()
+        except ProtocolError as exc:
+            self.stats["errors"] += 1
+            self.send(job.session.route, exc.to_header(job.request_id))
+            return
+        except KeyboardInterrupt:
+            raise
+        except BaseException as exc:  # a bug of ours: it costs this request, never the server
+            self.stats["errors"] += 1
+            log.exception("internal error in deferred work")
+            error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
+            self.send(job.session.route, error.to_header(job.request_id))
+            return
+        if reply is None:
+            self._jobs.append(job)  # round robin: the next job gets the next turn
+        else:
+            reply["id"] = job.request_id
+            self.send(job.session.route, reply)
 
     def send_to(self, replies: list[tuple[bytes, dict]]) -> None:
         """Send messages to sessions (by ``Session.identity``), wherever each last connected from; a session that is

@@ -243,7 +243,10 @@ def test_bad_actions_are_refused_whole(server):
 def test_size_and_world_limits(make_server):
     server = make_server(max_message_bytes=4096, max_worlds_per_client=3)
     client = RawClient(server.address)
-    big = client.request({"op": "ping", "blob": np.zeros(10_000, np.uint8)})
+    # Every frame under the limit, the message over it: refused with a reply (a single frame over it would instead
+    # cost the sender its connection, below).
+    blob = {key: np.zeros(3000, np.uint8) for key in "abcd"}
+    big = client.request({"op": "ping", "blob": blob})
     assert big["code"] == "too_large"
     client.ok({"op": "create", "scenario": SPREAD, "copies": 3})
     assert client.request({"op": "create", "scenario": SPREAD})["code"] == "too_many_worlds"
