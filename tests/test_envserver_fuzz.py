@@ -4,287 +4,22 @@ For each operation of the protocol a well-formed template is mutated (fields dro
 nested values of the wrong type, huge and negative ints, arrays where scalars are due and the reverse, tampered
 ``arrays`` tables) and sent over a real socket. Every reply must answer its request's id, be that request's success
 reply or an error with a code other than ``internal``; the server must still answer ``ping``; and a well-behaved
-trajectory replayed afterwards must equal the one recorded before.
+trajectory replayed afterwards must equal the one recorded before. The machinery lives in tests/fuzzing.py, which
+bench/fuzz_server.py runs for longer, with attackers and a bystander whose latency it measures.
 """
 
 from __future__ import annotations
 
 import collections
-import math
 import random
-from collections.abc import Callable, Iterator
-from typing import Any
 
-import msgpack
 import numpy as np
 
-from agora_marl.envserver.protocol import pack, vocabulary
+from tests.fuzzing import TAMPERED_ID, Context, check_reply, mutations, tampered_tables, tidy, variants
 from tests.rawwire import RawClient
-from tests.test_envserver_bad_input import SPREAD, well_behaved_trajectory
+from tests.test_envserver_bad_input import well_behaved_trajectory
 
 SEED = 20240601
-#: Values put where a field or a nested value is due: every msgpack type, the edges of the int range, and arrays.
-WRONG_VALUES: list[Any] = [
-    None,
-    True,
-    0,
-    -1,
-    2**63 - 1,
-    -(2**63),
-    2**64 - 1,
-    1.5,
-    math.nan,
-    math.inf,
-    "",
-    "x" * 300,
-    "all",
-    b"\x00\xff",
-    [],
-    [1, "a", None],
-    [[1], [2, 3]],
-    {},
-    {"k": 1},
-    {"k": {"deeper": [1, {"x": None}]}},
-    np.array(5),
-    np.zeros(3, np.float32),
-    np.zeros((2, 3), np.int64),
-    np.zeros(0, np.uint8),
-    np.array([np.nan, 1.0]),
-]
-
-
-#: Values of the right type that a field may still not accept, tried besides WRONG_VALUES.
-FIELD_VALUES: dict[str, list[Any]] = {
-    "scenario": [
-        "gymnasium:CartPole-v1",
-        "gymnasium:this:X-v0",
-        "gymnasium:unittest.__main__:X-v0",
-        "gymnasium:os:X-v0",
-        "gymnasium:a:b:c",
-        "gymnasium:",
-        "os:system",
-        "mpe2.simple_spread_v3:__init__",
-        "mpe2.simple_spread_v3:parallel_env\n",
-        "foraging_v0",
-        "no_such_world_v0",
-        ":",
-        "\x00",
-    ],
-    "layout": ["agents", "stacked", "diagonal"],
-    "role": ["observer", "agent", "god"],
-    "fill": ["random", "repeat", "explode"],
-    "seats": ["all", "none", ["agent_0", "agent_0"], ["agent_9"]],
-    "copies": [2, 4097],
-    "deadline_ms": [1e-300, 3_600_001, -0.0],
-    "seed": [2**32, 2**64 - 2],
-    "secret": ["not-a-secret", "x" * 64],
-    "operator": ["not-the-operator"],
-    "observer_token": ["0" * 32],
-}
-
-
-class Context:
-    """Worlds the fuzzing client owns and holds, rebuilt when a fuzzed request closed or left one."""
-
-    def __init__(self, client: RawClient, operator: str):
-        self.client = client
-        self.operator = operator
-        self.worlds: list[int] = []
-        self.build()
-
-    def build(self) -> None:
-        for world in self.worlds:
-            self.client.request({"op": "close", "world": world})  # it may be gone already: any reply will do
-        create = {"op": "create", "scenario": SPREAD, "join": True, "deadline_ms": 20, "wait_for_seats": False}
-        one = self.client.ok({**create, "seed": 0})
-        box = self.client.ok({**create, "seed": 0, "config": {"continuous_actions": True}})
-        batch = self.client.ok({**create, "seed": 1, "copies": 2})
-        vector = self.client.ok({"op": "create", "scenario": "foraging_v0", "seed": 2, "copies": 2, "join": True})
-        drawn = self.client.ok({**create, "seed": 3, "render": True})
-        self.world, self.box, self.drawn = one["worlds"][0], box["worlds"][0], drawn["worlds"][0]
-        self.observer_token = box["observer_token"]
-        self.tokens = one["tokens"][0]
-        self.owner_token = one["owner_token"]
-        self.batch = batch["worlds"]
-        self.vector = vector["worlds"]
-        self.worlds = [self.world, self.box, self.drawn, *self.batch, *self.vector]
-
-    def templates(self) -> dict[str, list[dict]]:
-        """Well-formed requests for each operation (each would succeed as it is), with the session secret as a field
-        of its own, to be mutated like the others."""
-        zeros_box = np.zeros(5, np.float32)
-        templates = {
-            "hello": [
-                {"op": "hello", "name": "fuzz"},
-                {"op": "hello", "name": "fuzz", "keep_alive_s": 5, "operator": self.operator, "secret": None},
-            ],
-            "ping": [{"op": "ping"}],
-            "list": [{"op": "list"}],
-            "create": [
-                {
-                    "op": "create",
-                    "scenario": SPREAD,
-                    "config": {"max_cycles": 25, "local_ratio": 0.5},
-                    "seed": 1,
-                    "copies": 1,
-                    "join": True,
-                    "deadline_ms": 20,
-                    "fill": "noop",
-                    "auto_reset": True,
-                    "wait_for_seats": False,
-                },
-                {"op": "create", "scenario": "foraging_v0", "config": {"size": 5}, "copies": 2, "join": True},
-                {"op": "create", "scenario": SPREAD, "public": True, "render": True},
-            ],
-            "join": [
-                {
-                    "op": "join",
-                    "world": self.world,
-                    "seats": ["agent_0"],
-                    "role": "agent",
-                    "tokens": {"agent_0": self.tokens["agent_0"]},
-                    "owner_token": self.owner_token,
-                },
-                {"op": "join", "world": self.box, "role": "observer", "observer_token": self.observer_token},
-                {"op": "join", "world": self.world, "tokens": self.tokens, "takeover": False},
-            ],
-            "leave": [{"op": "leave", "world": self.world, "seats": ["agent_0"]}],
-            "close": [{"op": "close", "world": self.world}],
-            "reset": [{"op": "reset", "world": self.world, "seed": 3, "options": {"k": [1, 2]}}],
-            "observe": [{"op": "observe", "world": self.world}],
-            "state": [{"op": "state", "world": self.vector[1]}],
-            "act": [
-                {"op": "act", "world": self.world, "actions": {"agent_0": 1, "agent_1": 2, "agent_2": 0}},
-                {"op": "act", "world": self.box, "actions": {"agent_0": zeros_box, "agent_1": [0.5, 0, 0, 0, 1]}},
-            ],
-            "step_batch": [
-                {
-                    "op": "step_batch",
-                    "worlds": list(self.batch),
-                    "layout": "stacked",
-                    "actions": np.zeros((2, 3), np.int64),
-                    "state": True,
-                },
-                {
-                    "op": "step_batch",
-                    "worlds": list(self.batch),
-                    "layout": "agents",
-                    "actions": {"agent_0": [0, 1], "agent_1": np.ones(2, np.int64), "agent_2": [4, 4]},
-                },
-                {"op": "step_batch", "worlds": list(self.vector), "actions": {"agent_0": [5, 0], "agent_1": [1, 2]}},
-            ],
-            "reset_batch": [
-                {"op": "reset_batch", "worlds": list(self.vector), "seed": 2, "layout": "agents", "state": False},
-                {"op": "reset_batch", "worlds": list(self.batch), "seed": 2, "layout": "stacked", "state": True},
-            ],
-            "render": [{"op": "render", "world": self.drawn}],
-        }
-        for op, variants in templates.items():
-            if op not in vocabulary.SESSIONLESS:
-                for message in variants:
-                    message["secret"] = self.client.secret
-        return templates
-
-
-def _replace(message: dict, path: tuple, value: Any) -> dict:
-    """A deep copy of ``message`` with the value at ``path`` (map keys and list indices) replaced."""
-    out = _copy(message)
-    node = out
-    for part in path[:-1]:
-        node = node[part]
-    node[path[-1]] = value
-    return out
-
-
-def _copy(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {k: _copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_copy(v) for v in value]
-    return value
-
-
-def _paths(value: Any, path: tuple = ()) -> Iterator[tuple]:
-    """Every nested position below the top-level fields: map values and list items."""
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            yield (*path, key)
-            yield from _paths(sub, (*path, key))
-    elif isinstance(value, list):
-        for i, sub in enumerate(value):
-            yield (*path, i)
-            yield from _paths(sub, (*path, i))
-
-
-def mutations(current: Callable[[], dict], rng: random.Random) -> Iterator[dict]:
-    """Mutated copies of a request, one change each, then a few with two changes.
-
-    ``current()`` gives the well-formed request as it is now (a fuzzed request may have closed its world, and the
-    context then built a new one), so that every mutation still reaches past the world lookup.
-    """
-    first = current()
-    fields = [k for k in first if k != "op"]
-    yield {**current(), "extra_field": rng.choice(WRONG_VALUES)}
-    for name in fields:
-        yield {k: v for k, v in current().items() if k != name}
-        for value in [*WRONG_VALUES, *FIELD_VALUES.get(name, [])]:
-            yield {**current(), name: value}
-        for path in _paths(first[name], (name,)):
-            for value in rng.sample(WRONG_VALUES, 12):
-                yield _replace(current(), path, value)
-        if isinstance(first[name], dict):
-            yield _replace(current(), (name, "extra_key"), rng.choice(WRONG_VALUES))
-        if isinstance(first[name], list):
-            yield {**current(), name: [*current()[name], rng.choice(WRONG_VALUES)]}
-    for _ in range(4 * len(fields)):
-        message = current()
-        for name in rng.sample(fields, min(2, len(fields))):
-            message[name] = rng.choice([*WRONG_VALUES, *FIELD_VALUES.get(name, [])])
-        yield message
-
-
-def tampered_tables(template: dict, request_id: int, rng: random.Random) -> Iterator[list]:
-    """Frames of a request (with one array at least) whose ``arrays`` table lies in one way."""
-    frames = pack({**template, "id": request_id, "probe": np.arange(4, dtype=np.int32)})
-    header = msgpack.unpackb(frames[0])
-    table = header["arrays"]
-
-    def with_table(new_table: Any, tail: list | None = None) -> list:
-        return [msgpack.packb({**header, "arrays": new_table}), *(frames[1:] if tail is None else tail)]
-
-    for i, entry in enumerate(table):
-        path, dtype, shape = entry
-        for bad_dtype in (["float32"], {"a": 1}, 5, None, "object", "<f4"):
-            yield with_table([*table[:i], [path, bad_dtype, shape], *table[i + 1 :]])
-        for bad_shape in ([-1], [2**40], ["a"], [True], 3, [1] * 17):
-            yield with_table([*table[:i], [path, dtype, bad_shape], *table[i + 1 :]])
-        for bad_path in ([], [1], ["op"], ["id"], ["v"], ["world"], ["a"] * 9, [*path, "below"], "probe"):
-            yield with_table([*table[:i], [bad_path, dtype, shape], *table[i + 1 :]])
-        yield with_table([*table[:i], [path, dtype], *table[i + 1 :]])
-    yield with_table(table, frames[1:-1])
-    yield with_table(table, [*frames[1:], b"\x00" * 4])
-    yield with_table({"0": table[0]})
-    yield with_table([*table, rng.choice(table)])
-
-
-def _check_reply(reply: dict, op: str, request_id: int, counts: collections.Counter, sent: Any) -> None:
-    assert reply["id"] == request_id, (sent, reply)
-    if reply["op"] == vocabulary.ERROR_OP:
-        assert reply["code"] in vocabulary.ERROR_CODES and reply["code"] != vocabulary.INTERNAL, (sent, reply)
-        assert reply["message"] and reply["hint"], (sent, reply)
-        counts[reply["code"]] += 1
-    else:
-        assert reply["op"] == vocabulary.REQUESTS[op], (sent, reply)
-        counts["ok"] += 1
-
-
-def _tidy(client: RawClient, context: Context, reply: dict) -> None:
-    """Close what a fuzzed request created; rebuild the context when one closed or left its worlds."""
-    if reply["op"] == "created":
-        for world in reply["worlds"]:
-            client.ok({"op": "close", "world": world})
-    elif reply["op"] in ("closed", "left"):
-        context.build()
 
 
 def test_fuzzed_requests_get_proper_replies_and_change_nothing_for_others(server):
@@ -296,24 +31,19 @@ def test_fuzzed_requests_get_proper_replies_and_change_nothing_for_others(server
     context = Context(client, server.operator_secret)
     counts: collections.Counter = collections.Counter()
     sent = 0
-    variants = [(op, i) for op in vocabulary.REQUESTS for i in range(len(context.templates()[op]))]
-    for op, variant in variants:
-
-        def current(op: str = op, variant: int = variant) -> dict:
-            return context.templates()[op][variant]
-
+    for op, current in variants(context):
         for message in mutations(current, rng):
             request_id = client.send(message)
             reply = client.recv()
-            _check_reply(reply, op, request_id, counts, message)
+            check_reply(reply, op, request_id, counts, message)
             sent += 1
-            _tidy(client, context, reply)
-        for frames in tampered_tables(current(), 10**6, rng):
+            tidy(client, context, reply)
+        for frames in tampered_tables(current(), TAMPERED_ID, rng):
             client.send_frames(frames)
             reply = client.recv()
-            _check_reply(reply, op, 10**6, counts, frames[0])  # the header itself is sound: its id is known
+            check_reply(reply, op, TAMPERED_ID, counts, frames[0])  # the header itself is sound: its id is known
             sent += 1
-            _tidy(client, context, reply)
+            tidy(client, context, reply)
         assert client.request({"op": "ping"})["op"] == "pong"
         assert bystander.request({"op": "ping"})["op"] == "pong"
 
