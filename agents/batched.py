@@ -70,6 +70,8 @@ class BatchedWorlds:
         timeout_s: how long to wait for any reply.
         server_key: the servers' CurveZMQ public key (Z85), for servers run with ``--curve-secret``.
         client_key: this client's secret certificate (``NAME.key_secret``), for servers run with ``--clients``.
+        keep_alive_s: how long the server keeps the worlds through a silence (a learner's update between rollouts),
+            as asked at ``hello`` (the server grants at most its ``--max-keep-alive``).
     """
 
     def __init__(
@@ -84,6 +86,7 @@ class BatchedWorlds:
         timeout_s: float = 60.0,
         server_key: str | None = None,
         client_key: str | None = None,
+        keep_alive_s: float | None = 300.0,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -95,6 +98,7 @@ class BatchedWorlds:
         self.num_worlds = num_worlds
         self.layout = layout
         self.want_state = state
+        self._keep_alive_s = keep_alive_s
         self._seed = seed
         self._seeded_once = False
         self._clients: list[AgentClient] = []
@@ -128,7 +132,8 @@ class BatchedWorlds:
                 address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key, client_key=client_key
             )
             self._clients.append(client)
-            welcome = client.hello(timeout_s=min(timeout_s, HELLO_TIMEOUT_S))  # a dead address fails in seconds
+            # A dead address fails in seconds; a long update between rollouts does not cost the worlds.
+            welcome = client.hello(keep_alive_s=self._keep_alive_s, timeout_s=min(timeout_s, HELLO_TIMEOUT_S))
             max_batch = int(welcome["limits"].get("max_batch", len(rows)))
             for start in range(0, len(rows), max_batch):
                 lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1

@@ -139,3 +139,16 @@ def test_a_dead_address_fails_in_seconds_with_what_to_check(tmp_path):
     with pytest.raises(TimeoutError, match="is the server running and reachable"):
         BatchedWorlds(f"ipc://{tmp_path}/nobody.sock", "mpe2.simple_spread_v3:parallel_env", num_worlds=2)
     assert time.monotonic() - started < 20.0
+
+
+def test_a_learner_update_longer_than_the_heartbeat_keeps_the_worlds(make_server):
+    server = make_server(heartbeat_timeout_s=0.3)
+    worlds = BatchedWorlds(server.address, SPREAD, num_worlds=2, seed=0, timeout_s=10.0, keep_alive_s=30.0)
+    try:
+        worlds.reset()
+        time.sleep(1.2)  # four heartbeat timeouts of silence, as in a long update
+        assert len(server.worlds) == 2
+        step = worlds.step({a: np.zeros(2, np.int64) for a in worlds.possible_agents})
+        assert step.rewards.shape == (2, 3)
+    finally:
+        worlds.close()
