@@ -14,7 +14,7 @@ import sys
 from agora_marl import __version__
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record", "doctor", "keys")
+COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record", "doctor", "keys", "watch", "worlds")
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
@@ -28,6 +28,8 @@ agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train
   agora record                render an episode played by given policies into a GIF
   agora doctor                check MPI, GPUs, threads and env servers (run it as the job runs: mpirun -n R ...)
   agora keys new NAME         make CurveZMQ keys for a server and the clients it lets in
+  agora watch                 a live web page of a server's worlds (and a run's learning curve)
+  agora worlds                print a server's worlds: seats, holders, ticks, steps/s, returns
 
 Run `agora COMMAND --help` for the options of each command.
 """
