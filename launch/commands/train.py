@@ -45,6 +45,14 @@ def register(subparsers) -> None:
         "file written by `agora serve --addr-file`",
     )
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its latest checkpoint")
+    parser.add_argument(
+        "--watch",
+        nargs="?",
+        type=int,
+        const=8765,
+        metavar="PORT",
+        help="serve the live page of rank 0's worlds and the learning curve on 127.0.0.1:PORT (8765; see agora watch)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -67,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, mpi, stop) -> int:
     from agora_marl.launch.cluster import EXIT_STOPPED, training_servers
+    from agora_marl.launch.commands.watch import watching_run
     from agora_marl.learners.config import algorithm_module, load_config
     from agora_marl.learners.run import Run, TrainingStopped, default_run_dir
 
@@ -86,7 +95,10 @@ def _train(args: argparse.Namespace, mpi, stop) -> int:
     connect = args.connect.split(",") if args.connect else []
     stopped = None
     try:
-        with training_servers(config.env, connect, run_dir.directory / "servers") as addresses:
+        with (
+            training_servers(config.env, connect, run_dir.directory / "servers") as addresses,
+            watching_run(addresses, run_dir.directory, args.watch, writer),
+        ):
             try:
                 metrics = algorithm_module(config.algo).train(config, run_dir, addresses)
             except TrainingStopped as exc:  # every rank, after the same update
