@@ -27,4 +27,14 @@ if [ "$MPI" = site ]; then
 else
   pip install -e ".[test,mpi]"
 fi
+# The watch page's browser test (tests/test_agents_watch.py) drives Debian's chromium through playwright (never
+# `playwright install`, which downloads browsers). Installed when missing and apt-get can; AGORA_CHROMIUM=skip skips.
+if [ "${AGORA_CHROMIUM:-}" != skip ] && [ ! -x /usr/bin/chromium ]; then
+  SUDO=; [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && SUDO=sudo; } || SUDO=none
+  if ! command -v apt-get >/dev/null 2>&1 || [ "$SUDO" = none ]; then
+    echo "install.sh: no /usr/bin/chromium and no apt-get as root: skipping it (the watch page's browser test skips)"
+  elif ! { $SUDO apt-get install -y -q chromium >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }; }; then
+    echo "install.sh: apt-get could not install chromium (the watch page's browser test skips, and fails in CI)"
+  fi
+fi
 "$VENV/bin/python" -c "import agora_marl, torch, mpi4py.MPI as M; print('agora', agora_marl.__version__, 'installed: torch', torch.__version__, '|', M.Get_library_version().splitlines()[0])"
