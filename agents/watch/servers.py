@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
+import zmq
 from PIL import Image
 
 from agora_marl.agents.client import AgentClient, ServerError
@@ -128,7 +129,12 @@ class ServerWatch:
     # -- the thread ---------------------------------------------------------------------------------------------
 
     def _run(self) -> None:
-        client = self._connect()
+        try:
+            client = self._connect()
+        except (zmq.ZMQError, ValueError, OSError) as exc:  # a malformed address, an unreadable operator file
+            self.status["error"] = f"cannot connect: {exc}"
+            self.on_worlds(self.index, [], dict(self.status))
+            return
         joined: set[int] = set()
         last: dict[int, np.ndarray] = {}
         due: dict[int, float] = {}  # world -> when it may be rendered next
