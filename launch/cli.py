@@ -14,7 +14,20 @@ import sys
 from agora_marl import __version__
 
 #: Subcommands in the order ``agora --help`` lists them.
-COMMANDS = ("serve", "play", "train", "eval", "plot", "scenarios", "record", "doctor", "keys", "watch", "worlds")
+COMMANDS = (
+    "serve",
+    "play",
+    "train",
+    "eval",
+    "plot",
+    "scenarios",
+    "record",
+    "doctor",
+    "keys",
+    "watch",
+    "worlds",
+    "conformance",
+)
 
 _DESCRIPTION = """\
 agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train in them.
@@ -30,6 +43,7 @@ agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train
   agora keys new NAME         make CurveZMQ keys for a server and the clients it lets in
   agora watch                 a live web page of a server's worlds (and a run's learning curve)
   agora worlds                print a server's worlds: seats, holders, ticks, steps/s, returns
+  agora conformance ADDR      check a running server (any implementation) against the protocol
 
 Run `agora COMMAND --help` for the options of each command.
 """
