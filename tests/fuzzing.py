@@ -4,6 +4,7 @@ A :class:`Context` holds worlds a fuzzing client owns and every seat of; ``Conte
 requests of every operation against them; :func:`mutations` and :func:`tampered_tables` derive bad messages from a
 template; :func:`check_reply` says whether a reply is a proper answer (never ``internal``); :func:`tidy` undoes what
 a fuzzed request created or closed, so that the next mutation still reaches past the world lookup.
+:class:`ZmtpPeer` speaks ZeroMQ's wire protocol by hand, to send what libzmq itself never would.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import collections
 import math
 import random
+import socket
+import struct
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -322,3 +325,68 @@ def variants(context: Context) -> list[tuple[str, Callable[[], dict]]]:
         return lambda: context.templates()[op][variant]
 
     return [(op, current(op, i)) for op in vocabulary.REQUESTS for i in range(counts[op])]
+
+
+class ZmtpPeer:
+    """A DEALER spoken by hand over TCP (ZMTP 3.0, NULL security): frames go out exactly as given.
+
+    libzmq keeps the frames of a multipart message in the sender's own queue until its last frame is sent, so a
+    libzmq client cannot make a server hold an unfinished message; a peer that writes the wire format itself can.
+    """
+
+    def __init__(self, address: str, routing_id: bytes = b"", timeout_s: float = 10.0):
+        host, _, port = address.removeprefix("tcp://").rpartition(":")
+        self.socket = socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s)
+        self.bytes_sent = 0
+        """Bytes written to the connection, the handshake included."""
+        # Greeting: signature, version 3.0, mechanism NULL, not as-server, filler.
+        self.send_raw(b"\xff" + bytes(8) + b"\x7f\x03\x00" + b"NULL".ljust(20, b"\0") + bytes(32))
+        self._read(64)
+        properties = b"".join(
+            bytes([len(name)]) + name + struct.pack(">I", len(value)) + value
+            for name, value in ((b"Socket-Type", b"DEALER"), (b"Identity", routing_id))
+        )
+        self._send_frame(b"\x05READY" + properties, flags=0x04)  # a command frame
+
+    def _read(self, n: int) -> bytes:
+        data = b""
+        while len(data) < n:
+            chunk = self.socket.recv(n - len(data))
+            if not chunk:
+                raise ConnectionError("the server closed the connection")
+            data += chunk
+        return data
+
+    def _send_frame(self, data: bytes, flags: int) -> None:
+        size = bytes([len(data)]) if len(data) < 256 else struct.pack(">Q", len(data))
+        self.send_raw(bytes([flags | (0x02 if len(data) >= 256 else 0)]) + size + data)
+
+    def send(self, data: bytes, more: bool) -> None:
+        """Send one message frame, flagged "more" (another frame of the same message follows) or not."""
+        self._send_frame(data, flags=0x01 if more else 0x00)
+
+    def send_raw(self, data: bytes) -> None:
+        """Send bytes as they are (frames already encoded, e.g. by :meth:`empty_frames`)."""
+        self.socket.sendall(data)
+        self.bytes_sent += len(data)
+
+    @staticmethod
+    def empty_frames(count: int) -> bytes:
+        """``count`` empty frames flagged "more", encoded: two bytes on the wire each."""
+        return b"\x01\x00" * count
+
+    def recv(self) -> list[bytes]:
+        """The frames of the next message (commands, such as the server's READY, are skipped)."""
+        frames: list[bytes] = []
+        while True:
+            flags = self._read(1)[0]
+            size = struct.unpack(">Q", self._read(8))[0] if flags & 0x02 else self._read(1)[0]
+            data = self._read(size)
+            if flags & 0x04:
+                continue
+            frames.append(data)
+            if not flags & 0x01:
+                return frames
+
+    def close(self) -> None:
+        self.socket.close()
