@@ -3,6 +3,10 @@
 Each subcommand lives in ``launch/commands/<name>.py`` with ``register(subparsers)``, which adds its parser and sets
 ``func``. Those modules import their heavy dependencies (torch, the server) inside ``run`` so that ``agora --help``
 and ``agora play`` start fast.
+
+A server's refusal (``agents.client.ServerError``: code, message and hint) and a server that does not answer (the
+client's ``TimeoutError``) are the user's situation, not a bug: :func:`main` prints them as one line and exits 1.
+Any other exception keeps its traceback.
 """
 
 from __future__ import annotations
@@ -70,6 +74,20 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:
+        if not _from_the_server(exc):
+            raise
+        print(f"agora {args.command}: error: {exc}", file=sys.stderr)
+        return 1
+
+
+def _from_the_server(exc: BaseException) -> bool:
+    """A refusal or silence of a server (not a bug of ours): a ServerError, or a TimeoutError waiting for a reply."""
+    if isinstance(exc, TimeoutError):
+        return True
+    # Looked up, not imported: a command that never loaded the client cannot have raised its errors.
+    client = sys.modules.get("agora_marl.agents.client")
+    return client is not None and isinstance(exc, client.ServerError)
 
 
 if __name__ == "__main__":

@@ -131,4 +131,4 @@ def test_agora_play_command(server):
     )
     assert done.returncode == 0, done.stderr
     assert len(re.findall(r"^episode \d+: return -?[\d.]+", done.stdout, re.M)) == 2
-    assert "2 episodes, mean return" in done.stdout
+    assert re.search(r"^2 episodes: return -?[\d.]+ ± [\d.]+ \(mean ± std over 2 episodes\)$", done.stdout, re.M)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 
 _EPILOG = """\
 examples:
@@ -12,8 +13,15 @@ examples:
   agora play --connect /tmp/agora.json --world 1 --seat agent_1 --token TOKEN     # reclaim a seat held before
   agora play --connect tcp://127.0.0.1:5555 --world 1 --policy my_pkg.policies:make_policy
 
+  # two players in one world: the creator waits (up to 300 s) until someone takes the other seats
+  agora play --connect tcp://127.0.0.1:5555 --scenario foraging_v0 --seat agent_0 --wait-for-seats --episodes 2
+  agora play --connect tcp://127.0.0.1:5555 --world 1 --seat agent_1 --episodes 2     # in another terminal
+
 A policy is random, noop, scripted (simple_spread), MODULE:CALLABLE (called with the observation and action
-spaces, it returns a callable obs -> action) or a training run directory.
+spaces, it returns a callable obs -> action; MODULE is found on sys.path, then in the current directory, or is a
+FILE.py, as --module's scenarios are) or a training run directory.
+
+Without --wait-for-seats, a created world starts at once and the seats nobody plays get the --fill action.
 """
 
 
@@ -49,6 +57,14 @@ def register(subparsers) -> None:
     parser.add_argument("--seed", type=int, help="seed of a created world")
     parser.add_argument("--fill", default="noop", choices=("noop", "random", "repeat"), help="unheld seats' action")
     parser.add_argument("--deadline-ms", type=int, help="lockstep deadline of a created world")
+    parser.add_argument(
+        "--wait-for-seats",
+        nargs="?",
+        type=float,
+        const=300.0,
+        metavar="SECONDS",
+        help="start only when every seat of the world is taken, waiting at most SECONDS (300) for the other players",
+    )
     parser.add_argument(
         "--server-key", metavar="KEY|FILE", help="the server's CurveZMQ public key, its NAME.key file, or a file of it"
     )
@@ -87,7 +103,9 @@ def _config(values: list[str]) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agora_marl.agents.play import PlaySettings, play
+    import numpy as np
+
+    from agora_marl.agents.play import PlayError, PlaySettings, play
     from agora_marl.launch.policies import load_run_policy
 
     settings = PlaySettings(
@@ -102,11 +120,17 @@ def run(args: argparse.Namespace) -> int:
         seed=args.seed,
         fill=args.fill,
         deadline_ms=args.deadline_ms,
+        wait_for_seats=args.wait_for_seats,
         timeout_s=args.timeout,
         server_key=args.server_key,
         client_key=args.client_key,
     )
-    returns = play(settings, out=lambda line: print(line, flush=True), run_loader=load_run_policy)
+    try:
+        returns = play(settings, out=lambda line: print(line, flush=True), run_loader=load_run_policy)
+    except PlayError as exc:
+        print(f"agora play: error: {exc}", file=sys.stderr)
+        return 1
     if returns:
-        print(f"{len(returns)} episodes, mean return {sum(returns) / len(returns):.2f}", flush=True)
+        spread = f"{np.mean(returns):.2f} ± {np.std(returns):.2f} (mean ± std over {len(returns)} episodes)"
+        print(f"{len(returns)} episodes: return {spread}", flush=True)
     return 0
