@@ -1,7 +1,8 @@
 """Ready-made policies for ``agora play`` and custom clients. A policy is a callable ``obs -> action``.
 
 :func:`named_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread),
-``module:callable`` (the callable gets the two spaces and returns a policy), or a directory holding a trained run.
+``module:callable`` (the callable gets the two spaces and returns a policy; the module is found as scenario modules
+are, on ``sys.path``, then in the current directory, or given as a ``FILE.py``), or a directory holding a trained run.
 Trained runs need torch, which a client never imports: the caller passes the loader (``agora play`` passes
 ``agora_marl.learners.policy.load_run_policy``; see agora_marl.launch.policies).
 """
@@ -9,7 +10,6 @@ Trained runs need torch, which a client never imports: the caller passes the loa
 from __future__ import annotations
 
 import copy
-import importlib
 import itertools
 import os
 from collections.abc import Callable
@@ -117,6 +117,15 @@ _BUILTIN: dict[str, Callable[[spaces.Space, spaces.Space], Policy]] = {
 }
 
 
+#: The scenarios ``scripted`` plays, by a part of their names.
+_SCRIPTED_SCENARIOS = ("simple_spread",)
+
+
+def has_scripted_policy(scenario: str) -> bool:
+    """Whether the ``scripted`` policy plays ``scenario`` (a baseline for ``agora eval --baselines``)."""
+    return any(part in scenario for part in _SCRIPTED_SCENARIOS)
+
+
 def named_policy(
     name: str,
     observation_space: spaces.Space,
@@ -128,7 +137,9 @@ def named_policy(
 
     Args:
         name: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable`` (called with the observation
-            and action spaces, it returns the policy), or the path of a training run directory.
+            and action spaces, it returns the policy; ``module`` is a module name looked up on ``sys.path`` and then
+            in the current directory, or a ``FILE.py``: :func:`agora_marl.scenarios.registry.import_module_or_file`),
+            or the path of a training run directory.
         agent: the seat's agent name: a trained run plays that agent's network (the others ignore it).
         run_loader: loads a trained run's policy; without one, a run directory is refused.
 
@@ -145,11 +156,18 @@ def named_policy(
             )
         return run_loader(name, observation_space, action_space, agent)
     if ":" in name:
-        module_name, _, attr = name.partition(":")
+        # The lookup of --module's scenario files. Imported here, not at the top: the scenarios package builds the
+        # built-in worlds' registry on import, which a client playing a built-in policy never needs.
+        from agora_marl.scenarios.registry import import_module_or_file
+
+        module_name, _, attr = name.rpartition(":")
         try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
-            raise ValueError(f"cannot load policy {name!r}: {exc}") from None
+            factory = getattr(import_module_or_file(module_name), attr)
+        except (ImportError, FileNotFoundError, AttributeError) as exc:
+            raise ValueError(
+                f"cannot load policy {name!r}: {exc} (MODULE is a module on sys.path or in the current directory, "
+                "or a FILE.py, as for --module)"
+            ) from None
         policy = factory(observation_space, action_space)
         if not callable(policy):
             raise ValueError(f"{name} returned {type(policy).__name__}, not a callable obs -> action")

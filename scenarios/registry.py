@@ -22,6 +22,7 @@ import re
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 from pettingzoo import AECEnv, ParallelEnv
@@ -92,9 +93,8 @@ def load_scenario_module(spec: str) -> list[str]:
     """Import a module of the operator's own scenarios so that its ``register(...)`` calls run.
 
     Args:
-        spec: a module name (``my_worlds``, ``lab.worlds``), looked up on ``sys.path`` and then in the current
-            directory (so ``agora serve --scenario-module my_worlds`` finds ./my_worlds.py), or the path of a
-            ``.py`` file.
+        spec: a module name or a ``.py`` file, found as :func:`import_module_or_file` finds it (so ``agora serve
+            --scenario-module my_worlds`` finds ./my_worlds.py).
 
     Returns:
         The names the module registered (empty if it was imported before).
@@ -103,26 +103,39 @@ def load_scenario_module(spec: str) -> list[str]:
         ModuleNotFoundError / FileNotFoundError: nothing of that name; whatever the module raises on import.
     """
     before = set(_REGISTRY)
+    import_module_or_file(spec)
+    return sorted(set(_REGISTRY) - before)
+
+
+def import_module_or_file(spec: str) -> ModuleType:
+    """The user's module ``spec``: every command that imports a user's code (scenarios, policies) finds it this way.
+
+    Args:
+        spec: a module name (``my_worlds``, ``lab.worlds``), looked up on ``sys.path`` and then in the current
+            directory, or the path of a ``.py`` file (imported under its file name).
+
+    Raises:
+        ModuleNotFoundError / FileNotFoundError: nothing of that name; whatever the module raises on import.
+    """
     if spec.endswith(".py") or os.sep in spec or (os.altsep and os.altsep in spec):
         path = os.path.abspath(spec)
         if not os.path.isfile(path):
-            raise FileNotFoundError(f"no scenario file {spec!r}")
+            raise FileNotFoundError(f"no file {spec!r}")
         name = os.path.splitext(os.path.basename(path))[0]
         if name not in sys.modules or getattr(sys.modules[name], "__file__", None) != path:
             module_spec = importlib.util.spec_from_file_location(name, path)
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[name] = module
             module_spec.loader.exec_module(module)
-    else:
-        try:
-            importlib.import_module(spec)
-        except ModuleNotFoundError as exc:
-            # A console script's sys.path lacks the working directory; `python -m` and scripts have it.
-            if exc.name != spec.split(".", 1)[0] or os.getcwd() in sys.path:
-                raise
-            sys.path.insert(0, os.getcwd())
-            importlib.import_module(spec)
-    return sorted(set(_REGISTRY) - before)
+        return sys.modules[name]
+    try:
+        return importlib.import_module(spec)
+    except ModuleNotFoundError as exc:
+        # A console script's sys.path lacks the working directory; `python -m` and scripts have it.
+        if exc.name != spec.split(".", 1)[0] or os.getcwd() in sys.path:
+            raise
+        sys.path.insert(0, os.getcwd())
+        return importlib.import_module(spec)
 
 
 def check_allowed(name: str, allowed_packages: Iterable[str] = DEFAULT_ALLOWED_PACKAGES) -> None:
