@@ -54,7 +54,7 @@ def test_train_eval_plot_on_a_tiny_budget(tmp_path) -> None:
 
     evaluated = _agora("eval", str(run_dir), "--episodes", "10")
     assert evaluated.returncode == 0, evaluated.stderr
-    assert "10 episodes (greedy): return mean" in evaluated.stdout and " std " in evaluated.stdout
+    assert "10 episodes per policy (trained: greedy)" in evaluated.stdout and "trained  return " in evaluated.stdout
 
     plotted = _agora("plot", str(run_dir))
     assert plotted.returncode == 0, plotted.stderr

@@ -111,9 +111,25 @@ def _train(args: argparse.Namespace, mpi, stop) -> int:
             f"(step {stopped.step}), checkpoint written; continue with: agora train --resume {run_dir.directory}"
         )
         return EXIT_STOPPED
-    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("return"))
-    mpi.log(f"agora train: done: {run_dir.directory} ({summary or 'no episode finished'})")
+    summary = returns_summary(metrics, run_dir.directory) if writer else ""  # metrics.csv is the writer's
+    mpi.log(f"agora train: done: {run_dir.directory} ({summary})")
     return 0
+
+
+def returns_summary(metrics: dict[str, float], directory) -> str:
+    """The last update's returns, else the last logged ones (an update need not end an episode): what the bar showed."""
+    from agora_marl.learners.run import METRICS_FILE, read_metrics
+
+    summary = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items() if k.startswith("return"))
+    if summary:
+        return summary
+    path = directory / METRICS_FILE
+    rows = [r for r in read_metrics(path) if r.get("return")] if path.exists() else []
+    if not rows:
+        return "no episode finished"
+    last = rows[-1]
+    returns = ", ".join(f"{k} {float(v):.4g}" for k, v in last.items() if k.startswith("return") and v)
+    return f"{returns} at step {last['step']}, the last update that ended an episode"
 
 
 def _signal_name(number: int) -> str:
