@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
 
 
@@ -32,14 +33,15 @@ def run(args: argparse.Namespace) -> int:
     from agora_marl.learners.run import CONFIG_FILE, METRICS_FILE, read_metrics
 
     fig, (by_step, by_time) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
-    for run_dir in map(Path, args.run_dirs):
+    run_dirs = [Path(d) for d in args.run_dirs]
+    for run_dir in run_dirs:
         rows = [r for r in read_metrics(run_dir / METRICS_FILE) if r.get(args.metric, "") != ""]
         if not rows:
             raise SystemExit(f"agora plot: {run_dir / METRICS_FILE} has no values of {args.metric!r}")
         steps = np.array([float(r["step"]) for r in rows])
         minutes = np.array([float(r["time_s"]) for r in rows]) / 60
         values = _smooth(np.array([float(r[args.metric]) for r in rows]), args.smooth)
-        label = f"{load_config(run_dir / CONFIG_FILE).algo} ({run_dir.name})"
+        label = run_label(run_dir, load_config(run_dir / CONFIG_FILE).algo, run_dirs)
         by_step.plot(steps, values, label=label)
         by_time.plot(minutes, values, label=label)
     for value in args.hline:
@@ -58,6 +60,15 @@ def run(args: argparse.Namespace) -> int:
     fig.savefig(out, dpi=120)
     print(f"agora plot: wrote {out}")
     return 0
+
+
+def run_label(run_dir: Path, algo: str, run_dirs: list[Path]) -> str:
+    """A run's legend entry: its directory's name (its path where two runs share a name), with the algorithm unless
+    the name already says it (``runs/mappo`` reads "mappo", not "mappo (mappo)")."""
+    same_name = [d for d in run_dirs if d.name == run_dir.name]
+    name = str(run_dir) if len(same_name) > 1 else run_dir.name
+    words = re.split(r"[^a-z0-9]+", run_dir.name.lower())
+    return name if algo.lower() in words else f"{name} ({algo})"
 
 
 def _smooth(values, window: int):

@@ -22,6 +22,12 @@ it returns a callable obs -> action) or a training run directory (each agent pla
 """
 
 
+_RENDER_FIX = (
+    "give a Scenario a render(self) or a VectorScenario a render(self, copy=0) that returns an RGB uint8 "
+    "(height, width, 3) array (docs/scenarios.md, 'Rendering'); `agora scenarios check NAME` checks it"
+)
+
+
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "record",
@@ -89,8 +95,12 @@ def record(
     return frames, returns
 
 
-def save_gif(frames: list, path: str | Path, fps: float) -> None:
-    """Write RGB frames as a looping GIF; the last frame of the recording lingers for a second."""
+def save_gif(frames: list, path: str | Path, fps: float) -> int:
+    """Write RGB frames as a looping GIF; the last frame of the recording lingers for a second.
+
+    Returns:
+        The frames the file holds: Pillow merges identical consecutive frames into one longer frame.
+    """
     from PIL import Image
 
     images = [Image.fromarray(frame) for frame in frames]
@@ -98,6 +108,8 @@ def save_gif(frames: list, path: str | Path, fps: float) -> None:
     durations = [duration] * (len(images) - 1) + [max(duration, 1000)]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=durations, loop=0)
+    with Image.open(path) as written:
+        return int(getattr(written, "n_frames", 1))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -110,19 +122,25 @@ def run(args: argparse.Namespace) -> int:
         if not (sep and name and spec):
             raise SystemExit(f"agora record: --agent-policy {value!r} must be NAME=POLICY")
         overrides[name] = spec
-    env = make_env(args.scenario, {**parse_config(args.config), "render_mode": "rgb_array"})
+    try:
+        env = make_env(args.scenario, {**parse_config(args.config), "render_mode": "rgb_array"})
+    except ValueError as exc:
+        if "render_mode" not in str(exc):
+            raise
+        raise SystemExit(f"agora record: {args.scenario} does not render: {exc}; {_RENDER_FIX}") from None
     if "rgb_array" not in env.metadata.get("render_modes", []):
-        raise SystemExit(f"agora record: {args.scenario} does not render rgb_array frames")
+        raise SystemExit(f"agora record: {args.scenario} does not render rgb_array frames; {_RENDER_FIX}")
     try:
         policies = policies_for(env, args.policy, overrides, args.seed)
     except ValueError as exc:
         raise SystemExit(f"agora record: {exc}") from None
     frames, returns = record(env, policies, args.episodes, args.max_steps, args.seed)
     env.close()
-    save_gif(frames, args.out, args.fps or env.metadata.get("render_fps") or 10)
+    written = save_gif(frames, args.out, args.fps or env.metadata.get("render_fps") or 10)
     for episode, totals in enumerate(returns):
         team = sum(totals.values())
         each = ", ".join(f"{a} {r:.2f}" for a, r in totals.items())
         print(f"episode {episode}: return {team:.2f} ({each})")
-    print(f"wrote {args.out}: {len(frames)} frames")
+    merged = f" ({len(frames)} rendered; identical consecutive frames merged)" if written != len(frames) else ""
+    print(f"wrote {args.out}: {written} frames{merged}, {len(returns)} episodes")
     return 0
