@@ -48,7 +48,10 @@ def check_welcome(ctx: Context) -> None:
     for key in ("server", "version", "session", "secret"):
         expect(isinstance(welcome.get(key), str), f"welcome.{key} should be a string: {short(welcome)}")
     expect(welcome["session"] != welcome["secret"], "welcome.session (safe to show) must not be the secret")
-    expect(welcome.get("operator") is False, f"welcome.operator should be false without an operator secret: {welcome}")
+    expect(
+        welcome.get("operator") is False,
+        f"welcome.operator should be false without an operator secret: {short(welcome)}",
+    )
     expect(_is_number(welcome.get("keep_alive_s")), f"welcome.keep_alive_s should be a number: {short(welcome)}")
     limits = welcome.get("limits")
     expect(isinstance(limits, dict), f"welcome.limits should be a map: {short(welcome)}")

@@ -53,7 +53,10 @@ def check_observer(ctx: Context) -> None:
     )
     joined = watcher.ok("join", world=world, role=OBSERVER, observer_token=created["observer_token"])
     expect(joined.get("seats") == {}, f"an observer holds no seat: {short(joined)}")
-    expect(sorted(joined.get("obs", {})) == sorted(agents), f"joined.obs of an observer covers every agent: {joined}")
+    expect(
+        sorted(joined.get("obs", {})) == sorted(agents),
+        f"joined.obs of an observer covers every agent: {short(joined)}",
+    )
     observed = watcher.ok("observe", world=world)
     expect(sorted(observed.get("obs", {})) == sorted(agents), "an observer's observe covers every agent")
     if created["spec"].get("state_space") is not None:
@@ -101,7 +104,7 @@ def check_list_visibility(ctx: Context) -> None:
         typed = isinstance(value, bool) if kind is bool else isinstance(value, kind) and not isinstance(value, bool)
         expect(typed, f"list entry field {key!r} should be of {kind}, got {value!r}")
     expect(entry["seats"].get(seat) == HELD, f"b's seat should be held: {entry['seats']}")
-    expect(all(s == FREE for a_, s in entry["seats"].items() if a_ != seat), f"the other seats are free: {entry}")
+    expect(all(s == FREE for other, s in entry["seats"].items() if other != seat), f"the other seats are free: {entry}")
     expect(entry["holders"].get(seat) == b.name, f"holders names b's hello name {b.name!r}: {entry['holders']}")
     expect(entry["public"] is False, "a world created without public: true is not public")
     expect(entry["scenario"] == ctx.scenario, f"list.scenario should be {ctx.scenario!r}: {entry['scenario']!r}")

@@ -18,10 +18,12 @@ from agora_marl.agents.conformance.base import (
 from agora_marl.agents.conformance.peer import Peer, Skip, expect, short
 from agora_marl.agents.conformance.values import expect_value, legal
 from agora_marl.envserver.protocol.vocabulary import (
+    ALREADY_ACTED,
     BAD_REQUEST,
     EPISODE_OVER,
     ERROR_OP,
     FREE,
+    HELD,
     INTERRUPTED,
     LATE,
     NOT_OWNER,
@@ -116,7 +118,7 @@ def check_create_join(ctx: Context) -> None:
     entry = world_entry(a, worlds[0])
     expect(entry is not None, f"the new world {worlds[0]} is not in its owner's list")
     expect(entry.get("tick") == 0 and entry.get("episode") == 0, f"a new world is at episode 0, tick 0: {entry}")
-    expect(all(s == "held" for s in entry.get("seats", {}).values()), f"join: true holds every seat: {entry}")
+    expect(all(s == HELD for s in entry.get("seats", {}).values()), f"join: true holds every seat: {entry}")
     plain = a.create(join=False, copies=2)
     expect(len(plain["worlds"]) == 2, f"copies 2 should make two worlds: {plain['worlds']}")
     expect("tokens" not in plain and "obs" not in plain, "created carries tokens and obs only with join: true")
@@ -140,7 +142,7 @@ def check_lockstep(ctx: Context) -> None:
     a, b, world, spec, agents = _shared_world(ctx, wait_for_seats=False, deadline_ms=LONG_DEADLINE_MS)
     first = act(a, world, spec, [agents[0]])
     a.quiet(first, QUIET_S, "the world stepped before every held seat acted")
-    a.refused("act", "already_acted", "the seat acted this tick", world=world, actions=actions_for(spec, agents[:1]))
+    a.refused("act", ALREADY_ACTED, "the seat acted this tick", world=world, actions=actions_for(spec, agents[:1]))
     a.refused("act", NOT_YOUR_SEAT, "b holds that seat", world=world, actions=actions_for(spec, agents[1:2]))
     second = act(b, world, spec, [agents[1]])
     step_a, step_b = a.answer("act", first), b.answer("act", second)
@@ -255,7 +257,7 @@ def check_reset(ctx: Context) -> None:
     b.refused("reset", NOT_OWNER, "only the owner may reset", world=world)
     first = a.ok("reset", world=world, seed=7)
     b.refusal("act", pending, INTERRUPTED, "the owner reset the world")
-    expect(first.get("tick") == 0 and first.get("episode") == 1, f"reset is tick 0 of the next episode: {first}")
+    expect(first.get("tick") == 0 and first.get("episode") == 1, f"reset is tick 0 of the next episode: {short(first)}")
     expect(sorted(first.get("obs", {})) == sorted(first.get("agents", [])), "reset gives every live agent's obs")
     expect(isinstance(first.get("infos"), dict), f"observation.infos should be a map: {short(first)}")
     second = a.ok("reset", world=world, seed=7)
