@@ -6,7 +6,10 @@ Checks, each reported pass / fail / skip with a reason:
 - ``parallel_api_test`` and ``seed_test``: PettingZoo's own checkers (``seed_test`` on the AEC view of the world,
   ``parallel_seed_test`` on the parallel one); their API warnings count as failures.
 - ``values``: every observation lies in its space, rewards are finite numbers, flags are bools, ``state()`` lies in
-  ``state_space``, an ``rgb_array`` render is a uint8 (H, W, 3) picture.
+  ``state_space``.
+- ``render``: an ``rgb_array`` render is a uint8 (H, W, 3) picture, in the per-copy form (what ``agora record``
+  draws) and in the vectorised one (what a server draws for a vector-backed world), the two agreeing on copy 0; a
+  form that renders while the other cannot fails, and a world that renders in neither is skipped with what to add.
 - ``determinism``: two worlds with the same seed and the same actions give identical trajectories over several
   episodes (later resets unseeded), and re-seeding a used world replays the first trajectory.
 - ``vector``: where a vectorised form exists, K copies seeded ``seed`` step exactly like K per-copy worlds seeded
@@ -40,6 +43,7 @@ from pettingzoo.test import parallel_api_test, parallel_seed_test, seed_test
 from pettingzoo.utils.conversions import parallel_to_aec
 
 from agora_marl.scenarios.registry import DEFAULT_ALLOWED_PACKAGES, make_env, make_vector
+from agora_marl.scenarios.vector import VectorScenario
 
 
 class CheckFailed(Exception):
@@ -145,6 +149,7 @@ def check_scenario(name: str, settings: CheckSettings | None = None) -> CheckRep
     report.run("parallel_api_test", lambda: _api_test(s.build(name), s.api_cycles))
     report.run("seed_test", lambda: _check_seed(lambda: s.build(name), s))
     report.run("values", lambda: _check_values(name, s))
+    report.run("render", lambda: _check_render(name, s))
     report.run("determinism", lambda: _check_determinism(name, s))
     report.run("vector", lambda: _check_vector(name, s))
     return report
@@ -309,19 +314,72 @@ def _check_values(name: str, s: CheckSettings) -> str:
                 "give state() the state space's dtype and shape and keep it in its bounds, or widen the space",
             )
     env.close()
-    detail = "observations, rewards, flags" + (", state" if state_space is not None else "")
-    if "rgb_array" in env.metadata.get("render_modes", []):
-        seen = s.build(name, render_mode="rgb_array")
-        seen.reset(seed=s.seed)
-        frame = seen.render()
-        seen.close()
-        if not (isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3):
+    return "observations, rewards, flags" + (", state" if state_space is not None else "")
+
+
+RENDER_FIX = (
+    "give a Scenario a render(self), or a VectorScenario a render(self, copy=0), that returns an RGB picture as "
+    "np.uint8 of shape (height, width, 3) (docs/scenarios.md, 'Rendering')"
+)
+
+
+def _frame_problem(frame: Any) -> str | None:
+    if isinstance(frame, np.ndarray) and frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3:
+        return None
+    return f"{type(frame).__name__} {getattr(frame, 'dtype', '')} {getattr(frame, 'shape', '')}, not uint8 (H, W, 3)"
+
+
+def _draw(render: Callable[[], Any], what: str) -> Any:
+    try:
+        return render()
+    except TypeError as exc:  # most often a VectorScenario.render(self) that takes no copy index
+        raise CheckFailed(f"{what} raised TypeError: {exc}", RENDER_FIX) from None
+
+
+def _check_render(name: str, s: CheckSettings) -> str:
+    env = s.build(name)
+    declared = "rgb_array" in env.metadata.get("render_modes", [])
+    env.close()
+    vector = make_vector(name, s.vector_copies, s.config)
+    vector_draws = vector is not None and type(vector).render is not VectorScenario.render
+    if not declared and not vector_draws:
+        raise CheckSkipped(
+            "does not render (metadata render_modes lacks rgb_array): agora record and the server's render op "
+            f"need frames; {RENDER_FIX}"
+        )
+    if vector is not None and not vector_draws:
+        raise CheckFailed(
+            "the per-copy form renders but the vectorised form has no render(copy): a served vector-backed world "
+            "(create with copies >= 2 and join, as learners make them) cannot draw",
+            "add def render(self, copy=0) -> np.ndarray (uint8, (H, W, 3)) of that copy to the VectorScenario",
+        )
+    if not declared:
+        raise CheckFailed(
+            "the vectorised form renders but the per-copy form declares no rgb_array render mode, so agora record "
+            "cannot draw it",
+            "register vector_env(YourVectorScenario) as the per-copy form (its metadata says rgb_array when render "
+            "is defined), or give your per-copy form metadata['render_modes'] = ['rgb_array'] and a render()",
+        )
+    seen = s.build(name, render_mode="rgb_array")
+    seen.reset(seed=s.seed)
+    frame = _draw(seen.render, "the per-copy form's render()")
+    seen.close()
+    if problem := _frame_problem(frame):
+        raise CheckFailed(f"render() gave {problem}", RENDER_FIX + ", when render_mode is rgb_array")
+    detail = f"rgb_array {frame.shape[1]}x{frame.shape[0]}"
+    if vector is None:
+        return detail
+    vector.reset(seed=s.seed)
+    for copy_index in (0, vector.num_copies - 1):
+        copy_frame = _draw(lambda i=copy_index: vector.render(i), f"the vectorised form's render({copy_index})")
+        if problem := _frame_problem(copy_frame):
+            raise CheckFailed(f"the vectorised form's render({copy_index}) gave {problem}", RENDER_FIX)
+        if copy_index == 0 and not same(copy_frame, frame):
             raise CheckFailed(
-                f"render() gave {type(frame).__name__} {getattr(frame, 'shape', '')}, not uint8 (H, W, 3)",
-                "return an RGB picture as np.uint8 of shape (height, width, 3) when render_mode is rgb_array",
+                "the vectorised form's render(0) differs from the per-copy form's render() after the same seeded reset",
+                "draw copy `copy` from its own arrays only, as the per-copy form draws its world",
             )
-        detail += f", rgb_array {frame.shape[1]}x{frame.shape[0]}"
-    return detail
+    return detail + f"; vectorised render(copy) of {vector.num_copies} copies, copy 0 equal to the per-copy form"
 
 
 _SEED_FIX = "draw every random number from self.rng (the seeded generator), never np.random, random, time or set order"

@@ -17,7 +17,7 @@ from agora_marl.scenarios.builtin.cover import Cover
 from agora_marl.scenarios.check import CheckSettings, check_scenario
 from agora_marl.scenarios.new import write_scenario_template
 from agora_marl.scenarios.rates import RateSettings
-from agora_marl.scenarios.vector import vector_env
+from agora_marl.scenarios.vector import VectorScenario, vector_env
 
 QUICK = CheckSettings(api_cycles=100, steps=120)
 QUICK_RATES = RateSettings(seconds=0.05, batch_worlds=16)
@@ -206,3 +206,52 @@ def test_the_checker_fails_a_broken_scenario_under_python_O_and_passes_a_good_on
     assert "rc foraging_v0 0" in done.stdout, done.stdout
     assert tables["foraging_v0"].rstrip().splitlines()[-1].startswith("PASS")
     assert "pass" in rows["foraging_v0"]["wire"]
+
+
+class _Blind(Cover):
+    """cover_v0 without its picture: a vectorised world that says nothing about rendering."""
+
+    render = VectorScenario.render
+
+
+class _NoCopyIndex(Cover):
+    def render(self):  # the copy index forgotten
+        return super().render(0)
+
+
+class _GreyFloats(Cover):
+    def render(self, copy=0):
+        return super().render(copy).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    ("per_copy", "vector", "verdict", "says"),
+    [
+        (_Blind, _Blind, None, "render(self, copy=0)"),  # neither form renders: skipped, with what to add
+        (Cover, _Blind, False, "the vectorised form has no render(copy)"),  # record draws, the server cannot
+        (_Blind, Cover, False, "declares no rgb_array render mode"),  # the server draws, record cannot
+        (_NoCopyIndex, _NoCopyIndex, False, "raised TypeError"),
+        (_GreyFloats, _GreyFloats, False, "not uint8 (H, W, 3)"),
+    ],
+)
+def test_the_render_check_says_what_a_vectorised_world_lacks(per_copy, vector, verdict, says, scratch_registry):
+    registry.register("drawn_v0", vector_env(per_copy), vector_factory=vector)
+    report = check_scenario("drawn_v0", CheckSettings(api_cycles=20, steps=30))
+    row = next(r for r in report.results if r.name == "render")
+    assert row.passed is verdict and says in row.detail, report.table()
+    if verdict is False:
+        assert "fix:" in row.detail
+
+
+def test_a_vectorised_world_that_renders_passes_the_render_check():
+    report = check_scenario("cover_v0", CheckSettings(api_cycles=20, steps=30))
+    row = next(r for r in report.results if r.name == "render")
+    assert row.passed and "rgb_array 256x256" in row.detail and "copy 0 equal to the per-copy form" in row.detail
+
+
+def test_record_of_a_world_that_cannot_render_says_what_to_add(scratch_registry, tmp_path):
+    from agora_marl.launch.cli import main
+
+    registry.register("blind_v0", vector_env(_Blind), vector_factory=_Blind)
+    with pytest.raises(SystemExit, match=r"does not render.*render\(self, copy=0\)"):
+        main(["record", "--scenario", "blind_v0", "--out", str(tmp_path / "x.gif")])

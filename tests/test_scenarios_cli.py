@@ -93,7 +93,7 @@ def test_record_writes_a_gif_of_the_episode(tmp_path, capsys):
     out = tmp_path / "episode.gif"
     assert main(["record", "--scenario", "foraging_v0", "--max-steps", "12", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "episode 0: return" in printed and "13 frames" in printed  # the reset frame and one per step
+    assert "episode 0: return" in printed and "of 13 rendered" in printed  # the reset frame and one per step
     with Image.open(out) as gif:
         # Pillow merges identical consecutive frames (agents standing still) into one longer frame.
         assert 2 <= gif.n_frames <= 13 and gif.size == (192, 192)

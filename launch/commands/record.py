@@ -22,12 +22,6 @@ it returns a callable obs -> action) or a training run directory (each agent pla
 """
 
 
-_RENDER_FIX = (
-    "give a Scenario a render(self) or a VectorScenario a render(self, copy=0) that returns an RGB uint8 "
-    "(height, width, 3) array (docs/scenarios.md, 'Rendering'); `agora scenarios check NAME` checks it"
-)
-
-
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "record",
@@ -113,6 +107,7 @@ def save_gif(frames: list, path: str | Path, fps: float) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
+    from agora_marl.scenarios.check import RENDER_FIX
     from agora_marl.scenarios.registry import make_env
 
     load_modules(args.module)
@@ -127,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         if "render_mode" not in str(exc):
             raise
-        raise SystemExit(f"agora record: {args.scenario} does not render: {exc}; {_RENDER_FIX}") from None
+        raise SystemExit(f"agora record: {args.scenario} does not render: {exc}; {RENDER_FIX}") from None
     if "rgb_array" not in env.metadata.get("render_modes", []):
-        raise SystemExit(f"agora record: {args.scenario} does not render rgb_array frames; {_RENDER_FIX}")
+        raise SystemExit(f"agora record: {args.scenario} does not render rgb_array frames; {RENDER_FIX}")
     try:
         policies = policies_for(env, args.policy, overrides, args.seed)
     except ValueError as exc:
@@ -141,6 +136,7 @@ def run(args: argparse.Namespace) -> int:
         team = sum(totals.values())
         each = ", ".join(f"{a} {r:.2f}" for a, r in totals.items())
         print(f"episode {episode}: return {team:.2f} ({each})")
-    merged = f" ({len(frames)} rendered; identical consecutive frames merged)" if written != len(frames) else ""
-    print(f"wrote {args.out}: {written} frames{merged}, {len(returns)} episodes")
+    episodes = f"{len(returns)} episode" + ("s" if len(returns) != 1 else "")
+    # Pillow merges identical consecutive frames into one longer one: say what the file holds.
+    print(f"wrote {args.out}: {written} frames of {len(frames)} rendered (identical ones merged), {episodes}")
     return 0
