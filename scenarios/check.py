@@ -319,7 +319,7 @@ def _check_values(name: str, s: CheckSettings) -> str:
 
 RENDER_FIX = (
     "give a Scenario a render(self), or a VectorScenario a render(self, copy=0), that returns an RGB picture as "
-    "np.uint8 of shape (height, width, 3) (docs/scenarios.md, 'Rendering')"
+    "np.uint8 of shape (height, width, 3) (docs/scenarios.md, 'Rendering a vectorised world')"
 )
 
 

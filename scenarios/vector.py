@@ -9,13 +9,24 @@ Contract (what a server may rely on):
   of **all** copies, ``{agent: (K, *obs_shape)}``. With a seed, copy ``i`` is seeded ``seed + i``, so copy ``i``
   replays exactly the per-copy form reset with ``seed + i``; without one, each copy continues its own generator.
 - ``step(actions)`` takes ``{agent: (K, *action_shape)}`` and returns ``(obs, rewards, terminated, truncated)``
-  with rewards ``float32 (K, N)`` and flags ``bool (K, N)``, columns in ``possible_agents`` order. Every agent of
-  a copy stays alive until its copy's episode ends; a copy's episode ends at the step where any of its flags is
-  set, and the scenario sets the flags of all its agents at that step. ``step`` never resets: the caller resets
-  finished copies (``reset(copies=done)``) before stepping them again.
+  with rewards ``float32 (K, N)`` and flags ``bool (K, N)``, columns in ``possible_agents`` order. Actions are
+  arrays of the action space's dtype, already checked against the space by the server: ``Discrete`` actions are
+  ints ``(K,)``, ``Box`` (continuous) ones ``(K, *shape)`` inside the bounds, ``MultiDiscrete`` ``(K, n)``.
+  Every agent of a copy stays alive until its copy's episode ends; a copy's episode ends at the step where any of
+  its flags is set, and the scenario sets the flags of all its agents at that step. ``step`` never resets: the
+  caller resets finished copies (``reset(copies=done)``) before stepping them again, and the ``obs`` of that step
+  are the finished copies' final observations (``final_obs`` on the wire).
+- Truncation is the scenario's own: count the steps of each copy and set ``truncated`` for all its agents at the
+  limit (``max_cycles`` names it; nothing truncates for you, unlike the per-copy ``Scenario`` adapter).
+  ``terminated`` is for real ends (a terminal state is worth zero to a learner), ``truncated`` for time limits
+  (learners bootstrap from the final observation).
 - ``state()`` returns ``(K, *state_shape)`` when ``state_space`` is not ``None``.
 - Returned arrays are fresh (C-contiguous, one per agent): the scenario never writes into them later, so the caller
   may keep or send them without copying.
+- Rendering is optional: define ``render(self, copy=0)`` returning copy ``copy`` as an RGB ``uint8 (H, W, 3)``
+  array. Then the per-copy form (:func:`vector_env`) declares ``metadata["render_modes"] == ["rgb_array"]`` and
+  ``metadata["render_fps"] == render_fps`` (what ``agora record`` needs), and a server draws a vector-backed world
+  with ``render(its copy index)``. Without it neither form renders (``agora scenarios check`` says so).
 
 :class:`VectorParallelEnv` turns a vectorised scenario with one copy into an ordinary PettingZoo ParallelEnv, so a
 scenario written only in vectorised form has its per-copy form for free.
@@ -36,8 +47,8 @@ class VectorScenario:
 
     Attributes:
         name: versioned name, as for :class:`agora_marl.scenarios.api.Scenario`.
-        max_cycles: steps after which a copy's agents are truncated (the subclass sets ``truncated``).
-        render_fps: frames per second for recordings.
+        max_cycles: steps after which a copy's agents are truncated (the subclass counts and sets ``truncated``).
+        render_fps: frames per second for recordings (the per-copy form's ``metadata["render_fps"]``).
         possible_agents: every agent id; column j of the reward and flag arrays is ``possible_agents[j]``.
         num_copies: K.
         observation_spaces, action_spaces: per agent, for one copy (arrays carry a leading K dimension).
@@ -60,7 +71,15 @@ class VectorScenario:
         self.rngs: list[np.random.Generator | None] = [None] * self.num_copies
 
     def seed_copies(self, seed: int | None, copies: np.ndarray | None) -> np.ndarray:
-        """Seed copy ``i`` with ``seed + i`` (or continue its generator without a seed); return the copy indices."""
+        """Seed copy ``i`` with ``seed + i`` (or continue its generator without a seed); return the copy indices.
+
+        Returns:
+            The indices of the copies to reset, an int array (``np.intp``): ``0 .. K-1`` for ``copies=None``, else
+            ``copies`` flattened. Index the copies' arrays with it (``self.pos[index] = ...``).
+
+        Raises:
+            IndexError: a listed copy is outside ``0 .. K-1``.
+        """
         index = np.arange(self.num_copies) if copies is None else np.asarray(copies, dtype=np.intp).reshape(-1)
         if index.size and (index.min() < 0 or index.max() >= self.num_copies):
             raise IndexError(f"copies {index.tolist()} outside 0..{self.num_copies - 1}")
@@ -74,7 +93,9 @@ class VectorScenario:
     def uniforms(self, index: np.ndarray, size: int) -> np.ndarray:
         """``size`` uniform numbers in [0, 1) from each listed copy's generator, as a ``(len(index), size)`` array.
 
-        One generator call per copy, then numpy across copies: resetting many copies costs little Python.
+        Row ``j`` comes from copy ``index[j]``'s generator (float64), so a copy draws the same numbers whether it is
+        reset alone or with others. One generator call per copy, then numpy across copies: resetting many copies
+        costs little Python. Scale and shift the rows into whatever a reset draws (``u * 1.6 - 0.8``).
         """
         if not index.size:
             return np.empty((0, size))
@@ -97,7 +118,11 @@ class VectorScenario:
         return None
 
     def render(self, copy: int = 0) -> np.ndarray:
-        """Optional: an RGB picture of copy ``copy``, uint8 (height, width, 3)."""
+        """Optional: an RGB picture of copy ``copy``, uint8 (height, width, 3).
+
+        Overriding it is what makes a vectorised world render: the per-copy form then declares ``rgb_array``, and a
+        server draws a vector-backed world with it (see the module docstring; examples/drift_vector.py).
+        """
         raise NotImplementedError(f"{type(self).__name__} does not render")
 
 

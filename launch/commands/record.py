@@ -138,5 +138,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"episode {episode}: return {team:.2f} ({each})")
     episodes = f"{len(returns)} episode" + ("s" if len(returns) != 1 else "")
     # Pillow merges identical consecutive frames into one longer one: say what the file holds.
-    print(f"wrote {args.out}: {written} frames of {len(frames)} rendered (identical ones merged), {episodes}")
+    merged = f" of {len(frames)} rendered (identical ones merged)" if written != len(frames) else ""
+    print(f"wrote {args.out}: {written} frames{merged}, {episodes}")
     return 0
