@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-queued-replies",
         type=int,
-        default=256,
+        default=64,
         help="replies kept for a client that does not read them; past it its newest are dropped (default %(default)s)",
     )
     parser.add_argument(

@@ -55,7 +55,7 @@ class ServerConfig:
     connection."""
     max_queued_requests: int = 64
     """Whole requests libzmq queues per connection before it stops reading from it (ZMQ_RCVHWM)."""
-    max_queued_replies: int = 256
+    max_queued_replies: int = 64
     """Replies queued per connection for a client that does not read them; past it, its newest replies are dropped
     (ZMQ_SNDHWM)."""
     max_worlds_per_client: int = 4096

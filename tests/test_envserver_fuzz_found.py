@@ -66,8 +66,8 @@ def test_an_unfinished_multipart_message_costs_the_server_little_memory(server_p
 
 @pytest.mark.xfail(
     strict=True,
-    reason="unread replies are bounded per connection by count (SNDHWM 256), not by bytes: a client that renders "
-    "and never reads pins ~128 frames of 1.4 MiB in the server, and every further such connection as much again",
+    reason="unread replies are bounded per connection by count (SNDHWM 64), not by bytes: a client that renders "
+    "and never reads pins ~32 frames of 1.4 MiB in the server, and every further such connection as much again",
 )
 def test_clients_that_never_read_their_replies_cost_the_server_little_memory(server_process) -> None:
     address, pid = server_process

@@ -2,7 +2,7 @@
 
 Written by ``agora serve --addr-file PATH`` (and every server process a launcher starts) once the socket is bound::
 
-    {"protocol": 1, "server": "agora", "version": "0.2.0", "addresses": ["ipc:///tmp/agora-x/server0.sock"], "pid": 4242}
+    {"protocol": 2, "server": "agora", "version": "0.2.0", "addresses": ["ipc:///tmp/agora-x/server0.sock"], "pid": 4242}
 
 It is written atomically (a rename), so a file that exists is whole: a reader may poll for it. A connection file that
 holds the server's operator secret (``"operator"``) is made readable by its user only, as is the operator file

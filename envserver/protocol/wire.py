@@ -2,7 +2,7 @@
 
 A message is a ZeroMQ multipart::
 
-    frame 0      msgpack map: the header {"v": 1, "op": str, "id": int, ...fields..., "arrays": [...]}
+    frame 0      msgpack map: the header {"v": 2, "op": str, "id": int, ...fields..., "arrays": [...]}
     frame 1..n   raw bytes of n arrays, C order, little-endian
 
 ``header["arrays"]`` has one entry per array frame, in frame order: ``[path, dtype, shape]``, where ``path`` is a
