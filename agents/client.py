@@ -399,6 +399,17 @@ class AgentClient:
         """Step K worlds this client fully holds in one message; returns the raw ``batch`` reply (arrays)."""
         return self.request("step_batch", worlds=list(worlds), actions=actions, layout=layout, state=state)
 
+    def act_batch(self, worlds: list[int], actions: dict[str, Any], timeout_s: float | None = None) -> dict:
+        """Act for this client's seats in K shared worlds at once (the same seats in each) and wait until every one
+        of them has stepped (each at its own step rule, so at most its deadline).
+
+        ``actions`` maps each held seat to a ``(K, ...)`` stack. The reply's arrays cover only this client's seats
+        (``seats``, in that order): ``obs`` {seat: (K, ...)}, ``rewards``/``terminated``/``truncated``/``active``/
+        ``alive`` (K, seats), ``episode_over`` (K,), ``final_obs`` where an episode ended, and for every agent of the
+        worlds (``agents``) ``filled`` and ``late`` (K, agents). See docs/protocol.md, 'act_batch'.
+        """
+        return self.request("act_batch", timeout_s, worlds=list(worlds), actions=actions)
+
     def reset_batch(
         self, worlds: list[int], seed: int | None = None, layout: str = "agents", state: bool = False
     ) -> dict:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from agora_marl import __version__, scenarios
 from agora_marl.envserver.fields import field, plain_field, seed_field, strings
+from agora_marl.envserver.partial import op_act_batch
 from agora_marl.envserver.protocol import WorldSpec, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -569,5 +570,6 @@ OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
     "step_batch": op_step_batch,
     "reset_batch": op_reset_batch,
     "render": op_render,
+    "act_batch": op_act_batch,
 }
 assert set(OPERATIONS) == set(REQUESTS), "every request of the protocol has exactly one handler"

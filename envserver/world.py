@@ -57,6 +57,8 @@ class Waiter:
     """The session that sent it (``Session.identity``); its reply goes wherever that session last connected from."""
     request_id: int
     seats: list[str]
+    batch: tuple | None = None
+    """``(BatchWaiter, k)`` when this act is world k of an ``act_batch`` (envserver/partial.py)."""
 
 
 @dataclass
@@ -211,13 +213,15 @@ class World:
 
     # ---- lockstep -------------------------------------------------------------------------------------------
 
-    def submit(self, identity: bytes, request_id: int, actions: dict[str, Any], now: float) -> None:
+    def submit(
+        self, identity: bytes, request_id: int, actions: dict[str, Any], now: float, batch: tuple | None = None
+    ) -> None:
         """Record a validated act request. Actions of seats whose agent is not alive are ignored (they wait)."""
         live = set(self.env.agents)
         for agent, action in actions.items():
             if agent in live:
                 self.pending[agent] = action
-        self.waiters.append(Waiter(identity, request_id, list(actions)))
+        self.waiters.append(Waiter(identity, request_id, list(actions), batch))
         self.arm_deadline(now)
 
     def arm_deadline(self, now: float) -> None:
@@ -278,6 +282,11 @@ class World:
         """One ``step`` reply per waiter, for the seats it named (and ``filled`` for the whole world); clears them."""
         out = []
         for waiter in self.waiters:
+            if waiter.batch is not None:  # one world's row of an act_batch: the reply goes when its last world steps
+                batch, k = waiter.batch
+                if batch.record(k, self, outcome):
+                    out.append((waiter.identity, batch.reply()))
+                continue
             reply = {
                 "op": "step",
                 "id": waiter.request_id,
@@ -312,7 +321,16 @@ class World:
         if not self.waiters:
             self.deadline_at = None
         error = ProtocolError(INTERRUPTED, reason, "read the world again with observe, then act")
-        return [(w.identity, error.to_header(w.request_id)) for w in cancelled]
+        replies = []
+        for waiter in cancelled:
+            if waiter.batch is not None:  # an act_batch fails once, at its first interrupted world
+                batch = waiter.batch[0]
+                batch.left -= 1
+                if batch.failed:
+                    continue
+                batch.failed = True
+            replies.append((waiter.identity, error.to_header(waiter.request_id)))
+        return replies
 
     def end_episode(self) -> None:
         """Keep the finished episode's return for ``list``."""

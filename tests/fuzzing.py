@@ -182,6 +182,13 @@ class Context:
                 {"op": "reset_batch", "worlds": list(self.batch), "seed": 2, "layout": "stacked", "state": True},
             ],
             "render": [{"op": "render", "world": self.drawn}],
+            "act_batch": [
+                {
+                    "op": "act_batch",
+                    "worlds": list(self.batch),
+                    "actions": {"agent_0": [0, 1], "agent_1": np.ones(2, np.int64), "agent_2": [4, 4]},
+                }
+            ],
         }
         for op, variants in templates.items():
             if op not in vocabulary.SESSIONLESS:

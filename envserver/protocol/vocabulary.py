@@ -26,6 +26,7 @@ REQUESTS: dict[str, str] = {
     "step_batch": "batch",
     "reset_batch": "batch",
     "render": "frame",
+    "act_batch": "batch",
 }
 #: The requests a client may send without a session: every other request carries ``welcome``'s ``secret``.
 SESSIONLESS = ("hello", "ping")
