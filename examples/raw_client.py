@@ -1,8 +1,10 @@
 """A custom agora agent in raw pyzmq + msgpack, written from docs/protocol.md alone (no agora code).
 
-usage: python examples/raw_client.py ADDRESS [SCENARIO | WORLD_ID] [EPISODES]
+usage: python examples/raw_client.py ADDRESS [SCENARIO | WORLD_ID | WORLD_ID,WORLD_ID,...] [EPISODES]
   creates a world of SCENARIO (default mpe2 simple_spread) holding every seat, or joins the free seats of WORLD_ID,
-  then plays random legal actions in lockstep and prints each episode's return.
+  then plays random legal actions in lockstep and prints each episode's return. With several world ids it joins
+  the same free seats of each and plays them all with one act_batch message per tick (the batched partial-seat
+  mode: someone else may hold the other seats).
 """
 
 import itertools
@@ -52,11 +54,34 @@ def sample(space):
     return {str(i): sample(sub) for i, sub in enumerate(space["spaces"])}  # Tuple
 
 
+def play_batch(sock, worlds, episodes):
+    """Hold the same free seats of several worlds and act in all of them with one act_batch per tick."""
+    joined = request(sock, "join", world=worlds[0], seats="all")
+    seats, spec = list(joined["seats"]), joined["spec"]
+    for world in worlds[1:]:
+        request(sock, "join", world=world, seats=seats)
+    print(f"worlds {worlds}: playing {seats}", flush=True)
+    totals, done = np.zeros(len(worlds)), 0
+    while done < int(episodes):
+        actions = {a: [sample(spec["action_spaces"][a]) for _ in worlds] for a in seats}  # one row per world
+        batch = request(sock, "act_batch", worlds=worlds, actions=actions)
+        totals += batch["rewards"].sum(axis=1)  # (K, seats): this client's seats only
+        for k in np.flatnonzero(batch["episode_over"]):
+            done += 1
+            filled = int(batch["filled"][k].sum())  # others' seats that got the fill action (free, lost or late)
+            print(f"episode {done}: world {worlds[k]} return {totals[k]:.2f} ({filled} filled seats)", flush=True)
+            totals[k] = 0.0
+
+
 def main(address, target="mpe2.simple_spread_v3:parallel_env", episodes=3):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
     session["secret"] = request(sock, "hello", name="raw_client")["secret"]
+    if "," in target:
+        play_batch(sock, [int(w) for w in target.split(",")], episodes)
+        sock.close()
+        return
     if target.isdigit():
         joined = request(sock, "join", world=int(target), seats="all")
         world, seats, spec = joined["world"], list(joined["seats"]), joined["spec"]

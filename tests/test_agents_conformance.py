@@ -36,7 +36,7 @@ def test_every_check_passes_against_our_server():
         # Each check closed the worlds it made.
         assert not server.worlds, sorted(server.worlds)
         only = run_conformance(server.address, only="batch")
-        assert {r.name for r in only} == {"step_batch_agents", "step_batch_stacked", "batch_mismatch"}
+        assert {r.name for r in only} == {"step_batch_agents", "step_batch_stacked", "batch_mismatch", "act_batch"}
         assert all(r.passed for r in only)
         without_operator = run_conformance(server.address, only="operator")
         assert {r.name: r.status for r in without_operator} == {"operator_refused": "passed", "operator": "skipped"}

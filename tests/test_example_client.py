@@ -49,3 +49,16 @@ def test_example_joins_a_shared_world(server, tmp_path):
         out = _run(server.address, str(world.worlds[0]), "3", cwd=tmp_path)
         assert "playing ['agent_0', 'agent_1', 'agent_2']" in out and "episode 3: return" in out
         assert owner.list_worlds()[0]["episode"] == 3
+
+
+def test_example_plays_its_seats_of_several_shared_worlds_in_one_message(server, tmp_path):
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        owner.hello(keep_alive_s=60.0)  # idle while the example plays
+        worlds = owner.create(
+            "mpe2.simple_spread_v3:parallel_env", config={"max_cycles": 4}, copies=3, wait_for_seats=False
+        ).worlds
+        for world in worlds:
+            owner.join(world, seats=["agent_2"])  # the owner holds one seat of each and never acts: filled
+        out = _run(server.address, ",".join(map(str, worlds)), "3", cwd=tmp_path)
+        assert "playing ['agent_0', 'agent_1']" in out and out.count("(1 filled seats)") == 3, out
+        assert [w["episode"] for w in owner.list_worlds()] == [1, 1, 1]

@@ -124,3 +124,40 @@ def check_batch_mismatch(ctx: Context) -> None:
         owner = b if world == foreign else a
         entry = world_entry(owner, world)
         expect(entry is not None and entry.get("tick") == 0, f"a refused batch stepped world {world}: {short(entry)}")
+
+
+@check
+def check_act_batch(ctx: Context) -> None:
+    """act_batch by two sessions holding different seats of K shared worlds: each world steps once both acted, each
+    reply covers only its sender's seats as (K, ...) arrays, nothing filled"""
+    a, b = ctx.peer("a"), ctx.peer("b")
+    created = a.create(copies=K, seed=0, wait_for_seats=False, deadline_ms=10_000)
+    worlds, spec = created["worlds"], created["spec"]
+    agents = agents_of(spec, at_least=2)
+    mine, theirs = agents[:1], agents[1:]
+    for world in worlds:
+        a.ok("join", world=world, seats=mine)
+        b.ok("join", world=world, seats=theirs)
+    b_request = b.send("act_batch", worlds=worlds, actions=_actions(spec, theirs, LAYOUT_AGENTS, K))
+    a_request = a.send("act_batch", worlds=worlds, actions=_actions(spec, mine, LAYOUT_AGENTS, K))
+    for peer, request, seats in ((a, a_request, mine), (b, b_request, theirs)):
+        batch = peer.answer("act_batch", request)
+        expect(batch.get("worlds") == worlds and batch.get("seats") == seats, f"act_batch names: {short(batch)}")
+        expect(batch.get("agents") == agents, f"act_batch.agents should be {agents}: {short(batch)}")
+        _expect_obs(spec, seats, LAYOUT_AGENTS, batch.get("obs"), f"{peer.name}'s act_batch obs", K)
+        _expect_array(batch, "rewards", "float32", (K, len(seats)))
+        for key in ("terminated", "truncated", "active", "alive"):
+            _expect_array(batch, key, "bool", (K, len(seats)))
+        _expect_array(batch, "episode_over", "bool", (K,))
+        filled = _expect_array(batch, "filled", "bool", (K, len(agents)))
+        _expect_array(batch, "late", "bool", (K, len(agents)))
+        expect(not filled.any(), f"every seat acted, yet act_batch says some were filled: {short(batch)}")
+        ticks = batch.get("tick")
+        expect(isinstance(ticks, np.ndarray) and list(ticks) == [1] * K, f"each world steps once: {short(batch)}")
+    a.refused(
+        "act_batch",
+        BATCH_MISMATCH,
+        "a world listed twice",
+        worlds=[worlds[0], worlds[0]],
+        actions=_actions(spec, mine, LAYOUT_AGENTS, 2),
+    )
