@@ -4,6 +4,10 @@ The K worlds are created in contiguous chunks over one or more servers (one sock
 actions by chunk, sends one ``step_batch`` per chunk to every server before reading any reply (so the servers step
 in parallel), then concatenates the replies in world order. The Python work per step is a few numpy calls per
 chunk and per field; nothing loops over worlds or agents of a world.
+
+With ``seats``, the client holds only those seats of each world (a learner training some agents against other
+clients, e.g. agents/opponents.py): the worlds wait until every seat is held, step by their own rule (a deadline
+fills the seats whose holder is late) and reset themselves, and a step is one ``act_batch`` per chunk.
 """
 
 from __future__ import annotations
@@ -11,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -18,7 +23,7 @@ from gymnasium import spaces
 
 from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient
 from agora_marl.agents.types import encode_value
-from agora_marl.envserver.protocol import WorldSpec, from_wire
+from agora_marl.envserver.protocol import WorldSpec, from_wire, zeros_like_space
 from agora_marl.envserver.protocol.vocabulary import LAYOUT_AGENTS, LAYOUT_STACKED, LAYOUTS
 
 
@@ -44,6 +49,12 @@ class BatchResult:
     """(K, *state_shape) global states, when created with ``state=True``."""
     final_state: np.ndarray | None = None
     """(K, *state_shape) global states at the end of the ended episodes; rows valid where ``episode_over``."""
+    opponent_late: float | None = None
+    """Partial seats only (after a step): the fraction of the other seats of the K worlds that were held but had not
+    acted by the deadline, so got the fill action (a slow or dead opponent)."""
+    own_late: float | None = None
+    """Partial seats only (after a step): the fraction of this client's seats filled at the deadline because it came
+    late (a pause between steps longer than the deadline: the world went on without it)."""
 
 
 @dataclass
@@ -56,7 +67,7 @@ class _Chunk:
 
 
 class BatchedWorlds:
-    """K worlds of one scenario whose every seat this client holds, stepped as arrays.
+    """K worlds of one scenario whose every seat (or, with ``seats``, some seats) this client holds, stepped as arrays.
 
     Args:
         addresses: one server endpoint or a list; worlds are spread over them in contiguous chunks.
@@ -72,6 +83,13 @@ class BatchedWorlds:
         client_key: this client's secret certificate (``NAME.key_secret``), for servers run with ``--clients``.
         keep_alive_s: how long the server keeps the worlds through a silence (a learner's update between rollouts),
             as asked at ``hello`` (the server grants at most its ``--max-keep-alive``).
+        seats: hold only these seats of each world (a list of agents, or one glob such as ``"predator_*"``); None:
+            every seat. Other clients join the rest (:attr:`placement` says where: agents/opponents.py plays them).
+            ``possible_agents`` and the spaces are then this client's seats'; ``state`` is refused (a partial
+            holder gets no global state); ``reset`` returns the current observations (the worlds reset themselves).
+        deadline_ms: with ``seats``: the worlds' deadline, after which a seat whose holder has not acted is filled.
+            It bounds what a dead opponent costs per step, and how long this client may pause between steps (a
+            learner's update) before the worlds go on without it. None: the server's default.
     """
 
     def __init__(
@@ -87,6 +105,8 @@ class BatchedWorlds:
         server_key: str | None = None,
         client_key: str | None = None,
         keep_alive_s: float | None = 300.0,
+        seats: str | list[str] | None = None,
+        deadline_ms: int | None = None,
     ):
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
@@ -95,6 +115,8 @@ class BatchedWorlds:
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise ValueError("give at least one server address")
+        if seats is not None and state:
+            raise ValueError("a client holding some seats gets no global state: pass state=False with seats")
         self.num_worlds = num_worlds
         self.layout = layout
         self.want_state = state
@@ -103,13 +125,19 @@ class BatchedWorlds:
         self._seeded_once = False
         self._clients: list[AgentClient] = []
         self._chunks: list[_Chunk] = []
+        self.partial = seats is not None
+        """This client holds only some seats of the worlds (``seats`` was given)."""
         try:
-            self._create(addresses, scenario, config or {}, timeout_s, server_key, client_key)
+            self._create(addresses, scenario, config or {}, timeout_s, server_key, client_key, seats, deadline_ms)
             spec = self.spec
-            self.possible_agents: list[str] = list(spec.possible_agents)
-            self.observation_spaces: dict[str, spaces.Space] = spec.observation_spaces
-            self.action_spaces: dict[str, spaces.Space] = spec.action_spaces
-            self.state_space: spaces.Space | None = spec.state_space
+            self.possible_agents: list[str] = list(spec.possible_agents) if seats is None else self._seats
+            self.other_agents: list[str] = [a for a in spec.possible_agents if a not in self.possible_agents]
+            """The seats other clients hold (empty unless ``seats`` was given)."""
+            self.observation_spaces: dict[str, spaces.Space] = {
+                a: spec.observation_spaces[a] for a in self.possible_agents
+            }
+            self.action_spaces: dict[str, spaces.Space] = {a: spec.action_spaces[a] for a in self.possible_agents}
+            self.state_space: spaces.Space | None = None if self.partial else spec.state_space
             if layout == LAYOUT_STACKED:
                 self._check_stackable()
         except BaseException:
@@ -124,9 +152,15 @@ class BatchedWorlds:
         timeout_s: float,
         server_key: str | None,
         client_key: str | None,
+        seats: str | list[str] | None,
+        deadline_ms: int | None,
     ) -> None:
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
         self.spec: WorldSpec | None = None
+        self.owner_tokens: dict[str, str] = {}
+        """Partial seats: each server's ``owner_token`` of the worlds (reclaims them from another connection)."""
+        self.observer_tokens: dict[str, str] = {}
+        """Partial seats: each server's ``observer_token`` of the worlds (lets a watcher observe them)."""
         for address, rows in zip(addresses, shares, strict=False):
             client = AgentClient(
                 address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key, client_key=client_key
@@ -138,9 +172,23 @@ class BatchedWorlds:
             for start in range(0, len(rows), max_batch):
                 lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
                 seed = None if self._seed is None else self._seed + lo
-                created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True)
+                if seats is None:
+                    created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True)
+                else:
+                    # Per-copy worlds that wait for every seat: nothing ticks before the other clients joined.
+                    created = client.create(
+                        scenario, config, seed=seed, copies=hi - lo, deadline_ms=deadline_ms, wait_for_seats=True
+                    )
+                    self.owner_tokens[address], self.observer_tokens[address] = (
+                        created.owner_token,
+                        created.observer_token,
+                    )
                 self._chunks.append(_Chunk(client, created.worlds, slice(lo, hi)))
                 self.spec = self.spec or created.spec
+                if seats is not None:
+                    self._seats = resolve_seats(self.spec.possible_agents, seats)
+                    for world in created.worlds:
+                        client.join(world, seats=self._seats)
 
     def _check_stackable(self) -> None:
         first = self.possible_agents[0]
@@ -157,6 +205,14 @@ class BatchedWorlds:
         return [w for chunk in self._chunks for w in chunk.worlds]
 
     @property
+    def placement(self) -> list[tuple[str, list[int]]]:
+        """``(server address, world ids)`` per server, in row order: where other clients find the worlds' seats."""
+        by_server: dict[str, list[int]] = {}
+        for chunk in self._chunks:
+            by_server.setdefault(chunk.client.address, []).extend(chunk.worlds)
+        return list(by_server.items())
+
+    @property
     def heartbeat_timeout_s(self) -> float:
         """The shortest heartbeat timeout of the servers: call :meth:`heartbeat` more often than this when idle."""
         return min(float(c.welcome["limits"]["heartbeat_timeout_s"]) for c in self._clients if c.welcome)
@@ -167,7 +223,13 @@ class BatchedWorlds:
             client.heartbeat()
 
     def reset(self, seed: int | None = None) -> BatchResult:
-        """Reset every world (world k seeded ``seed + k``; the first reset uses the constructor's seed)."""
+        """Reset every world (world k seeded ``seed + k``; the first reset uses the constructor's seed).
+
+        With partial seats the worlds are shared and reset themselves: this returns the current observations of
+        this client's seats, and ``seed`` is ignored (the constructor's seeded the worlds).
+        """
+        if self.partial:
+            return self._observe()
         if seed is None and not self._seeded_once:
             seed = self._seed
         self._seeded_once = True
@@ -186,8 +248,11 @@ class BatchedWorlds:
     def step(self, actions: dict[str, Any] | np.ndarray) -> BatchResult:
         """Step every world once: ``actions`` is ``{agent: (K, ...)}`` (layout "agents") or ``(K, N, ...)``.
 
-        Rows of agents that are not alive are ignored but must hold valid actions (e.g. the no-op).
+        Rows of agents that are not alive are ignored but must hold valid actions (e.g. the no-op). With partial seats,
+        ``actions`` covers this client's seats only; the step waits until every world stepped (at most its deadline).
         """
+        if self.partial:
+            return self._act(actions)
         if self.layout == LAYOUT_AGENTS:
             wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
         else:
@@ -221,6 +286,56 @@ class BatchedWorlds:
                     }
         return BatchResult(**fields)
 
+    def _observe(self) -> BatchResult:
+        requests = [
+            (chunk.client, chunk.client.send("observe", world=w)) for chunk in self._chunks for w in chunk.worlds
+        ]
+        replies = [client.reply(request_id) for client, request_id in requests]
+        obs = {a: zeros_like_space(self.observation_spaces[a], (self.num_worlds,)) for a in self.possible_agents}
+        alive = np.zeros((self.num_worlds, len(self.possible_agents)), bool)
+        for k, reply in enumerate(replies):
+            values = self.spec.decode_obs(reply.get("obs"))
+            for i, agent in enumerate(self.possible_agents):
+                if agent in values and agent in (reply.get("agents") or []):
+                    alive[k, i] = True
+                    _set_row(obs[agent], k, values[agent])
+        return BatchResult(obs=self._laid_out(obs), alive=alive)
+
+    def _act(self, actions: dict[str, Any] | np.ndarray) -> BatchResult:
+        if self.layout == LAYOUT_STACKED:
+            actions = {a: actions[:, i] for i, a in enumerate(self.possible_agents)}
+        wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
+        requests = [
+            chunk.client.send("act_batch", worlds=chunk.worlds, actions=_rows(wire, chunk.rows))
+            for chunk in self._chunks
+        ]
+        replies = [chunk.client.reply(request_id) for chunk, request_id in zip(self._chunks, requests, strict=True)]
+        fields: dict[str, Any] = {
+            name: _concat([r[name] for r in replies])
+            for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over")
+        }
+        if any("final_obs" in r for r in replies):
+            fields["final_obs"] = _concat(
+                [r["final_obs"] if "final_obs" in r else _zeros_like(r["obs"]) for r in replies]
+            )
+        for name in ("obs", "final_obs"):
+            if name in fields:
+                fields[name] = self._laid_out(
+                    {a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents}
+                )
+        late = _concat([r["late"] for r in replies])
+        columns = list(replies[0]["agents"])
+        mine = [columns.index(a) for a in self.possible_agents]
+        others = [columns.index(a) for a in self.other_agents]
+        fields["own_late"] = float(late[:, mine].mean())
+        fields["opponent_late"] = float(late[:, others].mean()) if others else 0.0
+        return BatchResult(**fields)
+
+    def _laid_out(self, obs: dict[str, Any]) -> dict[str, Any] | np.ndarray:
+        if self.layout == LAYOUT_AGENTS:
+            return obs
+        return np.stack([obs[a] for a in self.possible_agents], axis=1)
+
     def close(self) -> None:
         """Close the worlds (pipelined, one request each) and the sockets. Idempotent; never raises."""
         pending = []
@@ -248,6 +363,31 @@ class BatchedWorlds:
     def __repr__(self) -> str:
         servers = len({id(c.client) for c in self._chunks})
         return f"BatchedWorlds({self.spec.scenario if self.spec else '?'}, K={self.num_worlds}, servers={servers})"
+
+
+def resolve_seats(agents: list[str], seats: str | list[str]) -> list[str]:
+    """The agents ``seats`` names, in the world's order: a list of agent names, or one glob (``"predator_*"``).
+
+    Raises:
+        ValueError: a name that is no agent of the world, or a glob that matches none (with the world's agents).
+    """
+    if isinstance(seats, str):
+        chosen = [a for a in agents if fnmatchcase(a, seats)]
+        if not chosen:
+            raise ValueError(f"seats {seats!r} match no agent of the world; its agents are {agents}")
+        return chosen
+    unknown = [a for a in seats if a not in agents]
+    if unknown or not seats:
+        raise ValueError(f"seats {list(seats)} are not agents of the world; its agents are {agents}")
+    return [a for a in agents if a in seats]
+
+
+def _set_row(out: Any, k: int, value: Any) -> None:
+    if isinstance(out, dict):
+        for key, sub in out.items():
+            _set_row(sub, k, value[key] if isinstance(value, dict) else value[int(key)])
+    else:
+        out[k] = value
 
 
 def _rows(value: Any, rows: slice) -> Any:

@@ -1,0 +1,189 @@
+"""An opponent at learner scale: one process that plays a named policy in some seats of K shared worlds.
+
+A learner that trains some seats of its worlds (``BatchedWorlds(seats=...)``) needs someone in the others. This
+module joins those seats of every world and acts for all of them with one ``act_batch`` per tick, the policy
+called once per seat and world (agents/policies.py: ``random``, ``noop``, ``scripted``, ``module:callable``). It
+stops after ``steps`` ticks or ``seconds``, or when the worlds go away (their owner closed them).
+
+As a process: ``python -m agora_marl.agents.opponents ADDRESS --worlds 3,4,5 --seats "prey_*" --policy random``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from agora_marl.agents.batched import resolve_seats
+from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.policies import named_policy
+from agora_marl.envserver.protocol import from_wire, zeros_like_space
+from agora_marl.envserver.protocol.vocabulary import INTERRUPTED, UNKNOWN_WORLD
+
+#: Errors that mean the worlds are gone or were taken from under the opponent: it stops, it does not fail.
+_WORLDS_GONE = (INTERRUPTED, UNKNOWN_WORLD)
+
+
+@dataclass
+class Played:
+    """What :func:`play_seats` did."""
+
+    steps: int
+    """Ticks stepped (one ``act_batch`` each)."""
+    episodes: int
+    """World episodes that ended while it played, summed over the worlds."""
+    returns: dict[str, float]
+    """Mean return per seat over the episodes that ended (seats absent when none ended)."""
+    reason: str
+    """Why it stopped: ``steps``, ``seconds`` or ``worlds closed``."""
+
+
+def play_seats(
+    address: str,
+    worlds: Sequence[int],
+    seats: str | list[str],
+    policy: str,
+    steps: int | None = None,
+    seconds: float | None = None,
+    timeout_s: float = 60.0,
+    server_key: str | None = None,
+    client_key: str | None = None,
+) -> Played:
+    """Join ``seats`` of each of ``worlds`` on ``address`` and play ``policy`` in them, one ``act_batch`` per tick.
+
+    Args:
+        address: the server holding the worlds.
+        worlds: their ids; every world must have the same spec and the seats free.
+        seats: agents (a list, or one glob such as ``"prey_*"``).
+        policy: a name :func:`agents.policies.named_policy` resolves (one policy per seat, shared by the worlds).
+        steps, seconds: stop after this many ticks or this long (None: no such bound; with neither it plays until
+            the worlds are closed).
+        timeout_s: how long one tick may take (the other holders' deadline bounds it).
+        server_key, client_key: as for :class:`AgentClient`.
+
+    Raises:
+        ValueError: no worlds, seats that name no agent, or a policy that cannot be built.
+        ServerError: the server refused a join or a step for another reason than the worlds going away.
+    """
+    worlds = [int(w) for w in worlds]
+    if not worlds:
+        raise ValueError("give at least one world")
+    with AgentClient(address, timeout_s=timeout_s, name="opponent", server_key=server_key, client_key=client_key) as c:
+        welcome = c.hello()
+        max_batch = int(welcome["limits"].get("max_batch", len(worlds)))
+        chunks = [worlds[i : i + max_batch] for i in range(0, len(worlds), max_batch)]
+        try:
+            mine = _join_first(c, worlds[0], seats)
+            joined = [c.join(w, seats=mine) for w in worlds[1:]]
+        except ServerError as exc:
+            if exc.code in _WORLDS_GONE:
+                return Played(0, 0, {}, "worlds closed")
+            raise
+        spec = c.spec(worlds[0])
+        first = c.observe(worlds[0]).obs
+        joined_obs = [first, *(j.obs for j in joined)]
+        policies = {a: named_policy(policy, spec.observation_spaces[a], spec.action_spaces[a], agent=a) for a in mine}
+        obs = {a: [o[a] if a in o else zeros_like_space(spec.observation_spaces[a]) for o in joined_obs] for a in mine}
+        returns_k = np.zeros((len(worlds), len(mine)))
+        ended: list[np.ndarray] = []
+        done, reason, started = 0, "", time.monotonic()
+        while True:
+            if steps is not None and done >= steps:
+                reason = "steps"
+                break
+            if seconds is not None and time.monotonic() - started >= seconds:
+                reason = "seconds"
+                break
+            actions = {a: np.stack([np.asarray(policies[a](o)) for o in obs[a]]) for a in mine}
+            try:
+                replies = _act_batch(c, chunks, actions)
+            except ServerError as exc:
+                if exc.code in _WORLDS_GONE:
+                    reason = "worlds closed"
+                    break
+                raise
+            done += 1
+            rewards = np.concatenate([r["rewards"] for r in replies])
+            over = np.concatenate([r["episode_over"] for r in replies])
+            returns_k += rewards
+            if over.any():
+                ended.append(returns_k[over].copy())
+                returns_k[over] = 0.0
+            obs = {a: [row for r in replies for row in _split(spec.observation_spaces[a], r["obs"][a])] for a in mine}
+    finished = np.concatenate(ended) if ended else np.zeros((0, len(mine)))
+    means = dict(zip(mine, (float(x) for x in finished.mean(0)), strict=True)) if len(finished) else {}
+    return Played(done, len(finished), means, reason)
+
+
+def _join_first(client: AgentClient, world: int, seats: str | list[str]) -> list[str]:
+    """Join ``seats`` of ``world``; returns them in the world's order. A glob is resolved against the world's agents,
+    which only a member sees: the client takes every free seat, keeps those the glob matches and leaves the rest (so
+    start opponents that name their seats by glob one after another, or name the seats)."""
+    if not isinstance(seats, str):
+        joined = client.join(world, seats=list(seats))
+        return resolve_seats(joined.spec.possible_agents, list(joined.seats))
+    joined = client.join(world, seats="all")
+    mine = [a for a in resolve_seats(joined.spec.possible_agents, seats) if a in joined.seats]
+    others = [a for a in joined.seats if a not in mine]
+    if others:
+        client.leave(world, seats=others)
+    if not mine:
+        raise ValueError(f"seats {seats!r} match no free seat of world {world} (free were {sorted(joined.seats)})")
+    return mine
+
+
+def _split(space, stack) -> list:
+    """The K rows of a wire ``(K, ...)`` stack of observations, each a value of ``space``."""
+    value = from_wire(space, stack)
+    if isinstance(value, dict):
+        count = len(next(iter(value.values())))
+        return [{key: v[k] for key, v in value.items()} for k in range(count)]
+    return list(value)
+
+
+def _act_batch(client: AgentClient, chunks: list[list[int]], actions: dict[str, np.ndarray]) -> list[dict]:
+    """One ``act_batch`` per chunk of worlds, all sent before any reply is read (the worlds step in parallel)."""
+    requests, start = [], 0
+    for chunk in chunks:
+        rows = slice(start, start + len(chunk))
+        requests.append(client.send("act_batch", worlds=chunk, actions={a: v[rows] for a, v in actions.items()}))
+        start += len(chunk)
+    return [client.reply(request_id) for request_id in requests]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m agora_marl.agents.opponents", description="Play a named policy in some seats of K worlds."
+    )
+    parser.add_argument("address", help="the server holding the worlds")
+    parser.add_argument("--worlds", required=True, help="world ids, comma-separated")
+    parser.add_argument("--seats", required=True, help="agents, comma-separated, or one glob (prey_*)")
+    parser.add_argument("--policy", default="random", help="random, noop, scripted or module:callable")
+    parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
+    parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    parser.add_argument("--timeout", type=float, default=60.0, help="how long one tick may take (s)")
+    parser.add_argument("--server-key", default=None, help="the server's CurveZMQ public key")
+    parser.add_argument("--client-key", default=None, help="this client's secret certificate")
+    args = parser.parse_args(argv)
+    glob = any(ch in args.seats for ch in "*?[")
+    seats = args.seats if glob else args.seats.split(",")
+    played = play_seats(
+        args.address,
+        [int(w) for w in args.worlds.split(",")],
+        seats,
+        args.policy,
+        steps=args.steps,
+        seconds=args.seconds,
+        timeout_s=args.timeout,
+        server_key=args.server_key,
+        client_key=args.client_key,
+    )
+    print(f"opponent: {played.steps} steps, {played.episodes} episodes, returns {played.returns} ({played.reason})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
