@@ -83,8 +83,9 @@ class BatchedWorlds:
         client_key: this client's secret certificate (``NAME.key_secret``), for servers run with ``--clients``.
         keep_alive_s: how long the server keeps the worlds through a silence (a learner's update between rollouts),
             as asked at ``hello`` (the server grants at most its ``--max-keep-alive``).
-        seats: hold only these seats of each world (a list of agents, or one glob such as ``"predator_*"``); None:
-            every seat. Other clients join the rest (:attr:`placement` says where: agents/opponents.py plays them).
+        seats: hold only these seats of each world (agent names or globs such as ``"predator_*"``, one or a
+            list); None: every seat. Other clients join the rest (:attr:`placement` says where; agents/opponents.py
+            plays them).
             ``possible_agents`` and the spaces are then this client's seats'; ``state`` is refused (a partial
             holder gets no global state); ``reset`` returns the current observations (the worlds reset themselves).
         deadline_ms: with ``seats``: the worlds' deadline, after which a seat whose holder has not acted is filled.
@@ -366,20 +367,16 @@ class BatchedWorlds:
 
 
 def resolve_seats(agents: list[str], seats: str | list[str]) -> list[str]:
-    """The agents ``seats`` names, in the world's order: a list of agent names, or one glob (``"predator_*"``).
+    """The agents ``seats`` names, in the world's order: agent names or globs (``"predator_*"``), one or a list.
 
     Raises:
-        ValueError: a name that is no agent of the world, or a glob that matches none (with the world's agents).
+        ValueError: an entry that matches no agent of the world (the message lists the world's agents).
     """
-    if isinstance(seats, str):
-        chosen = [a for a in agents if fnmatchcase(a, seats)]
-        if not chosen:
-            raise ValueError(f"seats {seats!r} match no agent of the world; its agents are {agents}")
-        return chosen
-    unknown = [a for a in seats if a not in agents]
-    if unknown or not seats:
-        raise ValueError(f"seats {list(seats)} are not agents of the world; its agents are {agents}")
-    return [a for a in agents if a in seats]
+    patterns = [seats] if isinstance(seats, str) else list(seats)
+    unmatched = [p for p in patterns if not any(fnmatchcase(a, p) for a in agents)]
+    if unmatched or not patterns:
+        raise ValueError(f"seats {unmatched or patterns} match no agent of the world; its agents are {agents}")
+    return [a for a in agents if any(fnmatchcase(a, p) for p in patterns)]
 
 
 def _set_row(out: Any, k: int, value: Any) -> None:

@@ -57,7 +57,7 @@ def play_seats(
     Args:
         address: the server holding the worlds.
         worlds: their ids; every world must have the same spec and the seats free.
-        seats: agents (a list, or one glob such as ``"prey_*"``).
+        seats: agents or globs (``"prey_*"``), one or a list.
         policy: a name :func:`agents.policies.named_policy` resolves (one policy per seat, shared by the worlds).
         steps, seconds: stop after this many ticks or this long (None: no such bound; with neither it plays until
             the worlds are closed).
@@ -122,8 +122,9 @@ def _join_first(client: AgentClient, world: int, seats: str | list[str]) -> list
     """Join ``seats`` of ``world``; returns them in the world's order. A glob is resolved against the world's agents,
     which only a member sees: the client takes every free seat, keeps those the glob matches and leaves the rest (so
     start opponents that name their seats by glob one after another, or name the seats)."""
-    if not isinstance(seats, str):
-        joined = client.join(world, seats=list(seats))
+    patterns = [seats] if isinstance(seats, str) else list(seats)
+    if not any(ch in p for p in patterns for ch in "*?["):
+        joined = client.join(world, seats=patterns)
         return resolve_seats(joined.spec.possible_agents, list(joined.seats))
     joined = client.join(world, seats="all")
     mine = [a for a in resolve_seats(joined.spec.possible_agents, seats) if a in joined.seats]
@@ -160,7 +161,7 @@ def _main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("address", help="the server holding the worlds")
     parser.add_argument("--worlds", required=True, help="world ids, comma-separated")
-    parser.add_argument("--seats", required=True, help="agents, comma-separated, or one glob (prey_*)")
+    parser.add_argument("--seats", required=True, help="agents or globs, comma-separated (prey_*)")
     parser.add_argument("--policy", default="random", help="random, noop, scripted or module:callable")
     parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
     parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -168,12 +169,10 @@ def _main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server-key", default=None, help="the server's CurveZMQ public key")
     parser.add_argument("--client-key", default=None, help="this client's secret certificate")
     args = parser.parse_args(argv)
-    glob = any(ch in args.seats for ch in "*?[")
-    seats = args.seats if glob else args.seats.split(",")
     played = play_seats(
         args.address,
         [int(w) for w in args.worlds.split(",")],
-        seats,
+        args.seats.split(","),
         args.policy,
         steps=args.steps,
         seconds=args.seconds,

@@ -88,6 +88,17 @@ class EnvSettings:
     """For servers run with ``--curve-secret``: their CurveZMQ public key (Z85, or the path of ``NAME.key``)."""
     client_key: str = ""
     """For servers run with ``--clients``: this learner's secret certificate (``NAME.key_secret``)."""
+    seats: list[str] = field(default_factory=list)
+    """The seats the learner trains: agent names or globs (``["predator_*"]``; ``env.seats=predator_*`` on the
+    command line). Empty: every seat. Otherwise the other seats are played by ``opponent`` in another process, which
+    joins the same worlds as an independent client (docs/learners.md, 'Training against other clients')."""
+    opponent: str = "random"
+    """Where ``seats`` leaves seats to others: the policy playing them, ``random``, ``noop``, ``scripted`` or
+    ``module:callable`` (agents/policies.py)."""
+    opponent_deadline_ms: int = 5000
+    """Where ``seats`` leaves seats to others: the worlds' deadline. A world steps when every held seat acted or at
+    the deadline, the late seats filled: it bounds what a stalled opponent costs per step, and must exceed the
+    learner's update, or the worlds go on without the learner during it (metric ``own_late``)."""
 
 
 @dataclass

@@ -225,6 +225,8 @@ def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
 def _train(training: Training) -> dict[str, float]:
     config, run, worlds, device = training.config, training.run, training.worlds, training.device
     s: Settings = config.algo_settings
+    if worlds.partial:
+        raise ValueError("idqn trains every seat of its worlds: with env.seats use algo=ippo or algo=mappo")
     seed = mpi.seed_for_rank(config.run.seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.agents.batched import BatchedWorlds, BatchResult
 from agora_marl.envserver.protocol import WorldSpec
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
@@ -111,9 +111,16 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     agents = worlds.possible_agents
     torch.manual_seed(rs.seed)  # the initial parameters (rank 0's are broadcast to all)
     policy = MultiAgentPolicy(agents, worlds.observation_spaces, worlds.action_spaces, s)
-    if centralized and worlds.state_space is None:
+    # A client holding some seats gets no global state: MAPPO's critic then reads its own team's joint observation.
+    joint = centralized and worlds.partial
+    if joint and mpi.is_root():
+        print(f"mappo: the worlds grant {agents} no global state; the critic reads their joint observation")
+    if centralized and not joint and worlds.state_space is None:
         raise ValueError(f"{config.env.scenario} has no global state (some observation is not a Box): use algo=ippo")
-    state_dim = flat_dim(worlds.state_space) if centralized else 0
+    if joint:
+        state_dim = sum(flat_dim(worlds.observation_spaces[a]) for a in agents)
+    else:
+        state_dim = flat_dim(worlds.state_space) if centralized else 0
     teams = []
     for name, actor in policy.teams.items():
         critic_dim = state_dim + actor.obs_dim * s.critic_obs + actor.id_dim if centralized else None
@@ -145,6 +152,7 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
             "episodes": episodes,
             "algo": config.algo,
             "spec": worlds.spec.to_wire(),
+            "seats": agents,
             "actors": policy.state_dict(),
             "critics": critics.state_dict(),
             "value_norms": norms.state_dict(),
@@ -163,15 +171,18 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
         if update % rs.checkpoint_every == 0 or update == first_update:
             world_seed, torch_seed = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(2)
             torch.manual_seed(int(torch_seed))
-            result = worlds.reset(seed=int(world_seed) & 0x3FFFFFFF)
+            result = _with_joint_state(worlds.reset(seed=int(world_seed) & 0x3FFFFFFF), joint)
             for team in teams:
                 team.start(result.obs, result.state)
             alive, returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
         finished: list[np.ndarray] = []
         finished_lengths: list[np.ndarray] = []
+        late = np.zeros(2)  # opponent_late, own_late summed over the rollout (partial seats)
         for t in range(T):
             actions = _act(teams, worlds, t, device)
-            result = worlds.step(actions)
+            result = _with_joint_state(worlds.step(actions), joint)
+            if result.opponent_late is not None:
+                late += (result.opponent_late, result.own_late)
             rows = np.flatnonzero(result.episode_over)
             returns_k[:, 0] += result.rewards.sum(1)
             lengths_k += 1
@@ -219,10 +230,25 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
         episodes += int(metrics.pop("episodes"))
         metrics.update(lr=lr, episodes=episodes, rollout_s=rollout_s, update_s=time.perf_counter() - started)
         metrics["steps_per_s"] = steps_per_update / metrics["update_s"]
+        if worlds.partial:
+            metrics["opponent_late"], metrics["own_late"] = (float(x) for x in mpi.allreduce_mean(late / T))
         if update % rs.sync_every == 0:
             check_in_sync([*params, *norms.buffers()])
         training.end_update(step, update, metrics, checkpoint)
     return metrics
+
+
+def _with_joint_state(result: BatchResult, joint: bool) -> BatchResult:
+    """With ``joint``, the result's ``state`` (and ``final_state``) is the team's joint observation: (K, features)."""
+    if joint:
+        result.state = _joint(result.obs)
+        result.final_state = None if result.final_obs is None else _joint(result.final_obs)
+    return result
+
+
+def _joint(obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
+    parts = obs.values() if isinstance(obs, dict) else [obs]
+    return np.concatenate([p.reshape(len(p), -1) for p in parts], axis=1).astype(np.float32, copy=False)
 
 
 @torch.no_grad()
@@ -351,6 +377,7 @@ def _metrics(
 def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
     """The trained actors of a PPO checkpoint, rebuilt from the spec stored in it (no server needed)."""
     spec = WorldSpec.from_wire(state["spec"])
-    policy = MultiAgentPolicy(spec.possible_agents, spec.observation_spaces, spec.action_spaces, config.algo_settings)
+    seats = state.get("seats", spec.possible_agents)  # a run that trained some seats (env.seats) has their actors
+    policy = MultiAgentPolicy(seats, spec.observation_spaces, spec.action_spaces, config.algo_settings)
     policy.load_state_dict(state["actors"])
     return policy

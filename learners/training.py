@@ -11,6 +11,8 @@ stop), and raises :class:`~agora_marl.learners.run.TrainingStopped` when the ran
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.agents.policies import named_policy
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.cuda import select_device
@@ -51,22 +54,73 @@ def open_worlds(
     config: Config, addresses: list[str], state: bool = False, layouts: Sequence[str] = ("agents",)
 ) -> BatchedWorlds:
     """This rank's ``env.num_worlds`` worlds of the run's scenario, seeded for the rank, in the first of ``layouts``
-    the world allows (``"stacked"`` needs every agent to share its spaces)."""
+    the world allows (``"stacked"`` needs every agent to share its spaces). With ``env.seats``, only those seats of
+    each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others."""
     env = config.env
     kwargs = dict(
         num_worlds=env.num_worlds,
         seed=mpi.seed_for_rank(config.run.seed),
-        state=state,
+        state=state and not env.seats,
         timeout_s=env.timeout_s,
         server_key=env.server_key or None,
         client_key=env.client_key or None,
     )
+    if env.seats:
+        kwargs.update(seats=list(env.seats), deadline_ms=env.opponent_deadline_ms)
     for layout in layouts[:-1]:
         try:
             return BatchedWorlds(addresses, env.scenario, env.config, layout=layout, **kwargs)
         except ValueError:  # this layout does not fit the world: try the next
             continue
     return BatchedWorlds(addresses, env.scenario, env.config, layout=layouts[-1], **kwargs)
+
+
+def start_opponents(config: Config, worlds: BatchedWorlds) -> list[subprocess.Popen]:
+    """Processes playing ``env.opponent`` in the seats of ``worlds`` that the learner leaves to others, one per
+    server (agents/opponents.py); none when the learner holds every seat. They stop when the worlds close.
+
+    Raises:
+        ValueError: ``env.opponent`` is no policy for those seats (checked here, before anything starts).
+    """
+    if not worlds.partial:
+        return []
+    env, spec = config.env, worlds.spec
+    for agent in worlds.other_agents:
+        named_policy(env.opponent, spec.observation_spaces[agent], spec.action_spaces[agent], agent=agent)
+    keys = (["--server-key", env.server_key] if env.server_key else []) + (
+        ["--client-key", env.client_key] if env.client_key else []
+    )
+    return [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agora_marl.agents.opponents",
+                address,
+                "--worlds",
+                ",".join(str(w) for w in ids),
+                "--seats",
+                ",".join(worlds.other_agents),
+                "--policy",
+                env.opponent,
+                "--timeout",
+                str(env.timeout_s),
+                *keys,
+            ],
+            stdout=subprocess.DEVNULL,
+        )
+        for address, ids in worlds.placement
+    ]
+
+
+def stop_opponents(opponents: list[subprocess.Popen], grace_s: float = 5.0) -> None:
+    """Wait for opponents to see their worlds closed and exit; terminate those that do not within ``grace_s``."""
+    for process in opponents:
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            process.terminate()
+            process.wait(timeout=grace_s)
 
 
 @dataclass
@@ -81,6 +135,8 @@ class Training:
     """The state of the run's latest checkpoint (loaded onto ``device``), or None for a fresh run."""
     progress_metric: str = "return"
     """The metric the progress bar shows next to the steps."""
+    opponents: list[subprocess.Popen] = field(default_factory=list)
+    """The processes playing the seats the learner leaves to others (:func:`start_opponents`)."""
     _bar: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +160,12 @@ class Training:
         Raises:
             TrainingStopped: on every rank, after the checkpoint, when the ranks agreed to stop.
         """
+        for process in self.opponents:
+            if process.poll() is not None:
+                raise RuntimeError(
+                    f"the opponent process ({self.config.env.opponent} in {self.worlds.other_agents}) exited with "
+                    f"status {process.returncode}: see its error above; the worlds would go on with its seats filled"
+                )
         end = self.run.end_update(step, update, metrics)
         if self._bar is not None:
             self._bar.update(min(step, self._bar.total) - self._bar.n)
@@ -133,15 +195,18 @@ def train_in_worlds(
 ) -> dict[str, float]:
     """Set this rank's threads and device, open its worlds (:func:`open_worlds`), restore the run's latest
     checkpoint, and run ``loop``; the worlds and the progress bar are closed however it ends. Returns what ``loop``
-    returns (the final metrics). Collective: every rank calls it."""
+    returns (the final metrics). With ``env.seats``, the opponents of the other seats run as processes for as long
+    (:func:`start_opponents`). Collective: every rank calls it."""
     torch.set_num_threads(torch_threads(config))
     device = select_device(config.run.device)
     worlds = open_worlds(config, addresses, state, layouts)
-    training = None
+    training, opponents = None, []
     try:
-        training = Training(config, run, worlds, device, run.restore(device), progress_metric)
+        opponents = start_opponents(config, worlds)
+        training = Training(config, run, worlds, device, run.restore(device), progress_metric, opponents)
         return loop(training)
     finally:
         if training is not None:
             training.close()
         worlds.close()
+        stop_opponents(opponents)

@@ -1,0 +1,95 @@
+"""Training some seats of shared worlds (``env.seats``) while an opponent process plays the others."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from agora_marl.envserver.process import ServerProcesses
+from agora_marl.learners import idqn, ppo
+from agora_marl.learners.config import load_config
+from agora_marl.learners.run import Run, load_checkpoint, read_metrics
+from agora_marl.learners.training import open_worlds, start_opponents, stop_opponents
+
+PREDATORS = [
+    "run.progress=false",
+    "env.scenario=predator_prey_v0",
+    "env.seats=predator_*",
+    "env.opponent=random",
+    "env.num_worlds=16",
+    "ppo.rollout_steps=60",
+    "ppo.epochs=5",
+]
+
+
+@pytest.fixture(scope="module")
+def servers() -> list[str]:
+    with ServerProcesses(count=1) as local:
+        yield local.addresses
+
+
+def _train(tmp_path, addresses, module, *overrides):
+    config = load_config(None, [*PREDATORS, *overrides])
+    run = Run.create(config, tmp_path / "run")
+    try:
+        metrics = module.train(config, run, addresses)
+    finally:
+        run.close()
+    return run, metrics
+
+
+def _random_predators_return(config, addresses, ticks: int = 300) -> float:
+    """The predators' mean team return per episode when they move at random against the same random prey."""
+    worlds = open_worlds(config, addresses)
+    opponents = start_opponents(config, worlds)
+    try:
+        rng = np.random.default_rng(0)
+        running, ended = np.zeros(worlds.num_worlds), []
+        worlds.reset()
+        for _ in range(ticks):
+            result = worlds.step({a: rng.integers(0, 5, worlds.num_worlds) for a in worlds.possible_agents})
+            running += result.rewards.sum(1)
+            ended += list(running[result.episode_over])
+            running[result.episode_over] = 0.0
+    finally:
+        worlds.close()
+        stop_opponents(opponents)
+    assert len(ended) >= 50, "enough episodes for a baseline"
+    return float(np.mean(ended))
+
+
+def test_seats_parse_from_the_command_line():
+    config = load_config(None, ["env.seats=predator_*", "env.opponent=scripted"])
+    assert config.env.seats == ["predator_*"] and config.env.opponent == "scripted"
+    assert load_config(None, []).env.seats == []  # default: every seat, no opponent
+
+
+def test_ippo_predators_beat_random_predators_against_a_random_prey(tmp_path, servers):
+    config = load_config(None, [*PREDATORS, "algo=ippo"])
+    baseline = _random_predators_return(config, servers)
+    run, metrics = _train(tmp_path, servers, ppo, "algo=ippo", "run.total_steps=30000")
+    rows = read_metrics(run.directory / "metrics.csv")
+    late = [float(r["opponent_late"]) for r in rows]
+    last = np.mean([float(r["return"]) for r in rows[-3:]])
+    assert last > baseline + 1.0, f"trained {last:.2f} vs random predators {baseline:.2f}"
+    assert max(late) < 0.1 and metrics["own_late"] == 0.0
+    state = load_checkpoint(run.checkpoints()[-1])
+    assert state["seats"] == ["predator_0", "predator_1", "predator_2"]
+    policy = ppo.policy_from_checkpoint(run.config, state)
+    assert sorted(policy.teams) and all(a.startswith("predator_") for t in policy.teams.values() for a in t.agents)
+
+
+def test_mappo_critic_reads_the_team_joint_observation_without_a_global_state(tmp_path, servers, capsys):
+    _, metrics = _train(tmp_path, servers, ppo, "algo=mappo", "run.total_steps=2000", "env.num_worlds=8")
+    assert "critic reads their joint observation" in capsys.readouterr().out
+    assert np.isfinite(metrics["loss/value"]) and "opponent_late" in metrics
+
+
+def test_idqn_refuses_partial_seats_and_stops_its_opponent(tmp_path, servers):
+    with pytest.raises(ValueError, match="algo=ippo"):
+        _train(tmp_path, servers, idqn, "algo=idqn", "run.total_steps=1000")
+
+
+def test_an_unknown_opponent_policy_is_refused_before_anything_starts(tmp_path, servers):
+    with pytest.raises(ValueError, match="unknown policy"):
+        _train(tmp_path, servers, ppo, "algo=ippo", "env.opponent=nobody", "run.total_steps=1000")
