@@ -17,6 +17,7 @@ import zmq
 
 from agora_marl.agents.conformance import CHECKS, format_report, run_conformance, select
 from agora_marl.envserver.server import EnvServer, ServerConfig
+from tests.procs import wait_for_connection_file
 
 
 def _agora(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -48,11 +49,7 @@ def test_agora_conformance_against_a_server_process(tmp_path):
     command = [sys.executable, "-m", "agora_marl.envserver", "--bind", "tcp://127.0.0.1:0", "--addr-file", addr_file]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     try:
-        deadline = time.monotonic() + 30
-        while not addr_file.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server never wrote its connection file"
-            time.sleep(0.05)
+        wait_for_connection_file(addr_file, proc)
         # The connection file names the address and holds the operator secret: the operator check runs too.
         done = _agora("conformance", str(addr_file))
         assert done.returncode == 0, done.stdout + done.stderr

@@ -6,7 +6,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from pettingzoo import ParallelEnv
 from agora_marl import scenarios
 from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 from agora_marl.scenarios.vector import VectorScenario, vector_env
+from tests.procs import wait_for_connection_file
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -98,11 +98,7 @@ def test_server_subprocess_with_workers_and_addr_file(tmp_path):
         stderr=subprocess.PIPE,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not addr_file.exists():
-            assert proc.poll() is None, proc.stderr.read().decode()
-            assert time.monotonic() < deadline, "the server never wrote its connection file"
-            time.sleep(0.05)
+        wait_for_connection_file(addr_file, proc)
         info = json.loads(addr_file.read_text())
         assert info["protocol"] == PROTOCOL_VERSION and len(info["addresses"]) == 2
         for address in info["addresses"]:

@@ -20,6 +20,7 @@ import zmq
 from agora_marl.agents import AgentClient, ServerError
 from agora_marl.envserver.protocol import pack, unpack
 from agora_marl.envserver.protocol.connection import find_operator_secret, operator_file
+from tests.procs import wait_for_connection_file
 from tests.rawwire import RawClient
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
@@ -211,10 +212,7 @@ def test_agora_serve_keeps_its_operator_secret_where_only_its_user_can_read_it(t
     ]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        deadline = time.monotonic() + 30
-        while not addr_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, "the server never wrote its connection file"
-            time.sleep(0.05)
+        wait_for_connection_file(addr_file, proc)
         info = json.loads(addr_file.read_text())
         address, secret = info["addresses"][0], info["operator"]
         secret_file = operator_file(address)
