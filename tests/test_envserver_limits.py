@@ -13,7 +13,7 @@ import pytest
 import zmq
 
 from agora_marl import scenarios
-from agora_marl.envserver.handlers import CREATE_CHUNK
+from agora_marl.envserver.creation import CREATE_CHUNK
 from agora_marl.envserver.protocol import pack, unpack
 from tests.rawwire import RawClient
 
