@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -39,6 +39,12 @@ class Played:
     """Mean return per seat over the episodes that ended (seats absent when none ended)."""
     reason: str
     """Why it stopped: ``steps``, ``seconds`` or ``worlds closed``."""
+    world_returns: list[list[float]] = field(default_factory=list)
+    """Per world (in ``worlds`` order): the return of each episode that ended, summed over this client's seats."""
+    others_late: int = 0
+    """Seat-ticks of the other holders' seats that were held but late, so got the fill action."""
+    others_seat_ticks: int = 0
+    """Seat-ticks of the other seats stepped (``others_late`` out of these)."""
 
 
 def play_seats(
@@ -80,7 +86,7 @@ def play_seats(
             joined = [c.join(w, seats=mine) for w in worlds[1:]]
         except ServerError as exc:
             if exc.code in _WORLDS_GONE:
-                return Played(0, 0, {}, "worlds closed")
+                return Played(0, 0, {}, "worlds closed", [[] for _ in worlds])
             raise
         spec = c.spec(worlds[0])
         first = c.observe(worlds[0]).obs
@@ -89,6 +95,8 @@ def play_seats(
         obs = {a: [o[a] if a in o else zeros_like_space(spec.observation_spaces[a]) for o in joined_obs] for a in mine}
         returns_k = np.zeros((len(worlds), len(mine)))
         ended: list[np.ndarray] = []
+        per_world: list[list[float]] = [[] for _ in worlds]
+        others_late = others_seat_ticks = 0
         done, reason, started = 0, "", time.monotonic()
         while True:
             if steps is not None and done >= steps:
@@ -109,13 +117,19 @@ def play_seats(
             rewards = np.concatenate([r["rewards"] for r in replies])
             over = np.concatenate([r["episode_over"] for r in replies])
             returns_k += rewards
+            late = np.concatenate([r["late"] for r in replies])
+            others = [i for i, a in enumerate(replies[0]["agents"]) if a not in mine]
+            others_late += int(late[:, others].sum())
+            others_seat_ticks += late.shape[0] * len(others)
             if over.any():
                 ended.append(returns_k[over].copy())
+                for k in np.flatnonzero(over):
+                    per_world[k].append(float(returns_k[k].sum()))
                 returns_k[over] = 0.0
             obs = {a: [row for r in replies for row in _split(spec.observation_spaces[a], r["obs"][a])] for a in mine}
     finished = np.concatenate(ended) if ended else np.zeros((0, len(mine)))
     means = dict(zip(mine, (float(x) for x in finished.mean(0)), strict=True)) if len(finished) else {}
-    return Played(done, len(finished), means, reason)
+    return Played(done, len(finished), means, reason, per_world, others_late, others_seat_ticks)
 
 
 def _join_first(client: AgentClient, world: int, seats: str | list[str]) -> list[str]:

@@ -17,6 +17,9 @@ examples:
   agora play --connect tcp://127.0.0.1:5555 --scenario foraging_v0 --seat agent_0 --wait-for-seats --episodes 2
   agora play --connect tcp://127.0.0.1:5555 --world 1 --seat agent_1 --episodes 2     # in another terminal
 
+  # some seats of K shared worlds (a learner holds the others), one act_batch per tick
+  agora play --connect tcp://127.0.0.1:5555 --worlds 3,4,5 --seats "prey_*" --policy random --seconds 60
+
 A policy is random, noop, scripted (simple_spread), MODULE:CALLABLE (called with the observation and action
 spaces, it returns a callable obs -> action; MODULE is found on sys.path, then in the current directory, or is a
 FILE.py, as --module's scenarios are) or a training run directory.
@@ -39,8 +42,12 @@ def register(subparsers) -> None:
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--world", type=int, help="join this world (see `list` on the server)")
     target.add_argument("--scenario", help="create a world of this scenario and play its seats")
+    target.add_argument(
+        "--worlds", metavar="W1,W2,...", help="play --seats of these worlds of one spec, one act_batch per tick"
+    )
     parser.add_argument(
         "--seat",
+        "--seats",
         action="append",
         dest="seats",
         metavar="AGENT",
@@ -51,6 +58,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--policy", default="random", help="random|noop|scripted|MODULE:CALLABLE|RUN_DIR")
     parser.add_argument("--episodes", type=int, help="stop after N episodes (default: until Ctrl-C)")
+    parser.add_argument("--steps", type=int, help="with --worlds: stop after N ticks")
+    parser.add_argument("--seconds", type=float, help="with --worlds: stop after this long")
     parser.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE", help="scenario config (value as JSON)"
     )
@@ -102,8 +111,52 @@ def _config(values: list[str]) -> dict:
     return config
 
 
+def _run_worlds(args: argparse.Namespace) -> int:
+    """``--worlds``: agents/opponents.py plays the policy in ``--seats`` of every world, one act_batch per tick."""
+    import numpy as np
+
+    from agora_marl.agents.client import ServerError
+    from agora_marl.agents.opponents import play_seats
+    from agora_marl.envserver.protocol import resolve_address
+
+    if not args.seats:
+        raise SystemExit("agora play: --worlds needs --seats (agents or globs, e.g. --seats 'prey_*')")
+    try:
+        worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
+    except ValueError:
+        raise SystemExit(f"agora play: --worlds {args.worlds!r} must be world ids, comma-separated") from None
+    seats = [s for value in args.seats for s in value.split(",") if s]
+    try:
+        played = play_seats(
+            resolve_address(args.connect),
+            worlds,
+            seats,
+            args.policy,
+            steps=args.steps,
+            seconds=args.seconds,
+            timeout_s=args.timeout,
+            server_key=args.server_key,
+            client_key=args.client_key,
+        )
+    except (ServerError, ValueError) as exc:
+        print(f"agora play: error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{played.steps} ticks of {len(worlds)} worlds, {played.episodes} episodes ({played.reason})", flush=True)
+    for world, returns in zip(worlds, played.world_returns, strict=True):
+        if returns:
+            spread = f"{np.mean(returns):.2f} ± {np.std(returns):.2f} (mean ± std over {len(returns)} episodes)"
+        else:
+            spread = "no episode ended"
+        print(f"world {world}: return {spread}", flush=True)
+    print(f"other seats filled late: {played.others_late} of {played.others_seat_ticks} seat-ticks", flush=True)
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     import numpy as np
+
+    if args.worlds is not None:
+        return _run_worlds(args)
 
     from agora_marl.agents.play import PlayError, PlaySettings, play
     from agora_marl.launch.policies import load_run_policy
