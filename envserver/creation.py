@@ -31,7 +31,8 @@ from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup
 from agora_marl.envserver.world import World, WorldOptions
 
 if TYPE_CHECKING:
-    from agora_marl.envserver.server import EnvServer, Session
+    from agora_marl.envserver.identity import Session
+    from agora_marl.envserver.server import EnvServer
 
 #: Per-copy envs a large ``create`` builds before the loop serves others again (mpe2 spread: ~1 ms each).
 CREATE_CHUNK = 16

@@ -43,7 +43,8 @@ from agora_marl.envserver.stepping import op_act, op_reset_batch, op_step_batch
 from agora_marl.envserver.world import World
 
 if TYPE_CHECKING:
-    from agora_marl.envserver.server import EnvServer, Session
+    from agora_marl.envserver.identity import Session
+    from agora_marl.envserver.server import EnvServer
 
 
 def _owned(server: EnvServer, session: Session, message: dict) -> World:

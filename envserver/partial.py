@@ -30,7 +30,8 @@ from agora_marl.envserver.protocol.vocabulary import (
 )
 
 if TYPE_CHECKING:
-    from agora_marl.envserver.server import EnvServer, Session
+    from agora_marl.envserver.identity import Session
+    from agora_marl.envserver.server import EnvServer
     from agora_marl.envserver.world import StepOutcome, World
 
 

@@ -27,7 +27,8 @@ from agora_marl.envserver.protocol.vocabulary import (
 from agora_marl.envserver.vector import VectorStepper
 
 if TYPE_CHECKING:
-    from agora_marl.envserver.server import EnvServer, Session
+    from agora_marl.envserver.identity import Session
+    from agora_marl.envserver.server import EnvServer
 
 
 def op_act(server: EnvServer, session: Session, message: dict) -> None:

@@ -434,7 +434,7 @@ def test_a_world_cannot_open_a_window_on_the_server(server):
 
 
 def test_an_exposed_bind_without_curve_is_flagged():
-    from agora_marl.envserver.server import exposed
+    from agora_marl.envserver.identity import exposed
 
     assert exposed("tcp://0.0.0.0:5555") and exposed("tcp://10.1.2.3:5555") and exposed("tcp://[fe80::1]:9")
     assert not exposed("tcp://127.0.0.1:5555") and not exposed("tcp://[::1]:5555") and not exposed("ipc:///tmp/s")
