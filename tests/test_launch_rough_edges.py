@@ -221,3 +221,14 @@ def test_plot_labels_name_each_run_once():
     assert run_label(runs[1], "ippo", runs) == "ippo-seed1"
     assert run_label(runs[2], "mappo", runs) == "a/x (mappo)"
     assert run_label(Path("runs/mappo-2"), "ippo", runs) == "mappo-2 (ippo)"
+
+
+def test_a_closed_pipe_ends_the_command_quietly():
+    """`agora scenarios check NAME | head -1`: the reader goes away; the command stops without a traceback."""
+    proc = subprocess.Popen(
+        [str(AGORA), "scenarios", "check", "foraging_v0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=120)
+    assert b"Traceback" not in err and b"BrokenPipeError" not in err, err.decode()
