@@ -73,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        status = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, so that a reader that went away is caught below, not at the interpreter's exit
+        return status
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # `agora ... | head` closed the pipe: stop quietly, as Unix tools do
