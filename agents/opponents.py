@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -57,6 +57,7 @@ def play_seats(
     timeout_s: float = 60.0,
     server_key: str | None = None,
     client_key: str | None = None,
+    run_loader: Callable | None = None,
 ) -> Played:
     """Join ``seats`` of each of ``worlds`` on ``address`` and play ``policy`` in them, one ``act_batch`` per tick.
 
@@ -69,6 +70,8 @@ def play_seats(
             the worlds are closed).
         timeout_s: how long one tick may take (the other holders' deadline bounds it).
         server_key, client_key: as for :class:`AgentClient`.
+        run_loader: loads a trained run's policy when ``policy`` is a run directory (``agora play`` passes the
+            learners' one; this layer cannot import them).
 
     Raises:
         ValueError: no worlds, seats that name no agent, or a policy that cannot be built.
@@ -91,7 +94,10 @@ def play_seats(
         spec = c.spec(worlds[0])
         first = c.observe(worlds[0]).obs
         joined_obs = [first, *(j.obs for j in joined)]
-        policies = {a: named_policy(policy, spec.observation_spaces[a], spec.action_spaces[a], agent=a) for a in mine}
+        policies = {
+            a: named_policy(policy, spec.observation_spaces[a], spec.action_spaces[a], agent=a, run_loader=run_loader)
+            for a in mine
+        }
         obs = {a: [o[a] if a in o else zeros_like_space(spec.observation_spaces[a]) for o in joined_obs] for a in mine}
         returns_k = np.zeros((len(worlds), len(mine)))
         ended: list[np.ndarray] = []

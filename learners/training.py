@@ -24,6 +24,7 @@ from agora_marl.agents.policies import named_policy
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.cuda import select_device
+from agora_marl.learners.policy import load_run_policy
 from agora_marl.learners.run import Run, TrainingStopped, UpdateEnd
 
 
@@ -77,7 +78,8 @@ def open_worlds(
 
 def start_opponents(config: Config, worlds: BatchedWorlds) -> list[subprocess.Popen]:
     """Processes playing ``env.opponent`` in the seats of ``worlds`` that the learner leaves to others, one per
-    server (agents/opponents.py); none when the learner holds every seat. They stop when the worlds close.
+    server (``agora play --worlds``, which plays a trained run directory too); none when the learner holds every seat.
+    They stop when the worlds close.
 
     Raises:
         ValueError: ``env.opponent`` is no policy for those seats (checked here, before anything starts).
@@ -86,7 +88,8 @@ def start_opponents(config: Config, worlds: BatchedWorlds) -> list[subprocess.Po
         return []
     env, spec = config.env, worlds.spec
     for agent in worlds.other_agents:
-        named_policy(env.opponent, spec.observation_spaces[agent], spec.action_spaces[agent], agent=agent)
+        spaces_ = spec.observation_spaces[agent], spec.action_spaces[agent]
+        named_policy(env.opponent, *spaces_, agent=agent, run_loader=load_run_policy)
     keys = (["--server-key", env.server_key] if env.server_key else []) + (
         ["--client-key", env.client_key] if env.client_key else []
     )
@@ -95,7 +98,9 @@ def start_opponents(config: Config, worlds: BatchedWorlds) -> list[subprocess.Po
             [
                 sys.executable,
                 "-m",
-                "agora_marl.agents.opponents",
+                "agora_marl",
+                "play",
+                "--connect",
                 address,
                 "--worlds",
                 ",".join(str(w) for w in ids),

@@ -93,3 +93,22 @@ def test_idqn_refuses_partial_seats_and_stops_its_opponent(tmp_path, servers):
 def test_an_unknown_opponent_policy_is_refused_before_anything_starts(tmp_path, servers):
     with pytest.raises(ValueError, match="unknown policy"):
         _train(tmp_path, servers, ppo, "algo=ippo", "env.opponent=nobody", "run.total_steps=1000")
+
+
+def test_a_trained_run_is_the_opponent_of_the_next(tmp_path, servers):
+    """The prey trained first (against random predators) holds the prey seats while new predators train."""
+    prey_run, _ = _train(
+        tmp_path / "prey", servers, ppo, "algo=ippo", "env.seats=prey_*", "run.total_steps=2000", "ppo.epochs=1"
+    )
+    run, metrics = _train(
+        tmp_path / "predators",
+        servers,
+        ppo,
+        "algo=ippo",
+        f"env.opponent={prey_run.directory}",
+        "run.total_steps=2000",
+        "ppo.epochs=1",
+    )
+    rows = read_metrics(run.directory / "metrics.csv")
+    assert len(rows) >= 2 and all(float(r["opponent_late"]) < 0.1 for r in rows), rows
+    assert load_checkpoint(prey_run.checkpoints()[-1])["seats"] == ["prey_0"]

@@ -118,6 +118,7 @@ def _run_worlds(args: argparse.Namespace) -> int:
     from agora_marl.agents.client import ServerError
     from agora_marl.agents.opponents import play_seats
     from agora_marl.envserver.protocol import resolve_address
+    from agora_marl.launch.policies import load_run_policy
 
     if not args.seats:
         raise SystemExit("agora play: --worlds needs --seats (agents or globs, e.g. --seats 'prey_*')")
@@ -137,6 +138,7 @@ def _run_worlds(args: argparse.Namespace) -> int:
             timeout_s=args.timeout,
             server_key=args.server_key,
             client_key=args.client_key,
+            run_loader=load_run_policy,
         )
     except (ServerError, ValueError) as exc:
         print(f"agora play: error: {exc}", file=sys.stderr)
