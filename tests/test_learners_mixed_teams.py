@@ -9,7 +9,7 @@ from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, load_checkpoint, read_metrics
-from agora_marl.learners.training import open_worlds, start_opponents, stop_opponents
+from tests.shared_worlds import random_seat_returns
 
 # Measured on 2 cores (60k steps, about 45 s): the learners' return rises from about -38 (random, as the baseline)
 # to about -30 over the last updates.
@@ -33,21 +33,8 @@ def servers() -> list[str]:
 
 def _random_learners_return(config, addresses, ticks: int = 200) -> float:
     """The learner seats' mean return per episode when they move at random beside the same scripted agent_2."""
-    worlds = open_worlds(config, addresses)
-    opponents = start_opponents(config, worlds)
-    try:
-        assert worlds.possible_agents == ["agent_0", "agent_1"] and worlds.other_agents == ["agent_2"]
-        rng = np.random.default_rng(0)
-        running, ended = np.zeros(worlds.num_worlds), []
-        worlds.reset()
-        for _ in range(ticks):
-            result = worlds.step({a: rng.integers(0, 5, worlds.num_worlds) for a in worlds.possible_agents})
-            running += result.rewards.sum(1)
-            ended += list(running[result.episode_over])
-            running[result.episode_over] = 0.0
-    finally:
-        worlds.close()
-        stop_opponents(opponents)
+    ended, mine, others = random_seat_returns(config, addresses, ticks)
+    assert mine == ["agent_0", "agent_1"] and others == ["agent_2"]
     assert len(ended) >= 100, "enough episodes for a baseline"
     return float(np.mean(ended))
 

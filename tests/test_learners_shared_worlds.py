@@ -9,7 +9,7 @@ from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners import idqn, ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, load_checkpoint, read_metrics
-from agora_marl.learners.training import open_worlds, start_opponents, stop_opponents
+from tests.shared_worlds import random_seat_returns
 
 PREDATORS = [
     "run.progress=false",
@@ -40,20 +40,7 @@ def _train(tmp_path, addresses, module, *overrides):
 
 def _random_predators_return(config, addresses, ticks: int = 300) -> float:
     """The predators' mean team return per episode when they move at random against the same random prey."""
-    worlds = open_worlds(config, addresses)
-    opponents = start_opponents(config, worlds)
-    try:
-        rng = np.random.default_rng(0)
-        running, ended = np.zeros(worlds.num_worlds), []
-        worlds.reset()
-        for _ in range(ticks):
-            result = worlds.step({a: rng.integers(0, 5, worlds.num_worlds) for a in worlds.possible_agents})
-            running += result.rewards.sum(1)
-            ended += list(running[result.episode_over])
-            running[result.episode_over] = 0.0
-    finally:
-        worlds.close()
-        stop_opponents(opponents)
+    ended, _, _ = random_seat_returns(config, addresses, ticks)
     assert len(ended) >= 50, "enough episodes for a baseline"
     return float(np.mean(ended))
 
