@@ -1,6 +1,6 @@
 """Ready-made policies for ``agora play`` and custom clients. A policy is a callable ``obs -> action``.
 
-:func:`named_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread),
+:func:`named_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread, coin_duel_v0),
 ``module:callable`` (the callable gets the two spaces and returns a policy; the module is found as scenario modules
 are, on ``sys.path``, then in the current directory, or given as a ``FILE.py``), or a directory holding a trained run.
 Trained runs need torch, which a client never imports: the caller passes the loader (``agora play`` passes
@@ -109,16 +109,27 @@ def _assignment(agents: np.ndarray, landmarks: np.ndarray) -> list[int]:
     return by_agent
 
 
+def scripted_policy(observation_space: spaces.Space, action_space: spaces.Space) -> Policy:
+    """The scripted player of the world these spaces come from: agora's ``coin_duel_v0`` (its view and five moves;
+    the world owns its player, ``scenarios.builtin.coin_duel.scripted_moves``), else mpe2's simple_spread."""
+    # Imported here, as for module:callable below: a client playing another policy never builds the registry.
+    from agora_marl.scenarios.builtin import coin_duel
+
+    if coin_duel.plays(observation_space, action_space):
+        return lambda obs: int(coin_duel.scripted_moves(obs)[0])
+    return scripted_spread_policy(observation_space, action_space)
+
+
 _BUILTIN: dict[str, Callable[[spaces.Space, spaces.Space], Policy]] = {
     "random": random_policy,
     "noop": noop_policy,
-    "scripted": scripted_spread_policy,
+    "scripted": scripted_policy,
     "scripted_spread": scripted_spread_policy,
 }
 
 
 #: The scenarios ``scripted`` plays, by a part of their names.
-_SCRIPTED_SCENARIOS = ("simple_spread",)
+_SCRIPTED_SCENARIOS = ("simple_spread", "coin_duel")
 
 
 def has_scripted_policy(scenario: str) -> bool:
@@ -136,10 +147,10 @@ def named_policy(
     """The policy called ``name`` for one seat with these spaces.
 
     Args:
-        name: ``random``, ``noop``, ``scripted`` (simple_spread), ``module:callable`` (called with the observation
-            and action spaces, it returns the policy; ``module`` is a module name looked up on ``sys.path`` and then
-            in the current directory, or a ``FILE.py``: :func:`agora_marl.scenarios.registry.import_module_or_file`),
-            or the path of a training run directory.
+        name: ``random``, ``noop``, ``scripted`` (simple_spread, coin_duel_v0), ``module:callable`` (called with
+            the observation and action spaces, it returns the policy; ``module`` is a module name looked up on
+            ``sys.path`` and then in the current directory, or a ``FILE.py``:
+            :func:`agora_marl.scenarios.registry.import_module_or_file`), or the path of a training run directory.
         agent: the seat's agent name: a trained run plays that agent's network (the others ignore it).
         run_loader: loads a trained run's policy; without one, a run directory is refused.
 
