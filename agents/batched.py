@@ -91,6 +91,12 @@ class BatchedWorlds:
         deadline_ms: with ``seats``: the worlds' deadline, after which a seat whose holder has not acted is filled.
             It bounds what a dead opponent costs per step, and how long this client may pause between steps (a
             learner's update) before the worlds go on without it. None: the server's default.
+        group: with ``seats``: name the worlds on every server, so that another client takes the other seats of all
+            of them by that name (:meth:`join_group`) instead of by world ids.
+        invite_only: with ``seats``: the other seats are by invitation: only a client that brings the server's
+            :attr:`invite_tokens` entry may take them.
+
+    :meth:`join_group` makes the other side: the seats of worlds another client created as a group.
     """
 
     def __init__(
@@ -108,16 +114,97 @@ class BatchedWorlds:
         keep_alive_s: float | None = 300.0,
         seats: str | list[str] | None = None,
         deadline_ms: int | None = None,
+        group: str | None = None,
+        invite_only: bool = False,
     ):
+        if (group is not None or invite_only) and seats is None:
+            raise ValueError("group and invite_only are for worlds whose other seats others hold: give seats too")
+        self._start(layout, addresses, state, keep_alive_s, seed, num_worlds, seats is not None)
+        try:
+            self._create(
+                self._addresses,
+                scenario,
+                config or {},
+                timeout_s,
+                server_key,
+                client_key,
+                seats,
+                deadline_ms,
+                group,
+                invite_only,
+            )
+            self._describe()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def join_group(
+        cls,
+        addresses: str | list[str],
+        group: str,
+        seats: str | list[str],
+        invite_token: str | dict[str, str] | None = None,
+        layout: str = "agents",
+        timeout_s: float = 60.0,
+        server_key: str | None = None,
+        client_key: str | None = None,
+        keep_alive_s: float | None = 300.0,
+    ) -> BatchedWorlds:
+        """Hold ``seats`` (names or globs) of every world of the named ``group`` on each server, which another
+        client created (``BatchedWorlds(..., seats=..., group=...)``, or ``create``'s ``group``): the worlds are
+        its, in its row order, server after server; this client steps its seats with one ``act_batch`` per server.
+
+        Args:
+            invite_token: the owner's invitation where its seats are invitation-only: one token, or one per server
+                address.
+
+        Raises:
+            ServerError: ``unknown_group`` (no group of that name on a server), ``seat_taken``, ``not_allowed``...
+            ValueError: the servers' groups hold worlds of different specs.
+        """
+        self = cls.__new__(cls)
+        self._start(layout, addresses, False, keep_alive_s, None, 0, True)
+        self.owns = False
+        try:
+            for address in self._addresses:
+                client = self._connect(address, timeout_s, server_key, client_key)
+                token = invite_token.get(address) if isinstance(invite_token, dict) else invite_token
+                joined = client.join_group(group, seats, invite_token=token)
+                if self.spec is not None and joined.spec != self.spec:
+                    raise ValueError(
+                        f"group {group!r} holds worlds of another spec on {address} than on the first server"
+                    )
+                self.spec, self._seats = joined.spec, joined.seats
+                self._chunks.append(
+                    _Chunk(client, joined.worlds, slice(self.num_worlds, self.num_worlds + len(joined.worlds)))
+                )
+                self.num_worlds += len(joined.worlds)
+            self.group = group
+            self._describe()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(
+        self,
+        layout: str,
+        addresses: str | list[str],
+        state: bool,
+        keep_alive_s: float | None,
+        seed: int | None,
+        num_worlds: int,
+        partial: bool,
+    ) -> None:
         if layout not in LAYOUTS:
             raise ValueError(f"layout {layout!r} is not one of {LAYOUTS}")
-        if num_worlds < 1:
-            raise ValueError(f"num_worlds must be at least 1, got {num_worlds}")
         addresses = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addresses:
             raise ValueError("give at least one server address")
-        if seats is not None and state:
+        if partial and state:
             raise ValueError("a client holding some seats gets no global state: pass state=False with seats")
+        self._addresses = addresses
         self.num_worlds = num_worlds
         self.layout = layout
         self.want_state = state
@@ -126,24 +213,40 @@ class BatchedWorlds:
         self._seeded_once = False
         self._clients: list[AgentClient] = []
         self._chunks: list[_Chunk] = []
-        self.partial = seats is not None
-        """This client holds only some seats of the worlds (``seats`` was given)."""
-        try:
-            self._create(addresses, scenario, config or {}, timeout_s, server_key, client_key, seats, deadline_ms)
-            spec = self.spec
-            self.possible_agents: list[str] = list(spec.possible_agents) if seats is None else self._seats
-            self.other_agents: list[str] = [a for a in spec.possible_agents if a not in self.possible_agents]
-            """The seats other clients hold (empty unless ``seats`` was given)."""
-            self.observation_spaces: dict[str, spaces.Space] = {
-                a: spec.observation_spaces[a] for a in self.possible_agents
-            }
-            self.action_spaces: dict[str, spaces.Space] = {a: spec.action_spaces[a] for a in self.possible_agents}
-            self.state_space: spaces.Space | None = None if self.partial else spec.state_space
-            if layout == LAYOUT_STACKED:
-                self._check_stackable()
-        except BaseException:
-            self.close()
-            raise
+        self.spec: WorldSpec | None = None
+        self.partial = partial
+        """This client holds only some seats of the worlds (``seats`` was given, or it joined a group)."""
+        self.owns = True
+        """This client created the worlds (it closes them at the end); False for a :meth:`join_group` client,
+        which leaves them."""
+        self.group: str | None = None
+        """The name of the worlds' group on each server, if they have one."""
+        self.owner_tokens: dict[str, str] = {}
+        """Partial seats: each server's ``owner_token`` of the worlds (reclaims them from another connection)."""
+        self.observer_tokens: dict[str, str] = {}
+        """Partial seats: each server's ``observer_token`` of the worlds (lets a watcher observe them)."""
+        self.invite_tokens: dict[str, str] = {}
+        """Partial seats: each server's ``invite_token`` (admits a client to invitation-only seats)."""
+
+    def _describe(self) -> None:
+        spec = self.spec
+        self.possible_agents: list[str] = list(spec.possible_agents) if not self.partial else self._seats
+        self.other_agents: list[str] = [a for a in spec.possible_agents if a not in self.possible_agents]
+        """The seats other clients hold (empty unless ``seats`` was given)."""
+        self.observation_spaces: dict[str, spaces.Space] = {a: spec.observation_spaces[a] for a in self.possible_agents}
+        self.action_spaces: dict[str, spaces.Space] = {a: spec.action_spaces[a] for a in self.possible_agents}
+        self.state_space: spaces.Space | None = None if self.partial else spec.state_space
+        if self.layout == LAYOUT_STACKED:
+            self._check_stackable()
+
+    def _connect(self, address: str, timeout_s: float, server_key: str | None, client_key: str | None) -> AgentClient:
+        client = AgentClient(
+            address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key, client_key=client_key
+        )
+        self._clients.append(client)
+        # A dead address fails in seconds; a long update between rollouts does not cost the worlds.
+        client.hello(keep_alive_s=self._keep_alive_s, timeout_s=min(timeout_s, HELLO_TIMEOUT_S))
+        return client
 
     def _create(
         self,
@@ -155,21 +258,16 @@ class BatchedWorlds:
         client_key: str | None,
         seats: str | list[str] | None,
         deadline_ms: int | None,
+        group: str | None,
+        invite_only: bool,
     ) -> None:
+        if self.num_worlds < 1:
+            raise ValueError(f"num_worlds must be at least 1, got {self.num_worlds}")
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
-        self.spec: WorldSpec | None = None
-        self.owner_tokens: dict[str, str] = {}
-        """Partial seats: each server's ``owner_token`` of the worlds (reclaims them from another connection)."""
-        self.observer_tokens: dict[str, str] = {}
-        """Partial seats: each server's ``observer_token`` of the worlds (lets a watcher observe them)."""
+        self.group = group
         for address, rows in zip(addresses, shares, strict=False):
-            client = AgentClient(
-                address, timeout_s=timeout_s, name="BatchedWorlds", server_key=server_key, client_key=client_key
-            )
-            self._clients.append(client)
-            # A dead address fails in seconds; a long update between rollouts does not cost the worlds.
-            welcome = client.hello(keep_alive_s=self._keep_alive_s, timeout_s=min(timeout_s, HELLO_TIMEOUT_S))
-            max_batch = int(welcome["limits"].get("max_batch", len(rows)))
+            client = self._connect(address, timeout_s, server_key, client_key)
+            max_batch = int(client.welcome["limits"].get("max_batch", len(rows)))
             for start in range(0, len(rows), max_batch):
                 lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
                 seed = None if self._seed is None else self._seed + lo
@@ -178,18 +276,25 @@ class BatchedWorlds:
                 else:
                     # Per-copy worlds that wait for every seat: nothing ticks before the other clients joined.
                     created = client.create(
-                        scenario, config, seed=seed, copies=hi - lo, deadline_ms=deadline_ms, wait_for_seats=True
+                        scenario,
+                        config,
+                        seed=seed,
+                        copies=hi - lo,
+                        deadline_ms=deadline_ms,
+                        wait_for_seats=True,
+                        group=group,
+                        invite_only=["*"] if invite_only else None,  # the owner takes its own seats regardless
                     )
-                    self.owner_tokens[address], self.observer_tokens[address] = (
-                        created.owner_token,
-                        created.observer_token,
-                    )
+                    self.owner_tokens[address] = created.owner_token
+                    self.observer_tokens[address] = created.observer_token
+                    self.invite_tokens[address] = created.invite_token
                 self._chunks.append(_Chunk(client, created.worlds, slice(lo, hi)))
                 self.spec = self.spec or created.spec
                 if seats is not None:
                     self._seats = resolve_seats(self.spec.possible_agents, seats)
-                    for world in created.worlds:
-                        client.join(world, seats=self._seats)
+                    pending = [client.send("join", world=world, seats=self._seats) for world in created.worlds]
+                    for request_id in pending:
+                        client.reply(request_id)
 
     def _check_stackable(self) -> None:
         first = self.possible_agents[0]
@@ -338,12 +443,14 @@ class BatchedWorlds:
         return np.stack([obs[a] for a in self.possible_agents], axis=1)
 
     def close(self) -> None:
-        """Close the worlds (pipelined, one request each) and the sockets. Idempotent; never raises."""
+        """Close the worlds (a :meth:`join_group` client leaves them instead; pipelined, one request each) and the
+        sockets. Idempotent; never raises."""
         pending = []
+        op = "close" if self.owns else "leave"  # a joiner gives its seats back; the worlds are their owner's
         for chunk in self._chunks:
             for world in chunk.worlds:
                 try:
-                    pending.append((chunk.client, chunk.client.send("close", world=world)))
+                    pending.append((chunk.client, chunk.client.send(op, world=world)))
                 except Exception:  # a closed or dead connection: nothing left to release on it
                     break
         deadline = time.monotonic() + 2.0

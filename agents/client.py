@@ -23,7 +23,7 @@ import numpy as np
 import zmq
 from zmq.auth import load_certificate
 
-from agora_marl.agents.types import Created, Joined, Observation, StepResult, encode_actions
+from agora_marl.agents.types import Created, Joined, JoinedGroup, Observation, StepResult, encode_actions
 from agora_marl.envserver.protocol import ProtocolError, WorldSpec, pack, unpack
 from agora_marl.envserver.protocol.vocabulary import ERROR_OP, INTERNAL, NO_SESSION, SESSIONLESS
 
@@ -246,10 +246,15 @@ class AgentClient:
         wait_for_seats: bool | None = None,
         public: bool = False,
         render: bool = False,
+        group: str | None = None,
+        invite_only: list[str] | None = None,
+        share_state: bool = False,
     ) -> Created:
         """Create ``copies`` worlds of ``scenario`` (this client owns them); with ``join``, also hold every seat.
 
-        See docs/protocol.md, 'create', for the fields. Raises :class:`ServerError` (``scenario_not_allowed``,
+        ``group`` names the worlds so that others find them (:meth:`join_group`); ``invite_only`` (agent names or
+        globs) keeps those seats to whom this client gives the reply's ``invite_token``; ``share_state`` lets seat
+        holders read the global state. See docs/protocol.md, 'create', for the fields. Raises :class:`ServerError` (``scenario_not_allowed``,
         ``scenario_error``, ``too_many_worlds``, ``bad_request``).
         """
         reply = self.request(
@@ -265,6 +270,9 @@ class AgentClient:
             wait_for_seats=wait_for_seats,
             public=public or None,
             render=render or None,
+            group=group,
+            invite_only=invite_only,
+            share_state=share_state or None,
         )
         spec = WorldSpec.from_wire(reply["spec"])
         worlds = [int(w) for w in reply["worlds"]]
@@ -278,6 +286,8 @@ class AgentClient:
             obs,
             reply.get("observer_token", ""),
             bool(reply.get("render", False)),
+            reply.get("invite_token", ""),
+            reply.get("group"),
         )
 
     def join(
@@ -289,6 +299,7 @@ class AgentClient:
         owner_token: str | None = None,
         observer_token: str | None = None,
         takeover: bool = True,
+        invite_token: str | None = None,
     ) -> Joined:
         """Take seats of ``world`` (``"all"``: every free or lost seat), reclaim them with ``tokens``, or observe.
 
@@ -304,6 +315,7 @@ class AgentClient:
             "owner_token": owner_token,
             "observer_token": observer_token,
             "takeover": None if takeover else False,
+            "invite_token": invite_token,
         }
         if not (tokens and seats == "all"):
             fields["seats"] = seats
@@ -318,6 +330,28 @@ class AgentClient:
             episode=int(reply.get("episode", 0)),
             agents=list(reply.get("agents") or []),
             obs=spec.decode_obs(reply.get("obs")),
+        )
+
+    def join_group(
+        self, group: str, seats: list[str] | str, invite_token: str | None = None, takeover: bool = True
+    ) -> JoinedGroup:
+        """Take ``seats`` (agent names or globs such as ``"prey_*"``) of every world of the named ``group``, all or
+        none. Raises :class:`ServerError` (``unknown_group``, ``unknown_seat``, ``seat_taken``, ``not_allowed``
+        for invitation-only seats without ``invite_token``, ``bad_token``)."""
+        reply = self.request(
+            "join_group", group=group, seats=seats, invite_token=invite_token, takeover=None if takeover else False
+        )
+        spec = WorldSpec.from_wire(reply["spec"])
+        worlds = [int(w) for w in reply["worlds"]]
+        self._specs.update(dict.fromkeys(worlds, spec))
+        return JoinedGroup(
+            group=str(reply["group"]),
+            worlds=worlds,
+            seats=list(reply["seats"]),
+            tokens=list(reply["tokens"]),
+            spec=spec,
+            obs={int(w): spec.decode_obs(values) for w, values in (reply.get("obs") or {}).items()},
+            share_state=bool(reply.get("share_state", False)),
         )
 
     def leave(self, world: int, seats: list[str] | None = None) -> list[str]:
@@ -399,16 +433,19 @@ class AgentClient:
         """Step K worlds this client fully holds in one message; returns the raw ``batch`` reply (arrays)."""
         return self.request("step_batch", worlds=list(worlds), actions=actions, layout=layout, state=state)
 
-    def act_batch(self, worlds: list[int], actions: dict[str, Any], timeout_s: float | None = None) -> dict:
+    def act_batch(
+        self, worlds: list[int], actions: dict[str, Any], timeout_s: float | None = None, state: bool = False
+    ) -> dict:
         """Act for this client's seats in K shared worlds at once (the same seats in each) and wait until every one
         of them has stepped (each at its own step rule, so at most its deadline).
 
         ``actions`` maps each held seat to a ``(K, ...)`` stack. The reply's arrays cover only this client's seats
         (``seats``, in that order): ``obs`` {seat: (K, ...)}, ``rewards``/``terminated``/``truncated``/``active``/
         ``alive`` (K, seats), ``episode_over`` (K,), ``final_obs`` where an episode ended, and for every agent of the
-        worlds (``agents``) ``filled`` and ``late`` (K, agents). See docs/protocol.md, 'act_batch'.
+        worlds (``agents``) ``filled`` and ``late`` (K, agents); with ``state`` (where the worlds share it) ``state``
+        and ``final_state``. See docs/protocol.md, 'act_batch'.
         """
-        return self.request("act_batch", timeout_s, worlds=list(worlds), actions=actions)
+        return self.request("act_batch", timeout_s, worlds=list(worlds), actions=actions, state=state or None)
 
     def reset_batch(
         self, worlds: list[int], seed: int | None = None, layout: str = "agents", state: bool = False

@@ -11,6 +11,7 @@ As a process: ``python -m agora_marl.agents.opponents ADDRESS --worlds 3,4,5 --s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -45,6 +46,8 @@ class Played:
     """Seat-ticks of the other holders' seats that were held but late, so got the fill action."""
     others_seat_ticks: int = 0
     """Seat-ticks of the other seats stepped (``others_late`` out of these)."""
+    worlds: list[int] = field(default_factory=list)
+    """The worlds played (a group's, when found by name), the order of ``world_returns``."""
 
 
 def play_seats(
@@ -58,12 +61,14 @@ def play_seats(
     server_key: str | None = None,
     client_key: str | None = None,
     run_loader: Callable | None = None,
+    group: str | None = None,
+    invite_token: str | None = None,
 ) -> Played:
     """Join ``seats`` of each of ``worlds`` on ``address`` and play ``policy`` in them, one ``act_batch`` per tick.
 
     Args:
         address: the server holding the worlds.
-        worlds: their ids; every world must have the same spec and the seats free.
+        worlds: their ids; every world must have the same spec and the seats free. Ignored with ``group``.
         seats: agents or globs (``"prey_*"``), one or a list.
         policy: a name :func:`agents.policies.named_policy` resolves (one policy per seat, shared by the worlds).
         steps, seconds: stop after this many ticks or this long (None: no such bound; with neither it plays until
@@ -72,28 +77,34 @@ def play_seats(
         server_key, client_key: as for :class:`AgentClient`.
         run_loader: loads a trained run's policy when ``policy`` is a run directory (``agora play`` passes the
             learners' one; this layer cannot import them).
+        group: find the worlds by their group's name instead (``join_group``: the seats of every world of it);
+            ``invite_token`` where the owner made them invitation-only.
 
     Raises:
         ValueError: no worlds, seats that name no agent, or a policy that cannot be built.
         ServerError: the server refused a join or a step for another reason than the worlds going away.
     """
     worlds = [int(w) for w in worlds]
-    if not worlds:
-        raise ValueError("give at least one world")
+    if not worlds and group is None:
+        raise ValueError("give at least one world, or a group")
     with AgentClient(address, timeout_s=timeout_s, name="opponent", server_key=server_key, client_key=client_key) as c:
         welcome = c.hello()
-        max_batch = int(welcome["limits"].get("max_batch", len(worlds)))
-        chunks = [worlds[i : i + max_batch] for i in range(0, len(worlds), max_batch)]
         try:
-            mine = _join_first(c, worlds[0], seats)
-            joined = [c.join(w, seats=mine) for w in worlds[1:]]
+            if group is not None:
+                in_group = c.join_group(group, seats, invite_token=invite_token)
+                worlds, mine = in_group.worlds, in_group.seats
+                joined_obs = [in_group.obs[w] for w in worlds]
+            else:
+                mine = _join_first(c, worlds[0], seats)
+                joined = [c.join(w, seats=mine) for w in worlds[1:]]
+                joined_obs = [c.observe(worlds[0]).obs, *(j.obs for j in joined)]
         except ServerError as exc:
             if exc.code in _WORLDS_GONE:
-                return Played(0, 0, {}, "worlds closed", [[] for _ in worlds])
+                return Played(0, 0, {}, "worlds closed", [[] for _ in worlds], worlds=worlds)
             raise
+        max_batch = int(welcome["limits"].get("max_batch", len(worlds)))
+        chunks = [worlds[i : i + max_batch] for i in range(0, len(worlds), max_batch)]
         spec = c.spec(worlds[0])
-        first = c.observe(worlds[0]).obs
-        joined_obs = [first, *(j.obs for j in joined)]
         policies = {
             a: named_policy(policy, spec.observation_spaces[a], spec.action_spaces[a], agent=a, run_loader=run_loader)
             for a in mine
@@ -133,9 +144,23 @@ def play_seats(
                     per_world[k].append(float(returns_k[k].sum()))
                 returns_k[over] = 0.0
             obs = {a: [row for r in replies for row in _split(spec.observation_spaces[a], r["obs"][a])] for a in mine}
+        _leave(c, worlds)
     finished = np.concatenate(ended) if ended else np.zeros((0, len(mine)))
     means = dict(zip(mine, (float(x) for x in finished.mean(0)), strict=True)) if len(finished) else {}
-    return Played(done, len(finished), means, reason, per_world, others_late, others_seat_ticks)
+    return Played(done, len(finished), means, reason, per_world, others_late, others_seat_ticks, worlds)
+
+
+def _leave(client: AgentClient, worlds: list[int], timeout_s: float = 2.0) -> None:
+    """Give the seats back at once (pipelined), so that another client may take them without waiting for this
+    session to be forgotten; worlds already gone are fine."""
+    try:
+        pending = [client.send("leave", world=w) for w in worlds]
+        deadline = time.monotonic() + timeout_s
+        for request_id in pending:
+            with contextlib.suppress(ServerError):
+                client.reply(request_id, timeout_s=max(0.0, deadline - time.monotonic()))
+    except (TimeoutError, RuntimeError):
+        pass
 
 
 def _join_first(client: AgentClient, world: int, seats: str | list[str]) -> list[str]:

@@ -56,6 +56,10 @@ class Created:
     """Admits an observer (``join(..., role="observer", observer_token=...)``): give it to whom may watch."""
     render: bool = False
     """The worlds give frames (``render``)."""
+    invite_token: str = ""
+    """Admits a session to the worlds' invitation-only seats (``join(..., invite_token=...)``, ``join_group``)."""
+    group: str | None = None
+    """The named group the worlds joined (``create(..., group=...)``), where others find them by name."""
 
 
 @dataclass
@@ -76,6 +80,26 @@ class Joined:
     """The agents alive now."""
     obs: dict[str, Any]
     """The current observations of the joined seats."""
+
+
+@dataclass
+class JoinedGroup:
+    """The reply to ``join_group``: the same seats of every world of a named group."""
+
+    group: str
+    """The group's name."""
+    worlds: list[int]
+    """The group's worlds, in the order they were created (the rows of a batch)."""
+    seats: list[str]
+    """The seats now held in every one of them, in the worlds' agent order."""
+    tokens: list[dict[str, str]]
+    """One ``{agent: token}`` map per world (keep them to reclaim a seat after a disconnect)."""
+    spec: WorldSpec
+    """The spec the worlds share."""
+    obs: dict[int, dict[str, Any]]
+    """The joined seats' current observations, ``obs[world][agent]``."""
+    share_state: bool = False
+    """The owner lets seat holders read the worlds' global state."""
 
 
 @dataclass

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from agora_marl import scenarios
 from agora_marl.envserver.fields import field, plain_field, seed_field
+from agora_marl.envserver.groups import check_patterns
 from agora_marl.envserver.protocol import WorldSpec, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -52,6 +53,10 @@ class _Creation:
     join: bool
     options: WorldOptions
     public: bool
+    group: str | None
+    """The named group the worlds join (``groups.py``)."""
+    invite_only: tuple[str, ...]
+    share_state: bool
 
 
 def op_create(server: EnvServer, session: Session, message: dict) -> dict | None:
@@ -125,6 +130,11 @@ def _validate_create(server: EnvServer, session: Session, message: dict) -> _Cre
     wait_for_seats = field(message, "wait_for_seats", bool, not join)
     public = field(message, "public", bool, False)
     render = field(message, "render", bool, False)
+    group = field(message, "group", str, None)
+    invite_only = check_patterns(field(message, "invite_only", list, []), "invite_only")
+    share_state = field(message, "share_state", bool, False)
+    if group is not None:
+        server.groups.check_add(group, b"", session.identity, server.worlds)
     if render and render_mode is None:
         scenario_config = {**scenario_config, "render_mode": "rgb_array"}
     if not 1 <= copies <= config.max_batch:
@@ -151,7 +161,7 @@ def _validate_create(server: EnvServer, session: Session, message: dict) -> _Cre
     except scenarios.ScenarioNotAllowed as exc:
         raise ProtocolError(SCENARIO_NOT_ALLOWED, str(exc), "ask the operator to --allow the package") from None
     options = WorldOptions(deadline_ms / 1000.0, fill, auto_reset, wait_for_seats)
-    return _Creation(name, scenario_config, seed, copies, join, options, public)
+    return _Creation(name, scenario_config, seed, copies, join, options, public, group, tuple(invite_only), share_state)
 
 
 def _build(server: EnvServer, c: _Creation) -> Generator[None, None, tuple]:
@@ -216,8 +226,18 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: tuple) -
     envs, firsts, group, spec, spaces, first_obs = built
     wire_spec = spec.to_wire()
     spec_key = server.spec_key(wire_spec)
+    if c.group is not None:
+        try:  # again: another create may have taken the name while these were built
+            server.groups.check_add(c.group, spec_key, session.identity, server.worlds)
+        except ProtocolError:
+            for env in envs:
+                with contextlib.suppress(Exception):
+                    env.close()
+            raise
     owner_token = secrets.token_hex(16)  # one for all the copies created together
     observer_token = secrets.token_hex(16)
+    # Every world of a group shares the group's invitation, whichever create made it.
+    invite_token = (server.groups.invite_token(c.group) if c.group else None) or secrets.token_hex(16)
     renders = group.renders if group is not None else getattr(envs[0], "render_mode", None) == "rgb_array"
     worlds = []
     now = time.monotonic()
@@ -237,6 +257,10 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: tuple) -
             public=c.public,
             observer_token=observer_token,
             renders=renders,
+            named_group=c.group,
+            invite_only=c.invite_only,
+            invite_token=invite_token,
+            share_state=c.share_state,
         )
         world.obs, world.infos = firsts[i]
         world.rate_mark = (now, 0)
@@ -246,12 +270,16 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: tuple) -
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
         worlds.append(world)
+    if c.group is not None:
+        server.groups.add(c.group, spec_key, invite_token, [w.world_id for w in worlds])
     reply = {
         "op": "created",
         "worlds": [w.world_id for w in worlds],
         "spec": wire_spec,
         "owner_token": owner_token,
         "observer_token": observer_token,
+        "invite_token": invite_token,
+        "group": c.group,
         "render": renders,
     }
     if c.join:

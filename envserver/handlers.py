@@ -18,26 +18,18 @@ from typing import TYPE_CHECKING
 
 from agora_marl import __version__, scenarios
 from agora_marl.envserver.creation import op_create
-from agora_marl.envserver.fields import field, plain_field, seed_field, strings
+from agora_marl.envserver.fields import field, plain_field, seed_field
+from agora_marl.envserver.joining import is_member, may_read_state, may_watch, op_join, op_join_group, op_leave
 from agora_marl.envserver.partial import op_act_batch
-from agora_marl.envserver.protocol import to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
-    AGENT,
     BAD_REQUEST,
-    BAD_TOKEN,
-    FREE,
-    HELD,
-    LOST,
     NOT_ALLOWED,
     NOT_OWNER,
     NOT_YOUR_SEAT,
-    OBSERVER,
     PROTOCOL_VERSION,
     REQUESTS,
-    ROLES,
     SCENARIO_ERROR,
-    SEAT_TAKEN,
 )
 from agora_marl.envserver.stepping import op_act, op_reset_batch, op_step_batch
 from agora_marl.envserver.world import World
@@ -54,19 +46,9 @@ def _owned(server: EnvServer, session: Session, message: dict) -> World:
     return world
 
 
-def _member(world: World, session: Session) -> bool:
-    return world.owner == session.identity or any(w == world.world_id for w, _ in session.seats)
-
-
-def _may_watch(world: World, session: Session) -> bool:
-    """Whether the session may read the whole world (every agent's observations, its frames): its owner, an
-    observer the owner admitted, an operator, anyone for a public world."""
-    return world.public or session.operator or world.owner == session.identity or session.identity in world.observers
-
-
 def _visible(world: World, session: Session) -> bool:
     """Whether ``list`` shows the world to the session."""
-    return _may_watch(world, session) or _member(world, session)
+    return may_watch(world, session) or is_member(world, session)
 
 
 # ---- connection ---------------------------------------------------------------------------------------------
@@ -132,6 +114,7 @@ def op_list(server: EnvServer, session: Session, message: dict) -> dict:
             "holders": holders,
             "observers": len(w.observers),
             "public": w.public,
+            "group": w.named_group,
             "render": w.renders,
             "tick": w.tick,
             "episode": w.episode,
@@ -142,108 +125,6 @@ def op_list(server: EnvServer, session: Session, message: dict) -> dict:
 
 
 # ---- worlds -------------------------------------------------------------------------------------------------
-
-
-def op_join(server: EnvServer, session: Session, message: dict) -> dict:
-    world = server.world(message.get("world"))
-    role = field(message, "role", str, AGENT)
-    tokens = field(message, "tokens", dict, {})
-    takeover = field(message, "takeover", bool, True)
-    owner_token = field(message, "owner_token", str, None)
-    observer_token = field(message, "observer_token", str, None)
-    strings(tokens, "tokens")
-    strings(tokens.values(), "tokens")
-    if role not in ROLES:
-        raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r:.40}", "see join")
-    if observer_token is not None and not secrets.compare_digest(observer_token, world.observer_token):
-        raise ProtocolError(
-            BAD_TOKEN,
-            f"that is not the observer token of world {world.world_id}",
-            "ask its owner for the created reply's observer_token",
-        )
-    if role == OBSERVER and observer_token is None and owner_token is None and not _may_watch(world, session):
-        raise ProtocolError(
-            NOT_ALLOWED,
-            f"world {world.world_id} admits only the observers its owner invites",
-            "join with the owner's 'observer_token' (or as an operator); public worlds admit anyone",
-        )
-    if owner_token is not None and owner_token != world.owner_token:
-        raise ProtocolError(
-            BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "send the created reply's owner_token"
-        )
-    seats: list[str] = []
-    if role == AGENT:
-        requested = field(message, "seats", (list, str), list(tokens) if tokens else "all")
-        if requested == "all":
-            seats = [a for a, s in world.seats.items() if s.state == FREE or s.holder == session.identity]
-        elif isinstance(requested, list):
-            strings(requested, "seats")
-            seats = requested
-        else:
-            raise ProtocolError(BAD_REQUEST, "'seats' must be a list of agents or \"all\"", "see join")
-        for agent in seats:
-            seat = world.seat(agent)
-            token = tokens.get(agent)
-            if token is not None and token != seat.token:
-                raise ProtocolError(BAD_TOKEN, f"that is not the token of seat {agent!r}", "join without a token")
-            if seat.state == HELD and seat.holder != session.identity and (token is None or not takeover):
-                raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} is held by another client", "pick a free seat")
-            if seat.state == LOST and token is None:
-                raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} was lost by its holder", "reclaim it with its token")
-        if len(set(seats)) != len(seats):
-            raise ProtocolError(BAD_REQUEST, "'seats' names a seat twice", "name each seat once")
-    # Checked: now change state. A takeover interrupts the previous holder's waiting request.
-    world.refresh()
-    granted = {}
-    for agent in seats:
-        seat = world.seats[agent]
-        previous = seat.holder
-        if previous is not None and previous != session.identity:
-            server.send_to(world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous))
-            old = server.sessions.get(previous)
-            if old:
-                old.seats.discard((world.world_id, agent))
-        granted[agent] = world.take_seat(agent, session.identity)
-        session.seats.add((world.world_id, agent))
-    if owner_token is not None:
-        previous_owner = server.sessions.get(world.owner) if world.owner is not None else None
-        if previous_owner is not None:
-            previous_owner.owned.discard(world.world_id)
-        world.owner = session.identity
-        session.owned.add(world.world_id)
-    if role == OBSERVER:
-        world.observers.add(session.identity)
-    server.try_step(world)
-    shown = seats if role == AGENT else world.agents
-    return {
-        "op": "joined",
-        "world": world.world_id,
-        "seats": granted,
-        "spec": world.spec,
-        "tick": world.tick,
-        "episode": world.episode,
-        "agents": world.live_agents,
-        "obs": {a: to_wire(world.obs_spaces[a], world.obs[a]) for a in shown if a in world.obs},
-    }
-
-
-def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
-    world = server.world(message.get("world"))
-    mine = world.held_by(session.identity)
-    seats = field(message, "seats", list, mine)
-    strings(seats, "seats")
-    for agent in seats:
-        world.seat(agent)
-        if agent not in mine:
-            raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", f"you hold {mine}")
-    server.send_to(world.cancel_waiters("you left the world", session.identity))
-    for agent in seats:
-        world.release_seat(agent, lost=False)
-        session.seats.discard((world.world_id, agent))
-    world.observers.discard(session.identity)
-    if not server.close_if_abandoned(world):
-        server.try_step(world)
-    return {"op": "left", "world": world.world_id, "seats": seats}
 
 
 def op_close(server: EnvServer, session: Session, message: dict) -> dict:
@@ -273,7 +154,7 @@ def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if _may_watch(world, session):
+    if may_watch(world, session):
         return world.observation_reply(world.live_agents)
     mine = world.held_by(session.identity)
     if not mine:
@@ -283,7 +164,13 @@ def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_state(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if not (_member(world, session) or _may_watch(world, session)):
+    if not may_read_state(world, session):
+        if is_member(world, session):
+            raise ProtocolError(
+                NOT_ALLOWED,
+                f"world {world.world_id} keeps its global state from seat holders",
+                "its owner may create it with 'share_state': true; use your seats' observations",
+            )
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it first")
     world.refresh()
     try:
@@ -301,7 +188,7 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_render(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if not (_member(world, session) or _may_watch(world, session)):
+    if not (is_member(world, session) or may_watch(world, session)):
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it (as an observer) first")
     world.refresh()
     if world.frame_tick != (world.episode, world.tick) or world.frame is None:
@@ -336,5 +223,6 @@ OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
     "reset_batch": op_reset_batch,
     "render": op_render,
     "act_batch": op_act_batch,
+    "join_group": op_join_group,
 }
 assert set(OPERATIONS) == set(REQUESTS), "every request of the protocol has exactly one handler"

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from agora_marl.envserver.fields import field, strings
+from agora_marl.envserver.joining import may_read_state
 from agora_marl.envserver.protocol import check_value, from_wire, zeros_like_space
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -26,6 +27,7 @@ from agora_marl.envserver.protocol.vocabulary import (
     BATCH_MISMATCH,
     EPISODE_OVER,
     LATE,
+    NOT_ALLOWED,
     NOT_YOUR_SEAT,
 )
 
@@ -52,7 +54,7 @@ def _write(out: Any, k: int, value: Any) -> None:
 class BatchWaiter:
     """The reply of one ``act_batch`` being filled in, a world's row at a time, as the K worlds step."""
 
-    def __init__(self, request_id: int, worlds: list[World], seats: list[str]):
+    def __init__(self, request_id: int, worlds: list[World], seats: list[str], with_state: bool = False):
         self.request_id = request_id
         self.world_ids = [w.world_id for w in worlds]
         self.seats = seats
@@ -69,6 +71,10 @@ class BatchWaiter:
         self.episode_over = np.zeros(k, bool)
         self.filled = np.zeros((k, len(self.agents)), bool)
         self.late = np.zeros((k, len(self.agents)), bool)
+        space = worlds[0].state_space
+        self.state = np.zeros((k, *space.shape), space.dtype) if with_state else None
+        """(K, ...) global states after the step, when asked (and the worlds share them)."""
+        self.final_state: np.ndarray | None = None
         self.ticks = np.zeros(k, np.int64)
         self.episodes = np.zeros(k, np.int64)
         self.left = k
@@ -94,6 +100,12 @@ class BatchWaiter:
                     _write(self.final_obs[agent], k, outcome.final_obs[agent])
         elif world.episode_over:
             self.episode_over[k] = True
+        if self.state is not None:
+            self.state[k] = world.state()
+            if outcome.final_state is not None:
+                if self.final_state is None:
+                    self.final_state = np.zeros_like(self.state)
+                self.final_state[k] = outcome.final_state
         for j, agent in enumerate(self.agents):
             why = outcome.filled.get(agent)
             if why is not None:
@@ -124,6 +136,10 @@ class BatchWaiter:
         }
         if self.final_obs is not None:
             reply["final_obs"] = self.final_obs
+        if self.state is not None:
+            reply["state"] = self.state
+            if self.final_state is not None:
+                reply["final_state"] = self.final_state
         return reply
 
 
@@ -157,6 +173,17 @@ def op_act_batch(server: EnvServer, session: Session, message: dict) -> None:
             raise ProtocolError(
                 ALREADY_ACTED, f"you already acted in world {world.world_id} this tick", "wait for its reply"
             )
+    with_state = field(message, "state", bool, False)
+    if with_state:
+        if first.state_space is None:
+            raise ProtocolError(BAD_REQUEST, "these worlds have no global state", "send 'state': false")
+        for world in worlds:
+            if not may_read_state(world, session):
+                raise ProtocolError(
+                    NOT_ALLOWED,
+                    f"world {world.world_id} keeps its global state from seat holders",
+                    "its owner may create it with 'share_state': true; send 'state': false",
+                )
     actions = field(message, "actions", dict)
     strings(actions, "actions")
     if set(actions) != set(seats):
@@ -170,7 +197,7 @@ def op_act_batch(server: EnvServer, session: Session, message: dict) -> None:
         except ValueError as exc:
             raise ProtocolError(BAD_ACTION, str(exc), f"a (K, ...) stack of actions of {space}") from None
         rows[agent] = [from_wire(space, _row(stack, i)) for i in range(k)]
-    waiter = BatchWaiter(message["id"], worlds, seats)
+    waiter = BatchWaiter(message["id"], worlds, seats, with_state)
     now = time.monotonic()
     for i, world in enumerate(worlds):
         world.submit(session.identity, message["id"], {a: rows[a][i] for a in seats}, now, batch=(waiter, i))

@@ -22,6 +22,7 @@ import msgpack
 import zmq
 
 from agora_marl import scenarios
+from agora_marl.envserver.groups import Groups
 from agora_marl.envserver.handlers import OPERATIONS
 from agora_marl.envserver.identity import (
     Session,
@@ -137,6 +138,8 @@ class EnvServer:
                 self.address,
             )
         self.worlds: dict[int, World] = {}
+        self.groups = Groups()
+        """Named groups of worlds (``create``'s ``group``, ``join_group``)."""
         self.sessions: dict[bytes, Session] = {}
         self._by_secret: dict[str, Session] = {}
         self.request_route: bytes = b""
@@ -421,6 +424,8 @@ class EnvServer:
         if owner:
             owner.owned.discard(world.world_id)
         self.worlds.pop(world.world_id, None)
+        if world.named_group is not None:
+            self.groups.discard(world.named_group, world.world_id)
         try:
             world.env.close()
         except KeyboardInterrupt:

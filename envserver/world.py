@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from collections import deque
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,8 @@ class StepOutcome:
     filled: dict[str, str]
     """Every live agent whose action was the fill, and why: its seat was ``free``, ``lost``, or held but ``late``."""
     final_obs: dict | None = None
+    final_state: np.ndarray | None = None
+    """The global state at the end of the episode, kept only when a waiting ``act_batch`` asked for states."""
 
 
 @dataclass
@@ -111,6 +114,18 @@ class World:
     sessions the owner admitted (``observer_token``) and operators."""
     observer_token: str = ""
     """Admits an observer; one for all the copies created together."""
+    named_group: str | None = None
+    """The name of the :mod:`agora_marl.envserver.groups` group the world was created into (``create``'s ``group``)."""
+    invite_only: tuple[str, ...] = ()
+    """Globs of the seats that only the owner and those who bring ``invite_token`` may take (``create``'s
+    ``invite_only``); every other seat is open to any session that knows the world."""
+    invite_token: str = ""
+    """Admits a session to the invitation-only seats; one for all the copies created together, and for every world
+    of their group."""
+    share_state: bool = False
+    """Seat holders may read the global state (``state``, ``act_batch``'s ``state``); else only the owner, a session
+    holding every seat, and those who may watch the world: a joiner's critic never silently reads its opponents'
+    private state."""
     renders: bool = False
     """``render`` gives frames (the env was built with ``render_mode="rgb_array"``, or its vector form renders)."""
     steps: int = 0
@@ -172,6 +187,10 @@ class World:
                 UNKNOWN_SEAT, f"world {self.world_id} has no agent {agent!r}", f"its agents are {self.agents}"
             )
         return self.seats[agent]
+
+    def by_invitation(self, agent: str) -> bool:
+        """Whether seat ``agent`` is one only the owner and invited sessions may take."""
+        return any(fnmatchcase(agent, pattern) for pattern in self.invite_only)
 
     def held_by(self, identity: bytes) -> list[str]:
         return [a for a, s in self.seats.items() if s.holder == identity]
@@ -274,6 +293,8 @@ class World:
             self.end_episode()
         if self.episode_over and self.options.auto_reset:
             outcome.final_obs = obs
+            if any(w.batch is not None and w.batch[0].state is not None for w in self.waiters):
+                outcome.final_state = self.state()
             self.reset()
             self.episode += 1
         return outcome

@@ -105,13 +105,16 @@ class Context:
         batch = self.client.ok({**create, "seed": 1, "copies": 2})
         vector = self.client.ok({"op": "create", "scenario": "foraging_v0", "seed": 2, "copies": 2, "join": True})
         drawn = self.client.ok({**create, "seed": 3, "render": True})
+        league = {"op": "create", "scenario": SPREAD, "seed": 4, "copies": 2, "group": "fuzz-league"}
+        grouped = self.client.ok({**league, "invite_only": ["agent_2"], "share_state": True, "deadline_ms": 20})
+        self.invite_token = grouped["invite_token"]
         self.world, self.box, self.drawn = one["worlds"][0], box["worlds"][0], drawn["worlds"][0]
         self.observer_token = box["observer_token"]
         self.tokens = one["tokens"][0]
         self.owner_token = one["owner_token"]
         self.batch = batch["worlds"]
         self.vector = vector["worlds"]
-        self.worlds = [self.world, self.box, self.drawn, *self.batch, *self.vector]
+        self.worlds = [self.world, self.box, self.drawn, *self.batch, *self.vector, *grouped["worlds"]]
 
     def templates(self) -> dict[str, list[dict]]:
         """Well-formed requests for each operation (each would succeed as it is), with the session secret as a field
@@ -139,6 +142,13 @@ class Context:
                 },
                 {"op": "create", "scenario": "foraging_v0", "config": {"size": 5}, "copies": 2, "join": True},
                 {"op": "create", "scenario": SPREAD, "public": True, "render": True},
+                {
+                    "op": "create",
+                    "scenario": SPREAD,
+                    "group": "fuzz-new",
+                    "invite_only": ["agent_0", "agent_*"],
+                    "share_state": False,
+                },
             ],
             "join": [
                 {
@@ -151,6 +161,17 @@ class Context:
                 },
                 {"op": "join", "world": self.box, "role": "observer", "observer_token": self.observer_token},
                 {"op": "join", "world": self.world, "tokens": self.tokens, "takeover": False},
+                {"op": "join", "world": self.world, "seats": "all", "invite_token": self.invite_token},
+            ],
+            "join_group": [
+                {
+                    "op": "join_group",
+                    "group": "fuzz-league",
+                    "seats": ["agent_2", "agent_*"],
+                    "invite_token": self.invite_token,
+                    "takeover": True,
+                },
+                {"op": "join_group", "group": "fuzz-league", "seats": "agent_1"},
             ],
             "leave": [{"op": "leave", "world": self.world, "seats": ["agent_0"]}],
             "close": [{"op": "close", "world": self.world}],

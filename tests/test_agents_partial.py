@@ -114,3 +114,47 @@ def test_a_dead_opponent_costs_each_step_its_deadline_and_shows_as_late(server):
                 process.kill()
         assert lates[-2:] == [1.0, 1.0]
         assert all(late in (0.0, 1.0) for late in lates)
+
+
+def _group_opponent(address: str, group: str, token: str, steps: int, results) -> None:
+    played = play_seats(address, [], "prey_*", "random", steps=steps, timeout_s=30.0, group=group, invite_token=token)
+    results.put((played.steps, played.reason, played.episodes, played.worlds))
+
+
+def test_a_named_group_is_found_by_name_and_stepped_by_two_batched_clients(server):
+    """The owner names its worlds; a second client holds the other seats of all of them by that name alone."""
+    rng = np.random.default_rng(0)
+    with BatchedWorlds(
+        server.address, PREDATOR_PREY, num_worlds=K, seed=5, seats="predator_*", group="hunt", invite_only=True
+    ) as owner:
+        assert owner.group == "hunt" and owner.invite_tokens[server.address]
+        with pytest.raises(Exception, match="not_allowed"):  # invitation-only: the name alone is not enough
+            BatchedWorlds.join_group(server.address, "hunt", "prey_*", timeout_s=10.0)
+        context = multiprocessing.get_context("spawn")
+        results = context.Queue()
+        token = owner.invite_tokens[server.address]
+        opponent = context.Process(target=_group_opponent, args=(server.address, "hunt", token, 60, results))
+        opponent.start()
+        try:
+            owner.reset()
+            for _ in range(60):
+                result = owner.step(_random_predators(owner, rng))
+                assert result.own_late == 0.0
+            steps, reason, episodes, worlds = results.get(timeout=60)
+            assert (steps, reason, worlds) == (60, "steps", owner.worlds) and episodes > 0
+        finally:
+            opponent.join(timeout=30)
+        # A BatchedWorlds joiner: the other seats, in the owner's row order; closing it leaves them, the worlds stay.
+        joiner = BatchedWorlds.join_group(server.address, "hunt", "prey_*", invite_token=token, timeout_s=10.0)
+        with joiner:
+            assert joiner.worlds == owner.worlds and joiner.num_worlds == K and not joiner.owns
+            assert joiner.possible_agents == owner.other_agents and joiner.other_agents == owner.possible_agents
+            first = joiner.reset()
+            assert first.alive.all()
+            for _ in range(3):
+                act = {a: np.stack([s.sample() for _ in range(K)]) for a, s in joiner.action_spaces.items()}
+                pending = joiner._chunks[0].client.send("act_batch", worlds=joiner.worlds, actions=act)
+                owner.step(_random_predators(owner, rng))
+                joiner._chunks[0].client.reply(pending)
+        listed = {w["world"]: w for w in owner._chunks[0].client.list_worlds()}
+        assert all(listed[w]["seats"]["prey_0"] == "free" for w in owner.worlds)

@@ -103,6 +103,7 @@ def test_an_interrupted_world_fails_the_batch_once(server):
             learner.join(world, seats=["agent_0"])
             other.join(world, seats=["agent_1"])
         request = learner.send("act_batch", worlds=worlds, actions={"agent_0": np.zeros(K, np.int64)})
+        learner.ping()  # answered after the act_batch (one connection is served in order): it waits now
         owner.close_world(worlds[1])
         with pytest.raises(ServerError, match="interrupted"):
             learner.reply(request)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import zmq
 
-from agora_marl.agents.conformance import checks_batch, checks_messages, checks_seats, checks_worlds
+from agora_marl.agents.conformance import checks_batch, checks_groups, checks_messages, checks_seats, checks_worlds
 from agora_marl.agents.conformance.base import CHECKS, Check, Context
 from agora_marl.agents.conformance.peer import Failure, Skip
 from agora_marl.envserver.protocol import pack, resolve_address
@@ -23,7 +23,7 @@ DEFAULT_SCENARIO = "mpe2.simple_spread_v3:parallel_env"
 PASSED, FAILED, SKIPPED = "passed", "failed", "skipped"
 
 #: The modules of checks, in the order the suite runs them: messages first, then worlds, seats, batches.
-_MODULES = (checks_messages, checks_worlds, checks_seats, checks_batch)
+_MODULES = (checks_messages, checks_worlds, checks_seats, checks_batch, checks_groups)
 
 
 @dataclass(frozen=True)

@@ -27,6 +27,7 @@ REQUESTS: dict[str, str] = {
     "reset_batch": "batch",
     "render": "frame",
     "act_batch": "batch",
+    "join_group": "joined_group",
 }
 #: The requests a client may send without a session: every other request carries ``welcome``'s ``secret``.
 SESSIONLESS = ("hello", "ping")
@@ -46,6 +47,7 @@ SCENARIO_NOT_ALLOWED = "scenario_not_allowed"  # the server does not host that s
 SCENARIO_ERROR = "scenario_error"  # the scenario raised while being built, reset or stepped
 TOO_MANY_WORLDS = "too_many_worlds"  # the client (or the server) is at its world limit
 UNKNOWN_WORLD = "unknown_world"  # no live world has that id
+UNKNOWN_GROUP = "unknown_group"  # no group of worlds has that name on this server
 NOT_OWNER = "not_owner"  # only the world's owner may do that
 UNKNOWN_SEAT = "unknown_seat"  # the world has no agent of that name
 SEAT_TAKEN = "seat_taken"  # another live client holds that seat
@@ -72,6 +74,7 @@ ERROR_CODES = (
     SCENARIO_ERROR,
     TOO_MANY_WORLDS,
     UNKNOWN_WORLD,
+    UNKNOWN_GROUP,
     NOT_OWNER,
     UNKNOWN_SEAT,
     SEAT_TAKEN,

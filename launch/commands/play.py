@@ -20,6 +20,9 @@ examples:
   # some seats of K shared worlds (a learner holds the others), one act_batch per tick
   agora play --connect tcp://127.0.0.1:5555 --worlds 3,4,5 --seats "prey_*" --policy random --seconds 60
 
+  # the same, finding the worlds by the name their owner gave them (agora train env.group=tag-league ...)
+  agora play --connect tcp://127.0.0.1:5555 --group tag-league --seats "prey_*" --policy scripted
+
 A policy is random, noop, scripted (simple_spread), MODULE:CALLABLE (called with the observation and action
 spaces, it returns a callable obs -> action; MODULE is found on sys.path, then in the current directory, or is a
 FILE.py, as --module's scenarios are) or a training run directory.
@@ -45,6 +48,12 @@ def register(subparsers) -> None:
     target.add_argument(
         "--worlds", metavar="W1,W2,...", help="play --seats of these worlds of one spec, one act_batch per tick"
     )
+    target.add_argument(
+        "--group", metavar="NAME", help="play --seats of every world of this named group, one act_batch per tick"
+    )
+    parser.add_argument(
+        "--invite-token", metavar="TOKEN", help="with --group: the owner's invitation to invitation-only seats"
+    )
     parser.add_argument(
         "--seat",
         "--seats",
@@ -58,8 +67,8 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--policy", default="random", help="random|noop|scripted|MODULE:CALLABLE|RUN_DIR")
     parser.add_argument("--episodes", type=int, help="stop after N episodes (default: until Ctrl-C)")
-    parser.add_argument("--steps", type=int, help="with --worlds: stop after N ticks")
-    parser.add_argument("--seconds", type=float, help="with --worlds: stop after this long")
+    parser.add_argument("--steps", type=int, help="with --worlds or --group: stop after N ticks")
+    parser.add_argument("--seconds", type=float, help="with --worlds or --group: stop after this long")
     parser.add_argument(
         "--config", action="append", default=[], metavar="KEY=VALUE", help="scenario config (value as JSON)"
     )
@@ -120,10 +129,11 @@ def _run_worlds(args: argparse.Namespace) -> int:
     from agora_marl.envserver.protocol import resolve_address
     from agora_marl.launch.policies import load_run_policy
 
+    which = "--group" if args.group is not None else "--worlds"
     if not args.seats:
-        raise SystemExit("agora play: --worlds needs --seats (agents or globs, e.g. --seats 'prey_*')")
+        raise SystemExit(f"agora play: {which} needs --seats (agents or globs, e.g. --seats 'prey_*')")
     try:
-        worlds = [int(w) for w in args.worlds.split(",") if w.strip()]
+        worlds = [int(w) for w in (args.worlds or "").split(",") if w.strip()]
     except ValueError:
         raise SystemExit(f"agora play: --worlds {args.worlds!r} must be world ids, comma-separated") from None
     seats = [s for value in args.seats for s in value.split(",") if s]
@@ -139,10 +149,13 @@ def _run_worlds(args: argparse.Namespace) -> int:
             server_key=args.server_key,
             client_key=args.client_key,
             run_loader=load_run_policy,
+            group=args.group,
+            invite_token=args.invite_token,
         )
     except (ServerError, ValueError) as exc:
         print(f"agora play: error: {exc}", file=sys.stderr)
         return 1
+    worlds = played.worlds
     print(f"{played.steps} ticks of {len(worlds)} worlds, {played.episodes} episodes ({played.reason})", flush=True)
     for world, returns in zip(worlds, played.world_returns, strict=True):
         if returns:
@@ -157,7 +170,7 @@ def _run_worlds(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
-    if args.worlds is not None:
+    if args.worlds is not None or args.group is not None:
         return _run_worlds(args)
 
     from agora_marl.agents.play import PlayError, PlaySettings, play
