@@ -28,8 +28,9 @@ def test_a_player_stepping_onto_a_coin_scores_it_and_the_rewards_are_zero_sum():
     obs, rewards, terminated, truncated = _act(world, RIGHT, STAY)
     assert rewards.tolist() == [[1.0, -1.0]] and world.present[0].tolist() == [False, True, True]
     assert not terminated.any() and not truncated.any()
-    # A taken coin reads as zeros; the score difference is each player's own.
-    assert obs["player_0"][0, 4:7].tolist() == [0, 0, 0] and obs["player_1"][0, 4:7].tolist() == [0, 0, 0]
+    # Coins nearest first, a taken coin last and as zeros; the score difference is each player's own.
+    assert obs["player_0"][0, 4:13] == pytest.approx([-0.25, -0.5, 1, 0.75, 0.5, 1, 0, 0, 0])
+    assert obs["player_1"][0, 4:7] == pytest.approx([0.25, 0.25, 1])
     assert obs["player_0"][0, -2] == pytest.approx(1 / 3) and obs["player_1"][0, -2] == pytest.approx(-1 / 3)
 
 

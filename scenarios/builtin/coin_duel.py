@@ -8,7 +8,7 @@ onto it, and a coin both players reach at the same step is lost to both. The pla
 | --- | --- |
 | agents | ``player_0``, ``player_1`` |
 | action space | ``Discrete(5)``: 0 stay, 1 up (row - 1), 2 down, 3 left (column - 1), 4 right (no-op: 0) |
-| observation | ``Box(-1, 1, (15,), float32)``: own row and column scaled to [-1, 1]; the opponent's offset; for each coin its offset and whether it is still there (zeros once taken); own score minus the opponent's, divided by 3; the fraction of the episode left. Offsets are divided by ``size - 1`` |
+| observation | ``Box(-1, 1, (15,), float32)``: own row and column scaled to [-1, 1]; the opponent's offset; for each coin, nearest first (Manhattan distance, then index; taken coins last, as zeros), its offset and a 1; own score minus the opponent's, divided by 3; the fraction of the episode left. Offsets are divided by ``size - 1`` |
 | reward | zero-sum: +1 for each coin the player collects this step, -1 for each coin the opponent collects |
 | termination | every coin taken; truncation after ``max_cycles`` (default 20) steps |
 | state | ``Box(-1, 1, (16,), float32)``: both positions, each coin's position and whether it is there (positions scaled to [-1, 1]), the score difference of ``player_0`` divided by 3, the fraction of the episode gone |
@@ -113,8 +113,12 @@ class CoinDuel(VectorScenario):
             own = self.pos[:, i]
             obs[:, i, 0:2] = 2 * own / scale - 1
             obs[:, i, 2:4] = (self.pos[:, j] - own) / scale
-            coin = np.concatenate([(self.coins - own[:, None]) / scale, np.ones((k, COINS, 1))], -1)
-            obs[:, i, 4 : 4 + 3 * COINS] = (coin * self.present[..., None]).reshape(k, -1)
+            offset = self.coins - own[:, None]
+            # Nearest first (then by index), taken coins last: the view does the sorting a network finds hard.
+            key = np.where(self.present, np.abs(offset).sum(-1), 4 * self.size) * COINS + np.arange(COINS)
+            order = np.argsort(key, axis=1)
+            coin = np.concatenate([offset / scale, np.ones((k, COINS, 1))], -1) * self.present[..., None]
+            obs[:, i, 4 : 4 + 3 * COINS] = np.take_along_axis(coin, order[..., None], 1).reshape(k, -1)
             obs[:, i, -2] = (self.score[:, i] - self.score[:, j]) / COINS
             obs[:, i, -1] = 1 - np.minimum(self.t, self.max_cycles) / self.max_cycles
         return {a: np.ascontiguousarray(obs[:, i]) for i, a in enumerate(self.possible_agents)}
