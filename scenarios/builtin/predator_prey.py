@@ -15,6 +15,7 @@ list) and every predator is rewarded. One predator alone rarely corners a faster
 | prey reward | -1 when caught, +0.01 for every other step |
 | termination | a prey when caught; the predators when no prey is left; truncation after ``max_cycles`` (default 60) |
 | state | ``Box(-1, 1, (2 n_predators + 3 n_prey + 1,), float32)``: all positions, prey still free, time fraction |
+| scripted players | ``scripted`` (agents/policies.py) plays either side with one prey: each predator runs straight at the prey, the prey flees every predator and the walls |
 """
 
 from __future__ import annotations
@@ -137,6 +138,43 @@ class PredatorPrey(Scenario):
         for pos, free in zip(self.prey_pos, self.free, strict=True):
             arena_disc(image, pos, 0.05, (40, 160, 70) if free else (170, 170, 170))
         return image
+
+
+def scripted_role(agent: str | None, observation_space, action_space) -> str | None:
+    """``"predator"`` or ``"prey"`` when a seat of this name and these spaces is one of this world's with its
+    default single prey (what ``scripted`` asks before playing it), else None."""
+    if agent is None or not isinstance(observation_space, Box) or observation_space.low.min() != -2.0:
+        return None
+    dim = observation_space.shape[0] if len(observation_space.shape) == 1 else 0
+    if agent.startswith("predator_") and action_space == Discrete(5) and dim >= 3 and dim % 2 == 1:
+        return "predator"
+    if agent.startswith("prey_") and action_space == Box(-1.0, 1.0, (2,), np.float32) and dim >= 4 and dim % 2 == 0:
+        return "prey"
+    return None
+
+
+def scripted_predator_moves(obs: np.ndarray) -> np.ndarray:
+    """Moves of scripted predators for a batch of observations ``(B, 2 n_predators + 3)`` (one prey): straight at the
+    prey along the axis of the larger offset; stay once it is caught. Each ignores its teammates, so three of them
+    herd a fast prey only by luck: a learning team does better."""
+    obs = np.asarray(obs, np.float64).reshape(len(obs), -1)
+    offset, free = obs[:, -3:-1], obs[:, -1] > 0.5
+    along_x = np.abs(offset[:, 0]) >= np.abs(offset[:, 1])
+    moves = np.where(along_x, np.where(offset[:, 0] < 0, 3, 4), np.where(offset[:, 1] < 0, 2, 1))
+    return np.where(free, moves, 0).astype(np.int64)
+
+
+def scripted_prey_moves(obs: np.ndarray) -> np.ndarray:
+    """Velocities of a scripted prey for a batch of observations ``(B, 2 + 2 n_predators)`` (one prey): away from the
+    predators, each weighted by the inverse square of its distance, and off the walls, which would corner it."""
+    obs = np.asarray(obs, np.float64).reshape(len(obs), -1)
+    own, offsets = obs[:, :2], obs[:, 2:].reshape(len(obs), -1, 2)
+    distance = np.maximum(np.linalg.norm(offsets, axis=-1, keepdims=True), 1e-3)
+    away = -(offsets / distance**3).sum(1)
+    away /= np.maximum(np.linalg.norm(away, axis=-1, keepdims=True), 1e-9)
+    walls = -np.sign(own) * np.clip((np.abs(own) - 0.6) / 0.4, 0.0, 1.0)
+    velocity = away + 1.5 * walls
+    return (velocity / np.maximum(np.linalg.norm(velocity, axis=-1, keepdims=True), 1e-9)).astype(np.float32)
 
 
 parallel_env = scenario_env(PredatorPrey)
