@@ -1,10 +1,12 @@
 """A custom agora agent in raw pyzmq + msgpack, written from docs/protocol.md alone (no agora code).
 
-usage: python examples/raw_client.py ADDRESS [SCENARIO | WORLD_ID | WORLD_ID,WORLD_ID,...] [EPISODES]
+usage: python examples/raw_client.py ADDRESS [SCENARIO | WORLD_ID | WORLD_ID,WORLD_ID,... | group:NAME:SEATS]
+                                      [EPISODES] [INVITE_TOKEN]
   creates a world of SCENARIO (default mpe2 simple_spread) holding every seat, or joins the free seats of WORLD_ID,
   then plays random legal actions in lockstep and prints each episode's return. With several world ids it joins
   the same free seats of each and plays them all with one act_batch message per tick (the batched partial-seat
-  mode: someone else may hold the other seats).
+  mode: someone else may hold the other seats). With group:NAME:SEATS it finds the worlds by their group's name
+  and takes SEATS (an agent name or a glob such as prey_*) of every one of them with one join_group.
 """
 
 import itertools
@@ -54,12 +56,20 @@ def sample(space):
     return {str(i): sample(sub) for i, sub in enumerate(space["spaces"])}  # Tuple
 
 
-def play_batch(sock, worlds, episodes):
-    """Hold the same free seats of several worlds and act in all of them with one act_batch per tick."""
-    joined = request(sock, "join", world=worlds[0], seats="all")
-    seats, spec = list(joined["seats"]), joined["spec"]
-    for world in worlds[1:]:
-        request(sock, "join", world=world, seats=seats)
+def play_batch(sock, worlds, episodes, group=None, invite_token=None):
+    """Hold the same free seats of several worlds (or SEATS of a named group's) and act in all of them with one
+    act_batch per tick."""
+    if group is not None:
+        name, pattern = group
+        joined = request(
+            sock, "join_group", group=name, seats=pattern, **({"invite_token": invite_token} if invite_token else {})
+        )
+        worlds, seats, spec = joined["worlds"], joined["seats"], joined["spec"]
+    else:
+        joined = request(sock, "join", world=worlds[0], seats="all")
+        seats, spec = list(joined["seats"]), joined["spec"]
+        for world in worlds[1:]:
+            request(sock, "join", world=world, seats=seats)
     print(f"worlds {worlds}: playing {seats}", flush=True)
     totals, done = np.zeros(len(worlds)), 0
     while done < int(episodes):
@@ -73,11 +83,16 @@ def play_batch(sock, worlds, episodes):
             totals[k] = 0.0
 
 
-def main(address, target="mpe2.simple_spread_v3:parallel_env", episodes=3):
+def main(address, target="mpe2.simple_spread_v3:parallel_env", episodes=3, invite_token=None):
     sock = zmq.Context.instance().socket(zmq.DEALER)
     sock.setsockopt(zmq.LINGER, 0)
     sock.connect(address)
     session["secret"] = request(sock, "hello", name="raw_client")["secret"]
+    if target.startswith("group:"):
+        _, name, pattern = target.split(":", 2)
+        play_batch(sock, None, episodes, group=(name, pattern), invite_token=invite_token)
+        sock.close()
+        return
     if "," in target:
         play_batch(sock, [int(w) for w in target.split(",")], episodes)
         sock.close()

@@ -15,11 +15,13 @@ from agora_marl.agents import AgentClient
 EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "raw_client.py"
 
 
-def _run(*args: str, cwd: Path) -> str:
+def _run(*args: str, cwd: Path, check: bool = True) -> str:
     # -I: no PYTHONPATH, no current directory on sys.path: the example cannot reach the project's code.
     done = subprocess.run(
         [sys.executable, "-I", str(EXAMPLE), *args], cwd=cwd, capture_output=True, text=True, timeout=60
     )
+    if not check:
+        return done.stdout + done.stderr
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -62,3 +64,23 @@ def test_example_plays_its_seats_of_several_shared_worlds_in_one_message(server,
         out = _run(server.address, ",".join(map(str, worlds)), "3", cwd=tmp_path)
         assert "playing ['agent_0', 'agent_1']" in out and out.count("(1 filled seats)") == 3, out
         assert [w["episode"] for w in owner.list_worlds()] == [1, 1, 1]
+
+
+def test_example_finds_a_named_group_and_plays_its_seats_with_the_invitation(server, tmp_path):
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        owner.hello(keep_alive_s=60.0)  # idle while the example plays
+        created = owner.create(
+            "mpe2.simple_spread_v3:parallel_env",
+            config={"max_cycles": 4},
+            copies=2,
+            wait_for_seats=False,
+            group="raw-league",
+            invite_only=["agent_1"],
+        )
+        for world in created.worlds:
+            owner.join(world, seats=["agent_2"])
+        target = "group:raw-league:agent_[01]"
+        refused = _run(server.address, target, "2", cwd=tmp_path, check=False)
+        assert "join_group: not_allowed" in refused
+        out = _run(server.address, target, "2", created.invite_token, cwd=tmp_path)
+        assert f"worlds {created.worlds}: playing ['agent_0', 'agent_1']" in out and out.count("(1 filled seats)") == 2
