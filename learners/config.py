@@ -1,6 +1,6 @@
 """A training run's settings: dataclasses filled from defaults, a TOML file and ``key=value`` overrides.
 
-A config file has top-level ``algo`` and three tables::
+A config file has top-level ``algo`` and four tables::
 
     algo = "mappo"                      # a key of ALGORITHMS
 
@@ -14,6 +14,9 @@ A config file has top-level ``algo`` and three tables::
 
     [ppo]                               # the algorithm's own table (ALGORITHMS names it)
     lr = 7e-4
+
+    [selfplay]                          # SelfPlaySettings: the snapshot pool, with env.opponent = "self-play"
+    sampling = "prioritised"
 
 Overrides use dotted keys with TOML values (``ppo.lr=3e-4``, ``env.config.N=4``, ``algo=ippo``); a value that
 is not valid TOML is taken as a string (``env.scenario=gymnasium:CartPole-v1``). ``env.config`` of the default
@@ -94,7 +97,8 @@ class EnvSettings:
     joins the same worlds as an independent client (docs/learners.md, 'Training against other clients')."""
     opponent: str = "random"
     """Where ``seats`` leaves seats to others: the policy playing them, ``random``, ``noop``, ``scripted`` or
-    ``module:callable`` (agents/policies.py)."""
+    ``module:callable`` (agents/policies.py); or ``self-play``: snapshots of the learner play them, in process
+    (the ``[selfplay]`` table; docs/learners.md, 'Self-play')."""
     opponent_deadline_ms: int = 5000
     """Where ``seats`` leaves seats to others: the worlds' deadline. A world steps when every held seat acted or at
     the deadline, the late seats filled: it bounds what a stalled opponent costs per step, and must exceed the
@@ -132,6 +136,28 @@ class RunSettings:
 
 
 @dataclass
+class SelfPlaySettings:
+    """Self-play (``env.opponent = "self-play"``): a pool of the learner's snapshots plays the seats ``env.seats``
+    leaves (learners/selfplay.py)."""
+
+    snapshot_every: int = 10
+    """Updates between the snapshots of the learner added to the pool (the first is the untrained learner)."""
+    capacity: int = 20
+    """Snapshots the pool keeps; when full, the oldest leaves."""
+    sampling: str = "prioritised"
+    """Which snapshot plays a world's next episode: ``latest``; ``uniform`` over the pool; ``prioritised`` by the
+    learner's results against each (weight ``(1 - p) ** priority_power``, p its smoothed win rate against it)."""
+    priority_power: float = 2.0
+    """``prioritised``: how strongly the snapshots the learner beats least are preferred (0: uniform)."""
+    eval_every: int = 10
+    """Updates between greedy evaluations against ``eval_opponent`` (metric ``selfplay/eval_win_rate``); 0: none."""
+    eval_opponent: str = "scripted"
+    """The fixed opponent of the evaluations, as ``env.opponent`` names one (``scripted``, ``random``, a run...)."""
+    eval_episodes: int = 64
+    """Episodes per evaluation (per rank), in worlds of their own seeded the same every time."""
+
+
+@dataclass
 class Config:
     """Everything a run needs; ``algo_settings`` is the chosen algorithm's ``Settings``."""
 
@@ -141,6 +167,7 @@ class Config:
     run: RunSettings = field(default_factory=RunSettings)
     algo_settings: Any = None
     """The algorithm's settings dataclass (filled from its table, e.g. ``[ppo]``)."""
+    selfplay: SelfPlaySettings = field(default_factory=SelfPlaySettings)
 
     def __post_init__(self) -> None:
         if self.algo_settings is None:
@@ -208,9 +235,9 @@ def from_table(table: dict) -> Config:
     algo = table.get("algo", Config.algo)
     module = algorithm_module(algo)
     section = ALGORITHMS[algo][1]
-    unknown = sorted(set(table) - {"algo", "env", "run"} - {sec for _, sec in ALGORITHMS.values()})
+    unknown = sorted(set(table) - {"algo", "env", "run", "selfplay"} - {sec for _, sec in ALGORITHMS.values()})
     if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; top-level keys are algo, env, run and {section}")
+        raise ConfigError(f"unknown config key(s) {unknown}; top-level keys are algo, env, run, {section} and selfplay")
     env = dict(table.get("env", {}))
     if env.get("scenario", DEFAULT_SCENARIO) == DEFAULT_SCENARIO and isinstance(env.get("config", {}), dict):
         # A partial config of the default world (env.config.N=4) keeps the rest of its defaults; another scenario
@@ -223,6 +250,7 @@ def from_table(table: dict) -> Config:
         env=_fill(EnvSettings, env, "env"),
         run=_fill(RunSettings, table.get("run", {}), "run"),
         algo_settings=_fill(module.Settings, table.get(section, {}), section),
+        selfplay=_fill(SelfPlaySettings, table.get("selfplay", {}), "selfplay"),
     )
 
 
@@ -233,6 +261,7 @@ def to_table(config: Config) -> dict:
         "env": dataclasses.asdict(config.env),
         "run": dataclasses.asdict(config.run),
         config.section: dataclasses.asdict(config.algo_settings),
+        "selfplay": dataclasses.asdict(config.selfplay),
     }
 
 

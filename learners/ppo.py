@@ -139,6 +139,7 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
         step, update, episodes = state["step"], state["update"], state["episodes"]
     for module in (policy, critics, norms):
         broadcast_parameters(module)
+    training.track(policy)  # self-play's snapshots copy it
     reducer = GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
     # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
     clip_parts = [reducer.part(net.parameters()) for net in [*(t.actor for t in teams), *(t.critic for t in teams)]]

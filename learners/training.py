@@ -26,6 +26,7 @@ from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.cuda import select_device
 from agora_marl.learners.policy import load_run_policy
 from agora_marl.learners.run import Run, TrainingStopped, UpdateEnd
+from agora_marl.learners.selfplay import SELF_PLAY, SelfPlayWorlds
 
 
 def torch_threads(config: Config) -> int:
@@ -56,17 +57,19 @@ def open_worlds(
 ) -> BatchedWorlds:
     """This rank's ``env.num_worlds`` worlds of the run's scenario, seeded for the rank, in the first of ``layouts``
     the world allows (``"stacked"`` needs every agent to share its spaces). With ``env.seats``, only those seats of
-    each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others."""
+    each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others. In
+    self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay)."""
     env = config.env
+    partial = bool(env.seats) and env.opponent != SELF_PLAY
     kwargs = dict(
         num_worlds=env.num_worlds,
         seed=mpi.seed_for_rank(config.run.seed),
-        state=state and not env.seats,
+        state=state and not partial,
         timeout_s=env.timeout_s,
         server_key=env.server_key or None,
         client_key=env.client_key or None,
     )
-    if env.seats:
+    if partial:
         kwargs.update(seats=list(env.seats), deadline_ms=env.opponent_deadline_ms)
     for layout in layouts[:-1]:
         try:
@@ -134,7 +137,7 @@ class Training:
 
     config: Config
     run: Run
-    worlds: BatchedWorlds
+    worlds: BatchedWorlds | SelfPlayWorlds
     device: torch.device
     resumed: dict[str, Any] | None
     """The state of the run's latest checkpoint (loaded onto ``device``), or None for a fresh run."""
@@ -142,6 +145,8 @@ class Training:
     """The metric the progress bar shows next to the steps."""
     opponents: list[subprocess.Popen] = field(default_factory=list)
     """The processes playing the seats the learner leaves to others (:func:`start_opponents`)."""
+    selfplay: SelfPlayWorlds | None = None
+    """In self-play (``env.opponent = "self-play"``): the worlds, which hold the pool of snapshots (= ``worlds``)."""
     _bar: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -153,6 +158,14 @@ class Training:
             self._bar = tqdm(
                 total=total, initial=min(start, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1
             )
+
+    def track(self, policy: torch.nn.Module) -> None:
+        """The algorithm's acting policy, once built (and restored): self-play's snapshots are copies of it. A fresh
+        self-play run logs its first evaluation at step 0. Collective."""
+        if self.selfplay is not None:
+            first = self.selfplay.start(policy, None if self.resumed is None else self.resumed.get("selfplay"))
+            if first:
+                self.run.log(0, 0, first)
 
     def end_update(
         self, step: int, update: int, metrics: dict[str, float], checkpoint: Callable[[], dict[str, Any]]
@@ -171,13 +184,18 @@ class Training:
                     f"the opponent process ({self.config.env.opponent} in {self.worlds.other_agents}) exited with "
                     f"status {process.returncode}: see its error above; the worlds would go on with its seats filled"
                 )
+        if self.selfplay is not None:
+            metrics.update(self.selfplay.end_update(update))
         end = self.run.end_update(step, update, metrics)
         if self._bar is not None:
             self._bar.update(min(step, self._bar.total) - self._bar.n)
             if self.progress_metric in metrics:
                 self._bar.set_postfix_str(f"{self.progress_metric} {metrics[self.progress_metric]:.1f}", refresh=False)
         if end.checkpoint:
-            self.run.save_checkpoint(checkpoint())
+            state = checkpoint()
+            if self.selfplay is not None:
+                state["selfplay"] = self.selfplay.state_dict()
+            self.run.save_checkpoint(state)
         if end.stop:
             raise TrainingStopped(step, update, end.reason)
         return end
@@ -201,14 +219,18 @@ def train_in_worlds(
     """Set this rank's threads and device, open its worlds (:func:`open_worlds`), restore the run's latest
     checkpoint, and run ``loop``; the worlds and the progress bar are closed however it ends. Returns what ``loop``
     returns (the final metrics). With ``env.seats``, the opponents of the other seats run as processes for as long
-    (:func:`start_opponents`). Collective: every rank calls it."""
+    (:func:`start_opponents`), or in self-play the learner's snapshots play them in process (learners.selfplay).
+    Collective: every rank calls it."""
     torch.set_num_threads(torch_threads(config))
     device = select_device(config.run.device)
     worlds = open_worlds(config, addresses, state, layouts)
-    training, opponents = None, []
+    training, opponents, selfplay = None, [], None
     try:
+        if config.env.opponent == SELF_PLAY:
+            worlds = selfplay = SelfPlayWorlds(worlds, config, addresses)
         opponents = start_opponents(config, worlds)
-        training = Training(config, run, worlds, device, run.restore(device), progress_metric, opponents)
+        resumed = run.restore(device)
+        training = Training(config, run, worlds, device, resumed, progress_metric, opponents, selfplay)
         return loop(training)
     finally:
         if training is not None:
