@@ -318,6 +318,15 @@ class BatchedWorlds:
             by_server.setdefault(chunk.client.address, []).extend(chunk.worlds)
         return list(by_server.items())
 
+    def seat_states(self) -> list[dict[str, str]]:
+        """Each world's seats, ``{agent: "free" | "held" | "lost"}``, in row order (one ``list`` per server): e.g.
+        whether other clients have taken the seats this client leaves them."""
+        states: list[dict[str, str]] = []
+        for client in self._clients:
+            listed = {w["world"]: w["seats"] for w in client.list_worlds()}
+            states += [listed.get(w, {}) for chunk in self._chunks if chunk.client is client for w in chunk.worlds]
+        return states
+
     @property
     def heartbeat_timeout_s(self) -> float:
         """The shortest heartbeat timeout of the servers: call :meth:`heartbeat` more often than this when idle."""

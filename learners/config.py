@@ -97,12 +97,27 @@ class EnvSettings:
     joins the same worlds as an independent client (docs/learners.md, 'Training against other clients')."""
     opponent: str = "random"
     """Where ``seats`` leaves seats to others: the policy playing them, ``random``, ``noop``, ``scripted`` or
-    ``module:callable`` (agents/policies.py); or ``self-play``: snapshots of the learner play them, in process
+    ``module:callable`` (agents/policies.py); ``external``: another program takes them (see ``group``), the learner
+    starts nobody and waits; or ``self-play``: snapshots of the learner play them, in process
     (the ``[selfplay]`` table; docs/learners.md, 'Self-play')."""
     opponent_deadline_ms: int = 5000
     """Where ``seats`` leaves seats to others: the worlds' deadline. A world steps when every held seat acted or at
     the deadline, the late seats filled: it bounds what a stalled opponent costs per step, and must exceed the
     learner's update, or the worlds go on without the learner during it (metric ``own_late``)."""
+    group: str = ""
+    """With ``seats``: name this learner's worlds on their servers, so that another program takes the other seats
+    by that name alone (another ``agora train`` with ``env.join``, ``agora play --group``, any client's
+    ``join_group``; with several ranks, rank r's worlds are ``NAME.rR``). Pair with ``opponent = "external"``."""
+    join: str = ""
+    """With ``seats``: instead of creating worlds, hold those seats of the worlds another learner named with
+    ``env.group`` (``env.scenario``, ``env.config`` and ``env.num_worlds`` must be the group's; ``env.connect`` its
+    servers). The other side owns the worlds: when it closes them, this learner stops."""
+    invite_only: bool = False
+    """With ``group``: the seats left to others are by invitation (the learner prints the token to pass on)."""
+    invite_token: str = ""
+    """With ``join``: the owner's invitation, where its seats are invitation-only."""
+    external_timeout_s: float = 300.0
+    """With ``opponent = "external"``: how long the learner waits for another program to take the other seats."""
 
 
 @dataclass

@@ -20,11 +20,21 @@ from typing import Any
 import torch
 
 from agora_marl.agents.batched import BatchedWorlds
+from agora_marl.agents.client import ServerError
 from agora_marl.agents.policies import named_policy
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.cuda import select_device
 from agora_marl.learners.policy import load_run_policy
+from agora_marl.learners.rendezvous import (
+    EXTERNAL,
+    WORLDS_GONE,
+    GroupMismatch,
+    check_rendezvous,
+    group_name,
+    join_group_worlds,
+    wait_for_external,
+)
 from agora_marl.learners.run import Run, TrainingStopped, UpdateEnd
 from agora_marl.learners.selfplay import SELF_PLAY, SelfPlayWorlds
 
@@ -60,6 +70,7 @@ def open_worlds(
     each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others. In
     self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay)."""
     env = config.env
+    check_rendezvous(env)
     partial = bool(env.seats) and env.opponent != SELF_PLAY
     kwargs = dict(
         num_worlds=env.num_worlds,
@@ -71,23 +82,37 @@ def open_worlds(
     )
     if partial:
         kwargs.update(seats=list(env.seats), deadline_ms=env.opponent_deadline_ms)
+    if env.group:
+        kwargs.update(group=group_name(env.group), invite_only=env.invite_only)
+
+    def worlds_in(layout: str) -> BatchedWorlds:
+        if env.join:
+            return join_group_worlds(config, addresses, layout)
+        return BatchedWorlds(addresses, env.scenario, env.config, layout=layout, **kwargs)
+
     for layout in layouts[:-1]:
         try:
-            return BatchedWorlds(addresses, env.scenario, env.config, layout=layout, **kwargs)
+            return worlds_in(layout)
+        except GroupMismatch:
+            raise
         except ValueError:  # this layout does not fit the world: try the next
             continue
-    return BatchedWorlds(addresses, env.scenario, env.config, layout=layouts[-1], **kwargs)
+    return worlds_in(layouts[-1])
 
 
 def start_opponents(config: Config, worlds: BatchedWorlds) -> list[subprocess.Popen]:
     """Processes playing ``env.opponent`` in the seats of ``worlds`` that the learner leaves to others, one per
     server (``agora play --worlds``, which plays a trained run directory too); none when the learner holds every seat.
-    They stop when the worlds close.
+    They stop when the worlds close. None either where another program holds those seats: a learner that joined a
+    group (``env.join``), or one whose ``env.opponent`` is ``external`` (it waits for them: learners.rendezvous).
 
     Raises:
         ValueError: ``env.opponent`` is no policy for those seats (checked here, before anything starts).
     """
-    if not worlds.partial:
+    if not worlds.partial or config.env.join:  # a joiner's other seats are the owner's business
+        return []
+    if config.env.opponent == EXTERNAL:
+        wait_for_external(config, worlds)
         return []
     env, spec = config.env, worlds.spec
     for agent in worlds.other_agents:
@@ -147,6 +172,8 @@ class Training:
     """The processes playing the seats the learner leaves to others (:func:`start_opponents`)."""
     selfplay: SelfPlayWorlds | None = None
     """In self-play (``env.opponent = "self-play"``): the worlds, which hold the pool of snapshots (= ``worlds``)."""
+    last_metrics: dict[str, float] = field(default_factory=dict, init=False)
+    """The metrics of the last update that ended (what a run cut short by its worlds' owner returns)."""
     _bar: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -186,6 +213,7 @@ class Training:
                 )
         if self.selfplay is not None:
             metrics.update(self.selfplay.end_update(update))
+        self.last_metrics = metrics
         end = self.run.end_update(step, update, metrics)
         if self._bar is not None:
             self._bar.update(min(step, self._bar.total) - self._bar.n)
@@ -232,6 +260,13 @@ def train_in_worlds(
         resumed = run.restore(device)
         training = Training(config, run, worlds, device, resumed, progress_metric, opponents, selfplay)
         return loop(training)
+    except ServerError as exc:
+        if not (config.env.join and exc.code in WORLDS_GONE):
+            raise
+        # The worlds are the other learner's: it finished and closed them. This run ends with what it has.
+        if mpi.is_root():
+            print(f"stopping: the owner of group {config.env.join!r} closed its worlds ({exc.code})", flush=True)
+        return training.last_metrics if training is not None else {}
     finally:
         if training is not None:
             training.close()
