@@ -95,6 +95,8 @@ class BatchedWorlds:
             of them by that name (:meth:`join_group`) instead of by world ids.
         invite_only: with ``seats``: the other seats are by invitation: only a client that brings the server's
             :attr:`invite_tokens` entry may take them.
+        render: create the worlds to draw frames (``create``'s ``render``), for a watcher (``agora watch``): a world
+            is drawn only when someone asks for a frame.
 
     :meth:`join_group` makes the other side: the seats of worlds another client created as a group.
     """
@@ -116,6 +118,7 @@ class BatchedWorlds:
         deadline_ms: int | None = None,
         group: str | None = None,
         invite_only: bool = False,
+        render: bool = False,
     ):
         if (group is not None or invite_only) and seats is None:
             raise ValueError("group and invite_only are for worlds whose other seats others hold: give seats too")
@@ -132,6 +135,7 @@ class BatchedWorlds:
                 deadline_ms,
                 group,
                 invite_only,
+                render,
             )
             self._describe()
         except BaseException:
@@ -260,6 +264,7 @@ class BatchedWorlds:
         deadline_ms: int | None,
         group: str | None,
         invite_only: bool,
+        render: bool,
     ) -> None:
         if self.num_worlds < 1:
             raise ValueError(f"num_worlds must be at least 1, got {self.num_worlds}")
@@ -272,7 +277,7 @@ class BatchedWorlds:
                 lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
                 seed = None if self._seed is None else self._seed + lo
                 if seats is None:
-                    created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True)
+                    created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True, render=render)
                 else:
                     # Per-copy worlds that wait for every seat: nothing ticks before the other clients joined.
                     created = client.create(
@@ -284,6 +289,7 @@ class BatchedWorlds:
                         wait_for_seats=True,
                         group=group,
                         invite_only=["*"] if invite_only else None,  # the owner takes its own seats regardless
+                        render=render,
                     )
                     self.owner_tokens[address] = created.owner_token
                     self.observer_tokens[address] = created.observer_token

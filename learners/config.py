@@ -118,6 +118,9 @@ class EnvSettings:
     """With ``join``: the owner's invitation, where its seats are invitation-only."""
     external_timeout_s: float = 300.0
     """With ``opponent = "external"``: how long the learner waits for another program to take the other seats."""
+    render: bool = False
+    """Create the worlds to draw frames for a watcher (``agora watch``; ``agora train --watch`` turns it on): a
+    world is drawn only when someone asks for a frame."""
 
 
 @dataclass

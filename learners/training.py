@@ -79,6 +79,7 @@ def open_worlds(
         timeout_s=env.timeout_s,
         server_key=env.server_key or None,
         client_key=env.client_key or None,
+        render=env.render,
     )
     if partial:
         kwargs.update(seats=list(env.seats), deadline_ms=env.opponent_deadline_ms)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from agora_marl.agents.client import AgentClient
+from agora_marl.agents.client import AgentClient, ServerError
 from agora_marl.agents.watch import Target, WatchServer, format_table, world_row
 from agora_marl.agents.watch.servers import encode_frame
 
@@ -269,3 +269,22 @@ def test_train_records_its_servers_and_serves_the_page_while_it_runs(make_server
         assert len(fetch("run")["points"]) == 5
     assert fetch("worlds") is None  # the page went with the block
     owner.close()
+
+
+@pytest.mark.parametrize("seats", [None, "predator_*"])
+def test_a_learners_worlds_created_to_render_give_frames(server, seats):
+    """``agora train --watch`` creates the learner's worlds with ``render`` (``env.render``): whole or partial, each
+    gives a frame when a watcher asks, and worlds made without it say so."""
+    from agora_marl.agents import BatchedWorlds
+
+    scenario = "predator_prey_v0"
+    watcher = AgentClient(server.address, operator=server.operator_secret)
+    with BatchedWorlds(server.address, scenario, num_worlds=2, seats=seats, render=True) as drawn:
+        frame = watcher.render(drawn.worlds[1])
+        assert frame.dtype == np.uint8 and frame.ndim == 3 and frame.shape[2] == 3
+    with (
+        BatchedWorlds(server.address, scenario, num_worlds=1, seats=seats) as plain,
+        pytest.raises(ServerError, match="bad_request"),
+    ):
+        watcher.render(plain.worlds[0])
+    watcher.close()

@@ -80,12 +80,15 @@ def _train(args: argparse.Namespace, mpi, stop) -> int:
     from agora_marl.learners.run import Run, TrainingStopped, default_run_dir
 
     writer = mpi.is_root()
+    overrides = list(args.overrides)
+    if args.watch is not None and not any(o.startswith("env.render=") for o in overrides):
+        overrides.append("env.render=true")  # the page shows the learner's worlds drawn
     if args.resume:
         if args.config:
             raise SystemExit("agora train: --resume continues a run with its saved config; drop --config")
-        run_dir = Run.open(args.resume, args.overrides, writer=writer)
+        run_dir = Run.open(args.resume, overrides, writer=writer)
     else:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, overrides)
         directory = mpi.broadcast_object(str(config.run.dir or default_run_dir(config)))
         config.run.dir = directory
         run_dir = Run.create(config, directory, writer=writer)
