@@ -12,6 +12,11 @@ observation its episode ended in (the world's ``final_obs``; for an agent cut sh
 has none on the wire, its last observation). Under MPI every rank samples its own worlds into its own buffer, and
 each gradient step is averaged over ranks with one allreduce (learners.mpi), so parameters stay identical.
 
+With ``env.seats`` the learner holds only those seats of its worlds (``BatchedWorlds(seats=...)``, one ``act_batch``
+per step) and has Q-networks for them alone; an opponent process plays the others (learners.training). Such a
+holder gets no global state, which IDQN never reads, and logs ``opponent_late`` / ``own_late``: the fraction of the
+other seats, and of its own, that the worlds filled at their deadline.
+
 One *update* of the loop below is ``steps_per_update`` environment steps per rank followed by ``gradient_steps``
 gradient steps; logging and checkpoints count these updates. A resumed run restores the networks, optimizer, replay
 buffers, counters and random streams, but its worlds start fresh episodes, so it does not repeat the uninterrupted
@@ -96,18 +101,24 @@ class QPolicy(nn.Module):
 
     ``possible_agents``, ``observation_spaces``, ``action_spaces`` and ``act`` make it a policy for learners.policy
     (evaluation, ``agora play --policy RUN_DIR``).
+
+    Args:
+        spec: the world's spec.
+        settings: the IDQN settings that shape the networks.
+        seats: the agents it acts for (default every agent of the world): a learner holding some seats of its worlds
+            (``env.seats``) has Q-networks for those only, so the other seats' spaces may be anything.
     """
 
-    def __init__(self, spec: WorldSpec, settings: Settings):
+    def __init__(self, spec: WorldSpec, settings: Settings, seats: list[str] | None = None):
         super().__init__()
         self.spec = spec
-        self.possible_agents = list(spec.possible_agents)
-        self.observation_spaces = dict(spec.observation_spaces)
-        self.action_spaces = dict(spec.action_spaces)
+        self.possible_agents = list(spec.possible_agents if seats is None else seats)
+        self.observation_spaces = {a: spec.observation_spaces[a] for a in self.possible_agents}
+        self.action_spaces = {a: spec.action_spaces[a] for a in self.possible_agents}
         self.epsilon = settings.eps_end
         self.rng = np.random.default_rng()  # exploration draws; the learner swaps in its seeded generator
         self.teams: list[tuple[str, list[str]]] = group_agents(
-            self.possible_agents, spec.observation_spaces, spec.action_spaces, settings.share
+            self.possible_agents, self.observation_spaces, self.action_spaces, settings.share
         )
         self.nets = nn.ModuleDict()
         self.layout: dict[str, tuple[int, int, int]] = {}  # team -> (obs_dim, id_dim, action start)
@@ -225,13 +236,11 @@ def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
 def _train(training: Training) -> dict[str, float]:
     config, run, worlds, device = training.config, training.run, training.worlds, training.device
     s: Settings = config.algo_settings
-    if worlds.partial:
-        raise ValueError("idqn trains every seat of its worlds: with env.seats use algo=ippo or algo=mappo")
     seed = mpi.seed_for_rank(config.run.seed)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     # -- networks, optimizer, buffers ------------------------------------------------------------------------
-    policy = QPolicy(worlds.spec, s).to(device)
+    policy = QPolicy(worlds.spec, s, worlds.possible_agents).to(device)  # the learner's seats (env.seats)
     broadcast_parameters(policy)
     target = copy.deepcopy(policy).requires_grad_(False)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.lr)
@@ -266,6 +275,7 @@ def _train(training: Training) -> dict[str, float]:
             "gradient_steps": gradient_steps,
             "episodes": episodes,
             "spec": worlds.spec.to_wire(),
+            "seats": policy.possible_agents,
             "policy": policy.state_dict(),
             "target": target.state_dict(),
             "optimizer": optimizer.state_dict(),
@@ -281,6 +291,7 @@ def _train(training: Training) -> dict[str, float]:
     recent: deque[float] = deque(maxlen=100)  # and of the last 100 episodes
     sums = torch.zeros(2, device=device)  # loss and mean-Q sums since the last log (read only when logging)
     count = 0  # gradient steps since the last log
+    late = np.zeros(3)  # partial seats: opponent_late and own_late summed over the batched steps since the last log
     metrics: dict[str, float] = {}
     started, start_step = time.monotonic(), step
     while step < config.run.total_steps:
@@ -290,6 +301,8 @@ def _train(training: Training) -> dict[str, float]:
             alive_before, obs_before = result.alive, result.obs
             actions = _noop_for_dead(policy.act(obs_before, greedy=False), alive_before, columns, policy)
             result = worlds.step(actions)
+            if result.opponent_late is not None:
+                late += (result.opponent_late, result.own_late, 1)
             _store(policy, buffers, columns, obs_before, actions, alive_before, result)
             running += result.rewards.sum(axis=1)
             finished += running[result.episode_over].tolist()
@@ -325,7 +338,7 @@ def _train(training: Training) -> dict[str, float]:
         if update % config.run.sync_every == 0 or step >= config.run.total_steps:
             check_in_sync(policy)
         if run.logs_at(step, update):  # the metrics are an allreduce: only when they are written
-            local = [sum(finished), len(finished), sum(recent), len(recent), *sums.tolist(), count]
+            local = [sum(finished), len(finished), sum(recent), len(recent), *sums.tolist(), count, *late]
             totals = [float(v) for v in mpi.allreduce_sum(np.array(local))]
             metrics = {
                 "epsilon": policy.epsilon,
@@ -340,7 +353,10 @@ def _train(training: Training) -> dict[str, float]:
                 metrics["return_recent"] = totals[2] / totals[3]
             if totals[6]:
                 metrics.update(loss=totals[4] / totals[6], q_mean=totals[5] / totals[6])
+            if worlds.partial and totals[9]:
+                metrics.update(opponent_late=totals[7] / totals[9], own_late=totals[8] / totals[9])
             finished, count = [], 0
+            late[:] = 0.0
             sums.zero_()
         training.end_update(step, update, metrics, checkpoint)
     return metrics
@@ -393,6 +409,6 @@ def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
 
 def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> QPolicy:
     """The trained Q-policy of a checkpoint (for evaluation and ``agora play``), on the CPU."""
-    policy = QPolicy(WorldSpec.from_wire(state["spec"]), config.algo_settings)
+    policy = QPolicy(WorldSpec.from_wire(state["spec"]), config.algo_settings, state.get("seats"))
     policy.load_state_dict(state["policy"])
     return policy
