@@ -3,7 +3,8 @@
 The K worlds are created in contiguous chunks over one or more servers (one socket per server). A step slices the
 actions by chunk, sends one ``step_batch`` per chunk to every server before reading any reply (so the servers step
 in parallel), then concatenates the replies in world order. The Python work per step is a few numpy calls per
-chunk and per field; nothing loops over worlds or agents of a world.
+chunk and per field; nothing loops over worlds or agents of a world. ``step_async(actions, rows)`` and ``step_wait``
+split a step in two, for some rows of the batch, so that several parts of it can be in flight at once (pipelining).
 
 With ``seats``, the client holds only those seats of each world (a learner training some agents against other
 clients, e.g. agents/opponents.py): the worlds wait until every seat is held, step by their own rule (a deadline
@@ -64,6 +65,16 @@ class _Chunk:
     client: AgentClient
     worlds: list[int]
     rows: slice
+
+
+@dataclass
+class PendingStep:
+    """A step sent with :meth:`BatchedWorlds.step_async`: what :meth:`BatchedWorlds.step_wait` collects."""
+
+    rows: slice
+    """The worlds stepped: rows of the batch."""
+    requests: list[tuple[AgentClient, int]]
+    """One request per chunk of worlds the rows cover: (its server's client, request id)."""
 
 
 class BatchedWorlds:
@@ -364,7 +375,9 @@ class BatchedWorlds:
             )
             for chunk in self._chunks
         ]
-        return self._gather(requests)
+        return self._result(
+            [chunk.client.reply(request_id) for chunk, request_id in zip(self._chunks, requests, strict=True)]
+        )
 
     def step(self, actions: dict[str, Any] | np.ndarray) -> BatchResult:
         """Step every world once: ``actions`` is ``{agent: (K, ...)}`` (layout "agents") or ``(K, N, ...)``.
@@ -372,26 +385,56 @@ class BatchedWorlds:
         Rows of agents that are not alive are ignored but must hold valid actions (e.g. the no-op). With partial seats,
         ``actions`` covers this client's seats only; the step waits until every world stepped (at most its deadline).
         """
-        if self.partial:
-            return self._act(actions)
-        if self.layout == LAYOUT_AGENTS:
+        return self.step_wait(self.step_async(actions))
+
+    def step_async(self, actions: dict[str, Any] | np.ndarray, rows: slice | None = None) -> PendingStep:
+        """Send one step of the worlds in ``rows`` (default: all K) without waiting; :meth:`step_wait` returns it.
+
+        ``actions`` covers those rows only: ``{agent: (len(rows), ...)}`` or ``(len(rows), N, ...)``. Steps of
+        disjoint rows may be in flight at once, so that a learner computes the actions of one part of its worlds while
+        the servers step another (gymnasium's ``step_async``/``step_wait``, EnvPool's async mode). Each world steps on
+        its own actions alone: a part's result holds what a whole-batch step would give its rows.
+
+        Raises:
+            ValueError: ``rows`` is not a slice of ``range(num_worlds)`` with at least one row.
+        """
+        rows = slice(0, self.num_worlds) if rows is None else rows
+        if not (
+            isinstance(rows, slice)
+            and rows.step in (None, 1)
+            and isinstance(rows.start, int)
+            and isinstance(rows.stop, int)
+            and 0 <= rows.start < rows.stop <= self.num_worlds
+        ):
+            raise ValueError(f"rows must be a slice of range({self.num_worlds}) with at least one row, got {rows!r}")
+        if self.layout == LAYOUT_STACKED and self.partial:
+            actions = {a: actions[:, i] for i, a in enumerate(self.possible_agents)}
+        if self.layout == LAYOUT_AGENTS or self.partial:
             wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
         else:
             wire = encode_value(self.action_spaces[self.possible_agents[0]], actions)
-        requests = [
-            chunk.client.send(
-                "step_batch",
-                worlds=chunk.worlds,
-                actions=_rows(wire, chunk.rows),
-                layout=self.layout,
-                state=self.want_state,
-            )
-            for chunk in self._chunks
-        ]
-        return self._gather(requests)
+        requests = []
+        for chunk in self._chunks:
+            lo, hi = max(rows.start, chunk.rows.start), min(rows.stop, chunk.rows.stop)
+            if lo >= hi:
+                continue
+            worlds = chunk.worlds[lo - chunk.rows.start : hi - chunk.rows.start]
+            part = _rows(wire, slice(lo - rows.start, hi - rows.start))
+            if self.partial:
+                request = chunk.client.send("act_batch", worlds=worlds, actions=part)
+            else:
+                request = chunk.client.send(
+                    "step_batch", worlds=worlds, actions=part, layout=self.layout, state=self.want_state
+                )
+            requests.append((chunk.client, request))
+        return PendingStep(rows, requests)
 
-    def _gather(self, requests: list[int]) -> BatchResult:
-        replies = [chunk.client.reply(request_id) for chunk, request_id in zip(self._chunks, requests, strict=True)]
+    def step_wait(self, pending: PendingStep) -> BatchResult:
+        """The result of a step sent with :meth:`step_async`: its rows only, in world order."""
+        replies = [client.reply(request_id) for client, request_id in pending.requests]
+        return self._act_result(replies) if self.partial else self._result(replies)
+
+    def _result(self, replies: list[dict]) -> BatchResult:
         fields: dict[str, Any] = {}
         for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over", "state"):
             if name in replies[0]:
@@ -422,15 +465,7 @@ class BatchedWorlds:
                     _set_row(obs[agent], k, values[agent])
         return BatchResult(obs=self._laid_out(obs), alive=alive)
 
-    def _act(self, actions: dict[str, Any] | np.ndarray) -> BatchResult:
-        if self.layout == LAYOUT_STACKED:
-            actions = {a: actions[:, i] for i, a in enumerate(self.possible_agents)}
-        wire = {a: encode_value(self.action_spaces[a], actions[a]) for a in self.possible_agents}
-        requests = [
-            chunk.client.send("act_batch", worlds=chunk.worlds, actions=_rows(wire, chunk.rows))
-            for chunk in self._chunks
-        ]
-        replies = [chunk.client.reply(request_id) for chunk, request_id in zip(self._chunks, requests, strict=True)]
+    def _act_result(self, replies: list[dict]) -> BatchResult:
         fields: dict[str, Any] = {
             name: _concat([r[name] for r in replies])
             for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over")

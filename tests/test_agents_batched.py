@@ -97,6 +97,45 @@ def test_two_servers_in_world_order(make_server):
     assert all(not s.worlds for s in servers)  # close() closed every world
 
 
+def _stacked(value):
+    return np.stack(list(value.values()), 1) if isinstance(value, dict) else value
+
+
+@pytest.mark.parametrize("layout", ["agents", "stacked"])
+def test_pipelined_parts_step_like_the_whole_batch(make_server, layout):
+    """Parts of the batch in flight at once (one across the two servers) give the rows that whole-batch steps give."""
+    addresses = [make_server().address, make_server().address]
+    k, config, kwargs = 6, {"max_cycles": 3}, dict(num_worlds=6, seed=7, layout=layout, state=True)
+    parts = [slice(0, 2), slice(2, 5), slice(5, 6)]  # 2:5 spans the servers' chunks (worlds 0-2 and 3-5)
+    rng = np.random.default_rng(0)
+    with (
+        BatchedWorlds(addresses, SPREAD, config, **kwargs) as piped,
+        BatchedWorlds(addresses, SPREAD, config, **kwargs) as whole,
+    ):
+        piped.reset(), whole.reset()
+
+        def actions_of(actions, rows):
+            if layout == "stacked":
+                return actions[rows]
+            return {a: actions[rows, i] for i, a in enumerate(piped.possible_agents)}
+
+        for t in range(4):  # across the auto-reset after step 3
+            actions = rng.integers(0, 5, (k, 3))
+            pending = [piped.step_async(actions_of(actions, rows), rows) for rows in parts]
+            results = [piped.step_wait(p) for p in reversed(pending)][::-1]  # all in flight, collected in any order
+            expected = whole.step(actions_of(actions, slice(0, k)))
+            assert expected.episode_over.all() == (t == 2)
+            for rows, got in zip(parts, results, strict=True):
+                for name in ("rewards", "terminated", "truncated", "alive", "episode_over", "state"):
+                    np.testing.assert_array_equal(getattr(got, name), getattr(expected, name)[rows])
+                np.testing.assert_array_equal(_stacked(got.obs), _stacked(expected.obs)[rows])
+                if t == 2:
+                    np.testing.assert_array_equal(_stacked(got.final_obs), _stacked(expected.final_obs)[rows])
+                    np.testing.assert_array_equal(got.final_state, expected.final_state[rows])
+        with pytest.raises(ValueError, match="rows must be a slice"):
+            piped.step_async(actions_of(actions, slice(0, 2)), slice(4, 8))
+
+
 def test_final_obs_rows_are_zero_where_a_server_had_none(make_server):
     servers = [make_server(), make_server()]
     with BatchedWorlds([s.address for s in servers], "gymnasium:CartPole-v1", num_worlds=2, seed=0) as batched:
