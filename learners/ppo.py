@@ -5,13 +5,17 @@ global state (``BatchedWorlds(state=True)``, plus optionally the agent's observa
 networks, told apart by an agent-id one-hot in their inputs (see learners.policy).
 
 One update: reset the worlds if this is the first update after a checkpoint boundary; step every world
-``rollout_steps`` times, sampling all agents of a team in one forward pass; compute every value in one pass of the
+``rollout_steps`` times, sampling all agents of a team in one forward pass, with ``pipeline`` parts of the worlds in
+flight (the servers step one part while the learner samples for the next); compute every value in one pass of the
 critic; GAE per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of
 ``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce and clipped per actor and
 per critic; then the end of the update (learners.training: log, checkpoint, stop).
 
 Resume is exact: at each checkpoint boundary the worlds are reset and torch's generator re-seeded from
-(seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped.
+(seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped. The parts
+of a pipelined rollout are fixed row ranges, sampled in a fixed order, so pipelining keeps that; it stays on-policy
+(every action comes from the current parameters and its world's latest observation), but samples the parts one
+after the other, so a different ``pipeline`` draws different (equally distributed) actions.
 """
 
 from __future__ import annotations
@@ -88,6 +92,10 @@ class Settings:
     """Normalise advantages per team (mean and std over all ranks)."""
     value_norm: bool = True
     """Learn values of normalised returns (running mean and std over all ranks)."""
+    pipeline: int = 2
+    """Parts of the worlds in flight during a rollout: the servers step one part while the learner samples the
+    actions of another (1: the whole batch, one step at a time). The parts are equal ranges of rows, fixed by
+    ``env.num_worlds`` and this alone, so a run with the same settings resumes exactly (docs/learners.md)."""
     box_bounds: str = "clip"
     """Box actions: ``clip`` the Gaussian sample into the bounds, or ``squash`` it through tanh."""
     log_std_init: float = 0.0
@@ -129,7 +137,8 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     norms = nn.ModuleDict({t.name: t.norm for t in teams if t.norm is not None})
     policy.to(device), critics.to(device), norms.to(device)
     params = [*policy.parameters(), *critics.parameters()]
-    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps, foreach=True)
+    # fused: one kernel over all parameters per step, where foreach launches one per operation
+    optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps, fused=True)
 
     step, update, episodes = 0, 0, 0
     state = training.resumed
@@ -144,6 +153,10 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
     clip_parts = [reducer.part(net.parameters()) for net in [*(t.actor for t in teams), *(t.critic for t in teams)]]
     steps_per_update = K * T * mpi.size()
+    if s.pipeline < 1:
+        raise ValueError(f"ppo.pipeline = {s.pipeline}: use 1 (no pipelining) or more parts of the worlds in flight")
+    split = np.array_split(np.arange(K), min(s.pipeline, K))
+    parts = [slice(int(rows[0]), int(rows[-1]) + 1) for rows in split]
     total_updates = math.ceil(rs.total_steps / steps_per_update)
 
     def checkpoint() -> dict[str, Any]:
@@ -175,26 +188,31 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
             result = _with_joint_state(worlds.reset(seed=int(world_seed) & 0x3FFFFFFF), joint)
             for team in teams:
                 team.start(result.obs, result.state)
-            alive, returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
+            alive[:], returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
         finished: list[np.ndarray] = []
         finished_lengths: list[np.ndarray] = []
         late = np.zeros(2)  # opponent_late, own_late summed over the rollout (partial seats)
+        # Pipelined: each part's next step goes out as soon as its actions are sampled, while the servers still step
+        # the other parts (docs/learners.md, 'Pipelined rollouts').
+        pending = [worlds.step_async(_act(teams, worlds, 0, rows, device), rows) for rows in parts]
         for t in range(T):
-            actions = _act(teams, worlds, t, device)
-            result = _with_joint_state(worlds.step(actions), joint)
-            if result.opponent_late is not None:
-                late += (result.opponent_late, result.own_late)
-            rows = np.flatnonzero(result.episode_over)
-            returns_k[:, 0] += result.rewards.sum(1)
-            lengths_k += 1
-            for i, team in enumerate(teams):
-                team.record(t, alive, result)
-                returns_k[:, 1 + i] += team.buf.rewards[t].sum(1)
-            if len(rows):
-                finished.append(returns_k[rows].copy())
-                finished_lengths.append(lengths_k[rows].copy())
-                returns_k[rows], lengths_k[rows] = 0.0, 0.0
-            alive = result.alive
+            for p, rows in enumerate(parts):
+                result = _with_joint_state(worlds.step_wait(pending[p]), joint)
+                if result.opponent_late is not None:
+                    late += np.multiply((result.opponent_late, result.own_late), (rows.stop - rows.start) / K)
+                returns_k[rows, 0] += result.rewards.sum(1)
+                lengths_k[rows] += 1
+                for i, team in enumerate(teams):
+                    team.record(t, rows, alive[rows], result)
+                    returns_k[rows, 1 + i] += team.buf.rewards[t, rows].sum(1)
+                ended = rows.start + np.flatnonzero(result.episode_over)
+                if len(ended):
+                    finished.append(returns_k[ended].copy())
+                    finished_lengths.append(lengths_k[ended].copy())
+                    returns_k[ended], lengths_k[ended] = 0.0, 0.0
+                alive[rows] = result.alive
+                if t + 1 < T:
+                    pending[p] = worlds.step_async(_act(teams, worlds, t + 1, rows, device), rows)
         step += steps_per_update
         worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
         rollout_s = time.perf_counter() - started
@@ -207,14 +225,16 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
         sums = torch.zeros(6, device=device)
         for epoch in range(s.epochs):
             last_epoch = epoch == s.epochs - 1  # statistics from the last pass only: they cost a sync per minibatch
+            # One gather per tensor and epoch; the minibatches are then contiguous views of the shuffled batch.
             orders = [torch.randperm(len(b["adv"]), device=device) for b in batches]
+            shuffled = [{k: v[order] for k, v in b.items()} for b, order in zip(batches, orders, strict=True)]
             for j in range(s.minibatches):
                 reducer.zero_grad()
                 loss = torch.zeros((), device=device)
-                for team, batch, order in zip(teams, batches, orders, strict=True):
-                    size = math.ceil(len(order) / s.minibatches)
-                    idx = order[j * size : (j + 1) * size]
-                    if len(idx) == 0:  # fewer live samples than minibatches: this rank adds a zero gradient
+                for team, batch in zip(teams, shuffled, strict=True):
+                    size = math.ceil(len(batch["adv"]) / s.minibatches)
+                    idx = slice(j * size, (j + 1) * size)
+                    if j * size >= len(batch["adv"]):  # fewer live samples than minibatches: a zero gradient here
                         continue
                     team_loss, stats = _loss(team, batch, idx, s, last_epoch)
                     loss = loss + team_loss
@@ -253,17 +273,18 @@ def _joint(obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _act(teams: list[Team], worlds: BatchedWorlds, t: int, device: torch.device) -> Any:
-    """Sample every agent's action at step ``t`` (one forward pass per team) in the worlds' layout."""
-    K = worlds.num_worlds
+def _act(teams: list[Team], worlds: BatchedWorlds, t: int, rows: slice, device: torch.device) -> Any:
+    """Sample the actions of every agent of worlds ``rows`` at step ``t`` (one forward pass per team), laid out as
+    the worlds take them."""
+    K = rows.stop - rows.start
     stacked = worlds.layout == "stacked"
     out: Any = None if stacked else {}
     for team in teams:
         buf = team.buf
-        x = torch.from_numpy(buf.actor_in[t]).reshape(K * buf.agents, -1).to(device)
+        x = torch.from_numpy(buf.actor_in[t, rows]).reshape(K * buf.agents, -1).to(device)
         actions, log_probs = team.actor.head.sample(team.actor.actor(x))
-        buf.actions[t] = actions.reshape(K, buf.agents, *buf.actions.shape[3:]).cpu()
-        buf.log_probs[t] = log_probs.reshape(K, buf.agents).cpu()
+        buf.actions[t, rows] = actions.reshape(K, buf.agents, *buf.actions.shape[3:]).cpu()
+        buf.log_probs[t, rows] = log_probs.reshape(K, buf.agents).cpu()
         values = team.actor.head.to_env(actions)
         values = values.reshape(K, buf.agents, *values.shape[1:])
         if stacked and len(teams) == 1:
@@ -322,7 +343,7 @@ def _prepare(team: Team, s: Any, device: torch.device) -> dict[str, torch.Tensor
 
 
 def _loss(
-    team: Team, batch: dict[str, torch.Tensor], idx: torch.Tensor, s: Any, with_stats: bool
+    team: Team, batch: dict[str, torch.Tensor], idx: slice, s: Any, with_stats: bool
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The PPO loss of one team's minibatch and, ``with_stats``, its statistics (policy loss, value loss, entropy,
     approx KL, clip fraction, explained variance)."""

@@ -165,25 +165,26 @@ class Team:
         """Write the first inputs of a rollout from freshly reset worlds."""
         self.write_inputs(self.buf.actor_in[0], self.buf.critic_in[0], obs, state)
 
-    def record(self, t: int, alive: np.ndarray, result: BatchResult) -> None:
-        """Store step ``t`` of the rollout: who acted (``alive`` before it), rewards, episode ends, the next inputs,
-        and the critic inputs of the final observations of the episodes that ended."""
+    def record(self, t: int, rows: slice, alive: np.ndarray, result: BatchResult) -> None:
+        """Store step ``t`` of worlds ``rows`` (``result`` holds those rows only): who acted (``alive`` before it),
+        rewards, episode ends, the next inputs, and the critic inputs of the final observations of the episodes that
+        ended."""
         buf, cols, over = self.buf, self.columns, result.episode_over
-        buf.active[t] = alive[:, cols]
-        buf.rewards[t] = result.rewards[:, cols]
-        buf.terminated[t] = result.terminated[:, cols]
+        buf.active[t, rows] = alive[:, cols]
+        buf.rewards[t, rows] = result.rewards[:, cols]
+        terminated = buf.terminated[t, rows] = result.terminated[:, cols]
         truncated = result.truncated[:, cols]
-        buf.ended[t] = buf.terminated[t] | truncated | over[:, None]
-        buf.cut_short[t] = truncated & ~buf.terminated[t] & ~over[:, None]
-        self.write_inputs(buf.actor_in[t + 1], buf.critic_in[t + 1], result.obs, result.state)
-        rows = np.flatnonzero(over)
-        if len(rows):
+        buf.ended[t, rows] = terminated | truncated | over[:, None]
+        buf.cut_short[t, rows] = truncated & ~terminated & ~over[:, None]
+        self.write_inputs(buf.actor_in[t + 1, rows], buf.critic_in[t + 1, rows], result.obs, result.state)
+        ended = np.flatnonzero(over)
+        if len(ended):
             final_obs = result.final_obs
-            final_obs = {a: v[rows] for a, v in final_obs.items()} if isinstance(final_obs, dict) else final_obs[rows]
-            final_state = result.final_state[rows] if self.centralized else None
-            inputs = np.repeat(buf.critic_in[0, :1], len(rows), axis=0)  # keeps the agent-id columns
+            final_obs = {a: v[ended] for a, v in final_obs.items()} if isinstance(final_obs, dict) else final_obs[ended]
+            final_state = result.final_state[ended] if self.centralized else None
+            inputs = np.repeat(buf.critic_in[0, :1], len(ended), axis=0)  # keeps the agent-id columns
             self.write_inputs(None, inputs, final_obs, final_state)
-            buf.add_final(t, rows, inputs)
+            buf.add_final(t, rows.start + ended, inputs)
 
 
 def gae(
