@@ -135,12 +135,13 @@ class QPolicy(nn.Module):
     def inputs(self, team: str, agents: list[str], obs: dict[str, np.ndarray]) -> np.ndarray:
         """Network inputs ``(B, len(agents), in_dim)`` for observations ``{agent: (B, *shape)}``."""
         obs_dim, id_dim, _ = self.layout[team]
+        members = dict(self.teams)[team]
         batch = len(obs[agents[0]])
         x = np.zeros((batch, len(agents), obs_dim + id_dim), np.float32)
         for j, agent in enumerate(agents):
             x[:, j, :obs_dim] = np.asarray(obs[agent]).reshape(batch, -1)
-        if id_dim:
-            x[:, :, obs_dim:] = np.eye(id_dim, dtype=np.float32)
+            if id_dim:  # the agent's index in its whole team: ``agents`` may be some of them (one seat played)
+                x[:, j, obs_dim + members.index(agent)] = 1.0
         return x
 
     @torch.no_grad()

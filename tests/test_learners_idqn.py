@@ -96,6 +96,16 @@ def test_actions_respect_the_space_start_and_box_actions_are_refused() -> None:
         idqn.QPolicy(_spec(action=spaces.Box(-1, 1, (2,))), idqn.Settings())
 
 
+def test_one_seat_of_a_team_acts_as_it_does_beside_its_teammates() -> None:
+    """``agora play --policy RUN_DIR`` and ``agora record`` ask for one seat at a time: its agent-id one-hot is still
+    its index in the team."""
+    policy = idqn.QPolicy(_spec(agents=3), idqn.Settings())
+    obs = {a: np.random.default_rng(0).normal(size=(6, 3)).astype(np.float32) for a in policy.possible_agents}
+    together = policy.act(obs)
+    for agent in policy.possible_agents:
+        assert np.array_equal(policy.act({agent: obs[agent]})[agent], together[agent])
+
+
 def test_resume_continues_counters_and_experience(tmp_path: Path, server: list[str]) -> None:
     overrides = [*CARTPOLE, "run.total_steps=1024", "run.checkpoint_every=2", "idqn.learning_starts=256"]
     config = load_config(None, overrides)
