@@ -14,6 +14,7 @@ list) and every predator is rewarded. One predator alone rarely corners a faster
 | predator reward | +1 to every predator for each prey caught this step, minus ``0.01 x`` its distance to the nearest free prey |
 | prey reward | -1 when caught, +0.01 for every other step |
 | termination | a prey when caught; the predators when no prey is left; truncation after ``max_cycles`` (default 60) |
+| info | at the episode's last step, ``winner``: ``"predator"`` when no prey is left, ``"prey"`` when one lasted ``max_cycles`` (``agora eval``'s win rates); empty before |
 | state | ``Box(-1, 1, (2 n_predators + 3 n_prey + 1,), float32)``: all positions, prey still free, time fraction |
 | scripted players | ``scripted`` (agents/policies.py) plays either side with one prey: each predator runs straight at the prey, the prey flees every predator and the walls |
 """
@@ -123,6 +124,14 @@ class PredatorPrey(Scenario):
         if agent in self.predators:
             return not self.free.any()
         return not self.free[self.prey.index(agent)]
+
+    def info(self, agent: str) -> dict:
+        # The outcome, on the last step only: batched training ignores infos, and an empty one costs nothing on `act`.
+        if not self.free.any():
+            return {"winner": "predator"}
+        if self.t >= self.max_cycles:
+            return {"winner": "prey"}
+        return {}
 
     def state(self) -> np.ndarray:
         time = min(1.0, self.t / self.max_cycles)
