@@ -14,6 +14,7 @@ fills the seats whose holder is late) and reset themselves, and a step is one ``
 from __future__ import annotations
 
 import contextlib
+import itertools
 import time
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -108,6 +109,10 @@ class BatchedWorlds:
             :attr:`invite_tokens` entry may take them.
         render: create the worlds to draw frames (``create``'s ``render``), for a watcher (``agora watch``): a world
             is drawn only when someone asks for a frame.
+        parts: create the worlds in this many contiguous parts of rows (``numpy.array_split`` of the K rows), each
+            by requests of its own, so that :meth:`step_async` may step one part alone: a vector-backed group (one
+            per ``create``) steps only whole. A learner that keeps P parts in flight asks for P. Copy k is seeded
+            ``seed + k`` however the worlds are split.
 
     :meth:`join_group` makes the other side: the seats of worlds another client created as a group.
     """
@@ -130,6 +135,7 @@ class BatchedWorlds:
         group: str | None = None,
         invite_only: bool = False,
         render: bool = False,
+        parts: int = 1,
     ):
         if (group is not None or invite_only) and seats is None:
             raise ValueError("group and invite_only are for worlds whose other seats others hold: give seats too")
@@ -147,6 +153,7 @@ class BatchedWorlds:
                 group,
                 invite_only,
                 render,
+                parts,
             )
             self._describe()
         except BaseException:
@@ -276,16 +283,24 @@ class BatchedWorlds:
         group: str | None,
         invite_only: bool,
         render: bool,
+        parts: int,
     ) -> None:
         if self.num_worlds < 1:
             raise ValueError(f"num_worlds must be at least 1, got {self.num_worlds}")
+        if parts < 1:
+            raise ValueError(f"parts must be at least 1, got {parts}")
         shares = np.array_split(np.arange(self.num_worlds), min(len(addresses), self.num_worlds))
+        part_starts = {int(p[0]) for p in np.array_split(np.arange(self.num_worlds), min(parts, self.num_worlds))}
         self.group = group
         for address, rows in zip(addresses, shares, strict=False):
             client = self._connect(address, timeout_s, server_key, client_key)
             max_batch = int(client.welcome["limits"].get("max_batch", len(rows)))
-            for start in range(0, len(rows), max_batch):
-                lo, hi = int(rows[start]), int(rows[min(start + max_batch, len(rows)) - 1]) + 1
+            first, end = int(rows[0]), int(rows[-1]) + 1
+            cuts = sorted({first, end, *(p for p in part_starts if first < p < end)})
+            segments = [
+                (lo, min(lo + max_batch, b)) for a, b in itertools.pairwise(cuts) for lo in range(a, b, max_batch)
+            ]
+            for lo, hi in segments:
                 seed = None if self._seed is None else self._seed + lo
                 if seats is None:
                     created = client.create(scenario, config, seed=seed, copies=hi - lo, join=True, render=render)

@@ -109,7 +109,10 @@ def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
     """
     centralized = config.algo == "mappo"
     loop = partial(_train, centralized=centralized)
-    return train_in_worlds(config, run, addresses, loop, state=centralized, layouts=("stacked", "agents"))
+    # One part of the worlds per request: a rollout keeps ppo.pipeline parts in flight, and a vector-backed part
+    # steps only whole.
+    parts = config.algo_settings.pipeline if isinstance(config.algo_settings, Settings) else 1
+    return train_in_worlds(config, run, addresses, loop, state=centralized, layouts=("stacked", "agents"), parts=parts)
 
 
 def _train(training: Training, centralized: bool) -> dict[str, float]:

@@ -63,12 +63,13 @@ def torch_threads(config: Config) -> int:
 
 
 def open_worlds(
-    config: Config, addresses: list[str], state: bool = False, layouts: Sequence[str] = ("agents",)
+    config: Config, addresses: list[str], state: bool = False, layouts: Sequence[str] = ("agents",), parts: int = 1
 ) -> BatchedWorlds:
     """This rank's ``env.num_worlds`` worlds of the run's scenario, seeded for the rank, in the first of ``layouts``
     the world allows (``"stacked"`` needs every agent to share its spaces). With ``env.seats``, only those seats of
     each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others. In
-    self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay)."""
+    self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay). The worlds are
+    created in ``parts`` parts of rows, which a pipelined rollout steps one at a time (``BatchedWorlds``' ``parts``)."""
     env = config.env
     check_rendezvous(env)
     partial = bool(env.seats) and env.opponent != SELF_PLAY
@@ -80,6 +81,7 @@ def open_worlds(
         server_key=env.server_key or None,
         client_key=env.client_key or None,
         render=env.render,
+        parts=parts,
     )
     if partial:
         kwargs.update(seats=list(env.seats), deadline_ms=env.opponent_deadline_ms)
@@ -244,6 +246,7 @@ def train_in_worlds(
     state: bool = False,
     layouts: Sequence[str] = ("agents",),
     progress_metric: str = "return",
+    parts: int = 1,
 ) -> dict[str, float]:
     """Set this rank's threads and device, open its worlds (:func:`open_worlds`), restore the run's latest
     checkpoint, and run ``loop``; the worlds and the progress bar are closed however it ends. Returns what ``loop``
@@ -252,7 +255,7 @@ def train_in_worlds(
     Collective: every rank calls it."""
     torch.set_num_threads(torch_threads(config))
     device = select_device(config.run.device)
-    worlds = open_worlds(config, addresses, state, layouts)
+    worlds = open_worlds(config, addresses, state, layouts, parts)
     training, opponents, selfplay = None, [], None
     try:
         if config.env.opponent == SELF_PLAY:
