@@ -91,6 +91,19 @@ def test_idqn_predators_beat_random_predators_against_a_random_prey(tmp_path, se
     assert policy.possible_agents == state["seats"] and [team for team, _ in policy.teams] == ["predator"]
 
 
+def test_idqn_with_partial_seats_resumes_its_counters_and_experience(tmp_path, servers):
+    overrides = ["algo=idqn", "env.num_worlds=8", "run.total_steps=512", "idqn.learning_starts=256"]
+    run, _ = _train(tmp_path, servers, idqn, *overrides)
+    resumed = Run.open(run.directory, ["run.total_steps=1024"])
+    try:
+        metrics = idqn.train(resumed.config, resumed, servers)
+    finally:
+        resumed.close()
+    state = load_checkpoint(resumed.checkpoints()[-1])
+    assert state["step"] == 1024 and state["buffers"]["predator"]["size"] == 3 * 1024  # three predators per step
+    assert state["seats"] == ["predator_0", "predator_1", "predator_2"] and metrics["opponent_late"] < 0.1
+
+
 def test_an_unknown_opponent_policy_is_refused_before_anything_starts(tmp_path, servers):
     with pytest.raises(ValueError, match="unknown policy"):
         _train(tmp_path, servers, ppo, "algo=ippo", "env.opponent=nobody", "run.total_steps=1000")
