@@ -96,9 +96,9 @@ class EnvSettings:
     command line). Empty: every seat. Otherwise the other seats are played by ``opponent`` in another process, which
     joins the same worlds as an independent client (docs/learners.md, 'Training against other clients')."""
     opponent: str = "random"
-    """Where ``seats`` leaves seats to others: the policy playing them, ``random``, ``noop``, ``scripted`` or
-    ``module:callable`` (agents/policies.py); ``external``: another program takes them (see ``group``), the learner
-    starts nobody and waits; or ``self-play``: snapshots of the learner play them, in process
+    """Where ``seats`` leaves seats to others: the policy playing them, ``random``, ``noop``, ``scripted``,
+    ``module:callable`` (agents/policies.py) or a trained run directory (its greedy policy); ``external``: another
+    program takes them (see ``group``), the learner starts nobody and waits; or ``self-play``: snapshots of the learner play them, in process
     (the ``[selfplay]`` table; docs/learners.md, 'Self-play')."""
     opponent_deadline_ms: int = 5000
     """Where ``seats`` leaves seats to others: the worlds' deadline. A world steps when every held seat acted or at
