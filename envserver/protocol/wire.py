@@ -70,24 +70,34 @@ def _msgpack_default(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} in a message header")
 
 
+#: Header values that are never walked: looked up by exact type, they skip the isinstance tests.
+_PLAIN_TYPES = frozenset({str, int, float, bool, type(None), list, bytes})
+
+
 def _extract_arrays(node: dict, path: list[str], table: list, frames: list) -> dict:
     out = {}
     for key, value in node.items():
-        if isinstance(value, np.ndarray):
+        kind = type(value)
+        if kind in _PLAIN_TYPES:
+            out[key] = value
+        elif isinstance(value, np.ndarray):
             array = np.ascontiguousarray(value)
-            table.append([[*path, key], dtype_name(array.dtype), list(array.shape)])
-            frames.append(array if array.dtype.byteorder != ">" else array.astype(array.dtype.newbyteorder("<")))
+            name = _NAME_OF_DTYPE.get(array.dtype)  # every native little-endian dtype; dtype_name does the rest
+            if name is None:
+                name = dtype_name(array.dtype)
+                if array.dtype.byteorder == ">":
+                    array = array.astype(array.dtype.newbyteorder("<"))
+            table.append([[*path, key], name, list(array.shape)])
+            frames.append(array)
         elif isinstance(value, dict):
+            arrays_before = len(table)
             sub = _extract_arrays(value, [*path, key], table, frames)
-            if sub or not _has_arrays(value):
+            # A map that held only arrays travels as its arrays' paths alone; an empty map stays a map.
+            if sub or len(table) == arrays_before:
                 out[key] = sub
         else:
             out[key] = value
     return out
-
-
-def _has_arrays(node: dict) -> bool:
-    return any(isinstance(v, np.ndarray) or (isinstance(v, dict) and _has_arrays(v)) for v in node.values())
 
 
 def pack(message: dict) -> list:
@@ -160,6 +170,9 @@ def _insert(message: dict, path: list[str], array: np.ndarray, request_id: int) 
     node[path[-1]] = array
 
 
+_ABSENT = object()
+
+
 def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
     """The message carried by ``frames`` (header fields with the arrays put in place at their paths).
 
@@ -173,16 +186,17 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
     if not frames:
         raise _fail("empty message")
     raw = _as_bytes_like(frames[0])
-    if memoryview(raw).nbytes > max_header_bytes:
+    if (len(raw) if type(raw) is bytes else memoryview(raw).nbytes) > max_header_bytes:
         raise _fail(f"header is over {max_header_bytes} bytes")
     try:
         header = msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=True)
     except Exception as exc:  # msgpack raises several unrelated types for corrupt input
         raise _fail(f"header frame is not valid msgpack ({type(exc).__name__}: {exc})") from None
-    if not isinstance(header, dict):
+    # msgpack makes exact ints, strs, lists and dicts, so exact type tests stand for isinstance (and keep bools out).
+    if type(header) is not dict:
         raise _fail(f"header must be a msgpack map, got {type(header).__name__}")
     request_id = header.setdefault("id", 0)
-    if not isinstance(request_id, int) or isinstance(request_id, bool):
+    if type(request_id) is not int:
         raise _fail("'id' must be an integer")
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # `True == 1` in Python, not on the wire
@@ -192,10 +206,14 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
             f'send "v": {PROTOCOL_VERSION} in every header, or upgrade the client',
             request_id,
         )
-    if not isinstance(header.get("op"), str):
+    if type(header.get("op")) is not str:
         raise _fail("header needs a string field 'op'", request_id)
-    table = header.pop("arrays", [])
-    if not isinstance(table, list):
+    table = header.pop("arrays", _ABSENT)
+    if table is _ABSENT:
+        if len(frames) > 1:
+            raise _fail(f"'arrays' describes 0 arrays but {len(frames) - 1} array frames came", request_id)
+        return header
+    if type(table) is not list:
         raise _fail("'arrays' must be a list", request_id)
     if len(table) != len(frames) - 1:
         raise _fail(f"'arrays' describes {len(table)} arrays but {len(frames) - 1} array frames came", request_id)
