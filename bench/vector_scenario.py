@@ -5,16 +5,19 @@ For each vectorised built-in (foraging_v0, cover_v0), or each ``--scenario NAME`
 ``--module FILE.py`` as in ``agora scenarios check``), one run prints, side by side:
 
 - world-steps/s of the vectorised form in process (one ``step`` for K copies, then ``reset`` of finished copies:
-  what a server does per batch), with CPU seconds per batch;
+  what a server does per batch), with CPU per batch;
 - world-steps/s of the per-copy form (the same scenario as K PettingZoo ParallelEnvs) stepped in a Python loop;
 - world-steps/s served: one client (``agents.BatchedWorlds``) stepping K worlds that the server backs with one
-  vectorised scenario, through ``python -m agora_marl.envserver`` on ipc://, layouts "stacked" and "agents";
-- the ratios: vectorised / looped (the gain), and served / vectorised in process (target >= 0.6).
+  vectorised scenario, through ``python -m agora_marl.envserver``, layouts "stacked" and "agents" (one batch in
+  flight: client and server wait for each other), and two groups of K both in flight (the server never idle);
+  the client's and the server's CPU per batch (the server's from /proc, every thread);
+- the ratios: vectorised / looped (the gain), and served / vectorised in process (issue 11's target: >= 0.75).
 
-Random actions are drawn once (a pool of batches) so that sampling is not timed. Wall-clock figures on a shared
-machine move with its load; compare the ratios of one run.
+The in-process and served measurements alternate in slices, so that a change of the machine's load hits them all.
+Random actions are drawn once (a pool of batches) so that sampling is not timed. Compare the ratios of one run.
 
-usage: python bench/vector_scenario.py [--seconds 3] [--scenario NAME ...] [--module FILE.py ...] [--config K=V ...]
+usage: python bench/vector_scenario.py [--seconds 3] [--rounds 4] [--scenario NAME ...] [--module FILE.py ...]
+       [--config K=V ...]
 """
 
 from __future__ import annotations
@@ -25,11 +28,11 @@ import json
 import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
+from measure import process_cpu
 
-from agora_marl.agents import BatchedWorlds
+from agora_marl.agents import AgentClient, BatchedWorlds
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.scenarios import make_env, make_vector
 from agora_marl.scenarios.registry import load_scenario_module
@@ -59,18 +62,31 @@ def action_pool(name: str, config: dict, k: int, batches: int = 16) -> list[dict
     return [{a: np.stack([space.sample() for _ in range(k)]) for a, space in samplers.items()} for _ in range(batches)]
 
 
-def vectorised(name: str, config: dict, k: int, seconds: float) -> tuple[float, float]:
-    vector = make_vector(name, k, config)
-    vector.reset(seed=0)
-    pool = action_pool(name, config, k)
+class Vectorised:
+    """The vectorised form in process: one ``step`` for K copies, then ``reset`` of the finished ones (what a server
+    does per batch), measured over one or more slices."""
 
-    def step(i: int) -> None:
-        _, _, terminated, truncated = vector.step(pool[i % len(pool)])
+    def __init__(self, name: str, config: dict, k: int) -> None:
+        self.vector = make_vector(name, k, config)
+        self.vector.reset(seed=0)
+        self.pool = action_pool(name, config, k)
+        self.calls, self.wall, self.cpu = 0, 0.0, 0.0
+        self.step(0)
+
+    def step(self, i: int) -> None:
+        _, _, terminated, truncated = self.vector.step(self.pool[i % len(self.pool)])
         done = np.flatnonzero((terminated | truncated).any(1))
         if done.size:
-            vector.reset(copies=done)
+            self.vector.reset(copies=done)
 
-    return timed(step, seconds, k)
+    def run(self, seconds: float) -> None:
+        calls, started, cpu = 0, time.perf_counter(), time.process_time()
+        while time.perf_counter() - started < seconds:
+            self.step(self.calls + calls)
+            calls += 1
+        self.calls += calls
+        self.wall += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
 
 
 def looped(name: str, config: dict, k: int, seconds: float) -> tuple[float, float]:
@@ -89,40 +105,75 @@ def looped(name: str, config: dict, k: int, seconds: float) -> tuple[float, floa
     return timed(step, seconds, k)
 
 
-def process_cpu(pid: int) -> float:
-    """CPU seconds (user + system) used so far by process ``pid`` (Linux /proc; NaN elsewhere)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return float("nan")
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+class Served:
+    """One client stepping K worlds that the server backs with one vectorised scenario (``BatchedWorlds``, one batch
+    in flight: each waits for the other's work), measured over one or more slices."""
 
-
-def served(
-    address: str, pid: int, name: str, config: dict, k: int, seconds: float, layout: str
-) -> tuple[float, float, float]:
-    """World-steps/s, client CPU seconds per batch and server CPU seconds per batch."""
-    pool = action_pool(name, config, k)
-    with BatchedWorlds(address, name, config, num_worlds=k, seed=0, layout=layout) as worlds:
-        worlds.reset()
-        agents = worlds.possible_agents
+    def __init__(self, address: str, pid: int, name: str, config: dict, k: int, layout: str) -> None:
+        self.pool = action_pool(name, config, k)
+        self.worlds = BatchedWorlds(address, name, config, num_worlds=k, seed=0, layout=layout)
+        self.worlds.reset()
         if layout == "stacked":
-            pool = [np.stack([x[a] for a in agents], 1) for x in pool]
-        calls = [0]
+            self.pool = [np.stack([x[a] for a in self.worlds.possible_agents], 1) for x in self.pool]
+        self.pid, self.calls, self.wall, self.cpu, self.server_cpu = pid, 0, 0.0, 0.0, 0.0
+        self.step(0)
 
-        def step(i: int) -> None:
-            worlds.step(pool[i % len(pool)])
-            calls[0] += 1
+    def step(self, i: int) -> None:
+        self.worlds.step(self.pool[i % len(self.pool)])
 
-        server_cpu = process_cpu(pid)
-        rate, client_cpu = timed(step, seconds, k)
-        return rate, client_cpu, (process_cpu(pid) - server_cpu) / calls[0]
+    def run(self, seconds: float) -> None:
+        calls, started, cpu, server_cpu = 0, time.perf_counter(), time.process_time(), process_cpu(self.pid)
+        while time.perf_counter() - started < seconds:
+            self.step(self.calls + calls)
+            calls += 1
+        self.calls += calls
+        self.wall += time.perf_counter() - started
+        self.cpu += time.process_time() - cpu
+        self.server_cpu += process_cpu(self.pid) - server_cpu
+
+    def close(self) -> None:
+        self.worlds.close()
+
+
+class Pipelined(Served):
+    """Two groups of K worlds, both always in flight: the server steps one batch while the client reads the other's
+    reply and sends its next step, so that the server is never idle (a learner keeping two parts in flight)."""
+
+    def __init__(self, address: str, pid: int, name: str, config: dict, k: int, layout: str) -> None:
+        self.client = AgentClient(address, timeout_s=60.0)
+        self.groups = [self.client.create(name, config, seed=s, copies=k, join=True).worlds for s in (0, k)]
+        agents = self.client.spec(self.groups[0][0]).possible_agents
+        self.pool = [np.stack([x[a] for a in agents], 1) for x in action_pool(name, config, k)]
+        self.layout = layout
+        for worlds in self.groups:
+            self.client.reset_batch(worlds, seed=0, layout=layout)
+        self.pid, self.calls, self.wall, self.cpu, self.server_cpu = pid, 0, 0.0, 0.0, 0.0
+        self.pending = [self._send(g, g) for g in range(2)]
+
+    def _send(self, g: int, i: int) -> int:
+        actions = self.pool[i % len(self.pool)]
+        return self.client.send("step_batch", worlds=self.groups[g], actions=actions, layout=self.layout)
+
+    def step(self, i: int) -> None:
+        g = i % 2
+        reply = self.client.reply(self.pending[g])
+        assert reply["op"] == "batch", reply
+        self.pending[g] = self._send(g, i)
+
+    def close(self) -> None:
+        for request in self.pending:
+            self.client.reply(request)
+        for worlds in self.groups:
+            for world in worlds:
+                self.client.close_world(world)
+        self.client.close()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="time per measurement")
     parser.add_argument("--worlds", type=int, default=256, help="K, copies per batch")
+    parser.add_argument("--rounds", type=int, default=4, help="alternated slices of each measurement")
     parser.add_argument(
         "--scenario",
         action="append",
@@ -159,29 +210,51 @@ def main() -> None:
     server_args = [
         f for m in args.module for f in ("--scenario-module", os.path.abspath(m) if m.endswith(".py") else m)
     ]
-    print(f"K={k} worlds per batch, {args.seconds:g} s per measurement; rates in world-steps/s, CPU in us per batch")
-    header = ("vectorised", "its CPU", "per-copy loop", "served", "server CPU", "client CPU")
-    print(" " * 29 + "  ".join(f"{h:>13}" for h in header))
+    print(
+        f"K={k} worlds per batch, {args.seconds:g} s per measurement in {args.rounds} alternated slices; "
+        f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}; rates in world-steps/s, CPU in µs per batch"
+    )
+    print(" " * 44 + "  ".join(f"{h:>13}" for h in ("world-steps/s", "client CPU", "server CPU", "/ in process")))
+    results = {}
     with ServerProcesses(count=1, server_args=server_args) as servers:
+        address, pid = servers.addresses[0], servers.pids[0]
         for name in names:
-            vec, vec_cpu = vectorised(name, config, k, args.seconds)
-            loop, _ = looped(name, config, k, args.seconds)
-            best = 0.0
+            loop, _ = looped(name, config, k, args.seconds / 2)
+            local = Vectorised(name, config, k)
+            phases: dict[str, Served] = {}
             for layout in ("stacked", "agents"):
                 try:
-                    rate, client_cpu, server_cpu = served(
-                        servers.addresses[0], servers.pids[0], name, config, k, args.seconds, layout
-                    )
+                    phases[f"served {layout}"] = Served(address, pid, name, config, k, layout)
                 except ValueError as exc:  # "stacked" needs every agent to share its spaces
-                    print(f"{name + ' ' + layout:>27}  skipped: {exc}")
-                    continue
-                best = max(best, rate)
-                cells = (vec, vec_cpu * 1e6, loop, rate, server_cpu * 1e6, client_cpu * 1e6)
-                print(f"{name + ' ' + layout:>27}  " + "  ".join(f"{c:>13,.0f}" for c in cells))
+                    print(f"{name + ' served ' + layout:>42}  skipped: {exc}")
+            if "served stacked" in phases:
+                phases["served stacked, 2 in flight"] = Pipelined(address, pid, name, config, k, "stacked")
+            # The in-process form and each served form alternate in slices: a change of load hits them all alike.
+            for _ in range(args.rounds):
+                local.run(args.seconds / args.rounds)
+                for phase in phases.values():
+                    phase.run(args.seconds / args.rounds)
+            vec = local.calls * k / local.wall
+            figures: dict = {"vectorised": vec, "vectorised_cpu_us": local.cpu / local.calls * 1e6, "looped": loop}
+            print(f"{name + ' vectorised in process':>42}  {vec:>13,.0f}  {figures['vectorised_cpu_us']:>13,.0f}")
+            print(f"{name + ' per-copy loop in process':>42}  {loop:>13,.0f}")
+            for label, phase in phases.items():
+                rate = phase.calls * k / phase.wall
+                client_cpu, server_cpu = phase.cpu / phase.calls * 1e6, phase.server_cpu / phase.calls * 1e6
+                print(
+                    f"{name + ' ' + label:>42}  {rate:>13,.0f}  {client_cpu:>13,.0f}  {server_cpu:>13,.0f}  "
+                    f"{rate / vec:>13.2f}"
+                )
+                figures[label] = {"rate": rate, "client_cpu_us": client_cpu, "server_cpu_us": server_cpu}
+                phase.close()
+            one = max(figures[p]["rate"] for p in ("served stacked", "served agents") if p in figures) / vec
+            two = figures["served stacked, 2 in flight"]["rate"] / vec if "served stacked" in phases else float("nan")
             print(
-                f"{name}: vectorised / per-copy loop = {vec / loop:.1f}x; "
-                f"served / vectorised in process = {best / vec:.2f} (target >= 0.6)"
+                f"{name}: vectorised / per-copy loop = {vec / loop:.1f}x; served / vectorised in process = {one:.2f} "
+                f"(one batch in flight), {two:.2f} (two in flight); target >= 0.75"
             )
+            results[name] = figures
+    print(json.dumps(results))
 
 
 if __name__ == "__main__":
