@@ -24,7 +24,6 @@ from agora_marl.envserver.protocol.vocabulary import (
     NOT_YOUR_SEAT,
     SCENARIO_ERROR,
 )
-from agora_marl.envserver.vector import VectorStepper
 
 if TYPE_CHECKING:
     from agora_marl.envserver.identity import Session
@@ -60,7 +59,7 @@ def op_act(server: EnvServer, session: Session, message: dict) -> None:
 
 def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
     ids = field(message, "worlds", list)
-    if not all(type(i) is int for i in ids):  # before any comparison: `True == 1` in Python
+    if ids and set(map(type, ids)) != {int}:  # before any comparison: `True == 1` in Python
         raise ProtocolError(BAD_REQUEST, "'worlds' must list world ids (ints)", "see list")
     layout = field(message, "layout", str, "agents")
     with_state = field(message, "state", bool, False)
@@ -81,7 +80,7 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
             )
         if group.sole_holder() != session.identity:
             raise ProtocolError(BATCH_MISMATCH, "you do not hold every seat of these worlds", "create with join: true")
-        return VectorStepper(group, layout, with_state)  # its worlds share spec and options by construction
+        return group.stepper(layout, with_state)  # its worlds share spec and options by construction
     worlds = [server.world(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ProtocolError(BATCH_MISMATCH, "'worlds' lists a world twice", "list each world once")

@@ -70,6 +70,30 @@ def _msgpack_default(value: Any) -> Any:
     raise TypeError(f"cannot send a {type(value).__name__} in a message header")
 
 
+class Packed:
+    """A top-level header value packed once, for a value sent unchanged in many messages (a vector group's world
+    ids, in every reply to its steps: packing 256 ints costs ~10 µs). :func:`pack` splices its bytes in."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, value: Any):
+        self.data = msgpack.packb(value, use_bin_type=True)
+
+
+def _map_header(size: int) -> bytes:
+    if size < 16:
+        return bytes([0x80 | size])
+    return (b"\xde" + size.to_bytes(2, "big")) if size < 1 << 16 else (b"\xdf" + size.to_bytes(4, "big"))
+
+
+def _packb_with(header: dict, packed: list[tuple[str, Packed]]) -> bytes:
+    """``header`` packed as a map that also holds the ``packed`` entries (their bytes appended, not packed again)."""
+    body = msgpack.packb(header, use_bin_type=True, default=_msgpack_default)
+    skip = 1 if body[0] & 0xF0 == 0x80 else 3 if body[0] == 0xDE else 5  # the map's own size prefix
+    tail = b"".join(msgpack.packb(key, use_bin_type=True) + value.data for key, value in packed)
+    return _map_header(len(header) + len(packed)) + body[skip:] + tail
+
+
 #: Header values that are never walked: looked up by exact type, they skip the isinstance tests.
 _PLAIN_TYPES = frozenset({str, int, float, bool, type(None), list, bytes})
 
@@ -112,6 +136,11 @@ def pack(message: dict) -> list:
     header["v"] = PROTOCOL_VERSION
     if table:
         header["arrays"] = table
+    packed = [(key, value) for key, value in header.items() if type(value) is Packed]
+    if packed:
+        for key, _ in packed:
+            del header[key]
+        return [_packb_with(header, packed), *frames]
     return [msgpack.packb(header, use_bin_type=True, default=_msgpack_default), *frames]
 
 
