@@ -151,6 +151,7 @@ class EnvServer:
         self.operator_secret: str = self.config.operator_secret or secrets.token_urlsafe(32)
         self._next_world = 1
         self._deadlines: list[tuple[float, int]] = []
+        self._scheduled: dict[int, float] = {}  # each world's deadline in the heap: every act of a tick arms it once
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.stats = {"requests": 0, "errors": 0, "steps": 0}
@@ -390,8 +391,10 @@ class EnvServer:
 
     def schedule(self, world: World) -> None:
         """Remember a world's deadline so the loop wakes for it."""
-        if world.deadline_at is not None:
-            heapq.heappush(self._deadlines, (world.deadline_at, world.world_id))
+        at = world.deadline_at
+        if at is not None and self._scheduled.get(world.world_id) != at:
+            self._scheduled[world.world_id] = at
+            heapq.heappush(self._deadlines, (at, world.world_id))
 
     def try_step(self, world: World) -> None:
         """Step the world if the step rule says so, and answer its waiters; else make sure a waiting act has a deadline.
@@ -424,6 +427,8 @@ class EnvServer:
     def _fire_deadlines(self, now: float) -> None:
         while self._deadlines and self._deadlines[0][0] <= now:
             at, world_id = heapq.heappop(self._deadlines)
+            if self._scheduled.get(world_id) == at:
+                del self._scheduled[world_id]
             world = self.worlds.get(world_id)
             if world is not None and world.deadline_at is not None and world.deadline_at <= now and world.waiters:
                 self._step_and_reply(world)

@@ -109,8 +109,8 @@ def from_wire(space: spaces.Space, value: Any) -> Any:
         return {k: from_wire(s, value[k]) for k, s in space.spaces.items()}
     if isinstance(space, spaces.Tuple):
         return tuple(from_wire(s, value[str(i)]) for i, s in enumerate(space.spaces))
-    if isinstance(space, spaces.Discrete) and np.ndim(value) == 0:
-        return int(np.asarray(value).item())
+    if isinstance(space, spaces.Discrete) and (type(value) is np.int64 or np.ndim(value) == 0):
+        return int(value) if type(value) is np.int64 else int(np.asarray(value).item())
     return np.asarray(value, dtype=space.dtype)
 
 
@@ -126,7 +126,7 @@ def check_value(space: spaces.Space, value: Any, batch_shape: tuple[int, ...] = 
     Rejects: a missing key, a wrong shape, a non-numeric or bool dtype where numbers are due, fractional values for
     integer spaces, NaN or infinity, and anything outside the space's bounds.
     """
-    if isinstance(space, spaces.Dict | spaces.Tuple):
+    if isinstance(space, (spaces.Dict, spaces.Tuple)):  # a tuple: `A | B` would build a union on every call
         keys = list(space.spaces) if isinstance(space, spaces.Dict) else [str(i) for i in range(len(space.spaces))]
         subspaces = list(space.spaces.values()) if isinstance(space, spaces.Dict) else list(space.spaces)
         if not isinstance(value, dict):
@@ -161,7 +161,7 @@ def check_value(space: spaces.Space, value: Any, batch_shape: tuple[int, ...] = 
         if not (np.all(array >= space.low) and np.all(array <= space.high)):
             raise ValueError(f"{name} is outside the bounds of {space}")
         return array.astype(space.dtype, copy=False)
-    if isinstance(space, spaces.Discrete | spaces.MultiDiscrete | spaces.MultiBinary):
+    if isinstance(space, (spaces.Discrete, spaces.MultiDiscrete, spaces.MultiBinary)):
         if _kind_ok(array, "f"):
             if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
                 raise ValueError(f"{name} must hold integers, got {array.dtype} with fractional or non-finite values")

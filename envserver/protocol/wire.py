@@ -114,6 +114,9 @@ def _extract_arrays(node: dict, path: list[str], table: list, frames: list) -> d
             table.append([[*path, key], name, list(array.shape)])
             frames.append(array)
         elif isinstance(value, dict):
+            if _PLAIN_TYPES.issuperset(map(type, value.values())):  # plain values only (a reply's per-seat rewards)
+                out[key] = value
+                continue
             arrays_before = len(table)
             sub = _extract_arrays(value, [*path, key], table, frames)
             # A map that held only arrays travels as its arrays' paths alone; an empty map stays a map.
