@@ -156,9 +156,8 @@ class BatchStepper:
         n_worlds, n_agents = len(self.worlds), len(self.agents)
         agents = self.agents
         obs, final_obs = self._obs_buffers(), None
-        rewards = np.zeros((n_worlds, n_agents), np.float32)
-        terminated = np.zeros((n_worlds, n_agents), bool)
-        truncated = np.zeros((n_worlds, n_agents), bool)
+        # Per world, plain lists; one array per field at the end (a row assignment per world costs more).
+        rewards, terminated, truncated = [], [], []
         alive = np.ones((n_worlds, n_agents), bool)
         over = np.zeros(n_worlds, bool)
         state, final_state = self._state_buffer(), None
@@ -171,10 +170,9 @@ class BatchStepper:
             world.steps += 1
             world.last_rewards = rew
             world.episode_return += sum(rew.values())
-            # One row assignment per field and world, not one per agent.
-            rewards[k] = [rew.get(a, 0.0) for a in agents]
-            terminated[k] = [term.get(a, False) for a in agents]
-            truncated[k] = [trunc.get(a, False) for a in agents]
+            rewards.append([rew.get(a, 0.0) for a in agents])
+            terminated.append([term.get(a, False) for a in agents])
+            truncated.append([trunc.get(a, False) for a in agents])
             world.obs = result_obs
             if not env.agents:
                 over[k] = True
@@ -197,9 +195,9 @@ class BatchStepper:
             "op": "batch",
             "worlds": [w.world_id for w in self.worlds],
             "obs": obs,
-            "rewards": rewards,
-            "terminated": terminated,
-            "truncated": truncated,
+            "rewards": np.array(rewards, np.float32).reshape(n_worlds, n_agents),
+            "terminated": np.array(terminated, bool).reshape(n_worlds, n_agents),
+            "truncated": np.array(truncated, bool).reshape(n_worlds, n_agents),
             "alive": alive,
             "episode_over": over,
         }
