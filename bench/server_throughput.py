@@ -42,23 +42,27 @@ N = 3
 
 
 class InProcess:
-    """The scenario stepped in this process with random discrete actions, measured over one or more slices."""
+    """The scenario stepped in this process with random discrete actions, measured over one or more slices: one env
+    stepped again and again (the ceiling the targets name), or ``copies`` envs stepped in turn, as a server steps a
+    batch (each step then finds less of its env in the CPU's caches)."""
 
-    def __init__(self) -> None:
-        self.env = make_env(SPREAD, {"N": N})
-        self.env.reset(seed=0)
+    def __init__(self, copies: int = 1) -> None:
+        self.envs = [make_env(SPREAD, {"N": N}) for _ in range(copies)]
+        for i, env in enumerate(self.envs):
+            env.reset(seed=i)
         self.actions = np.random.default_rng(0).integers(5, size=(1024, N)).tolist()
         self.steps, self.wall, self.cpu = 0, 0.0, 0.0
 
     def run(self, seconds: float) -> None:
-        env, actions, steps = self.env, self.actions, 0
+        envs, actions, steps = self.envs, self.actions, 0
         started, cpu = time.perf_counter(), time.process_time()
         while time.perf_counter() - started < seconds:
-            row = actions[steps % 1024]
-            env.step({a: row[i] for i, a in enumerate(env.agents)})
-            if not env.agents:
-                env.reset()
-            steps += 1
+            for env in envs:
+                row = actions[steps % 1024]
+                env.step({a: row[i] for i, a in enumerate(env.agents)})
+                if not env.agents:
+                    env.reset()
+                steps += 1
         self.steps += steps
         self.wall += time.perf_counter() - started
         self.cpu += time.process_time() - cpu
@@ -286,11 +290,14 @@ def measure(args: argparse.Namespace) -> dict[str, float]:
                 one.worlds.close()
                 # In-process and K=64 alternate in short slices, so that a change in the machine's load between
                 # phases cannot make one of them look faster.
-                many = Batched(address, 64, server_pid)
+                many, local_many = Batched(address, 64, server_pid), InProcess(64)
                 for _ in range(args.rounds):
                     local.run(args.seconds / args.rounds)
                     many.run(args.seconds / args.rounds)
+                    local_many.run(args.seconds / args.rounds)
                 f["k64_agent_steps_per_s"], f["k64_server_cpu_us"] = many.figures()
+                f["in_process_64_step_cpu_us"] = local_many.cpu / local_many.steps * 1e6
+                f["in_process_64_agent_steps_per_s"] = local_many.steps * N / local_many.wall
                 many.worlds.close()
             else:
                 local.run(args.seconds)
@@ -332,6 +339,12 @@ def report(f: dict[str, float]) -> None:
         f["ratio_k64_cpu"] = cpu_ratio = step_cpu / f["k64_server_cpu_us"]
         print(f"  batched K=64 / in process                 {ratio:.2f}   target >= 0.95: {_verdict(ratio >= 0.95)}")
         print(f"  in-process step CPU / server CPU (K=64)   {cpu_ratio:.2f}")
+        f["ratio_k64_vs_64_in_process"] = ratio64 = f["k64_agent_steps_per_s"] / f["in_process_64_agent_steps_per_s"]
+        print(
+            f"  64 envs stepped in turn in process        {f['in_process_64_agent_steps_per_s']:>9,.0f} agent-steps/s"
+            f"   {f['in_process_64_step_cpu_us']:.0f} µs CPU/step ({f['in_process_64_step_cpu_us'] / step_cpu:.2f}x one env's)"
+        )
+        print(f"  batched K=64 / 64 envs in process         {ratio64:.2f}")
     if "lockstep_p50_us" in f:
         p50, p99, cpu = f["lockstep_p50_us"], f["lockstep_p99_us"], f["lockstep_server_cpu_us"]
         print(
