@@ -5,7 +5,7 @@
 One server process; (a) one client holds every seat of K per-copy worlds and steps them with ``step_batch``; (b) two
 client processes hold complementary seats of K other worlds and each sends one ``act_batch`` per tick. Both loops run
 in the same run, alternated in slices, and the figure is the ratio of world-steps per second (issue 11's target:
->= 0.8). The server's CPU per world-step is read from /proc for each phase.
+>= 0.8). The server's CPU per world-step (every thread, bench/measure.py) is read from /proc for each phase.
 """
 
 from __future__ import annotations
@@ -16,19 +16,14 @@ import multiprocessing as mp
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from measure import process_cpu
 
 from agora_marl.agents import AgentClient
 from agora_marl.envserver.process import ServerProcesses
 
 SPREAD = "mpe2.simple_spread_v3:parallel_env"
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _actions(spaces: dict, seats: list[str], k: int, rng: np.random.Generator) -> dict:
@@ -81,15 +76,15 @@ def measure(args: argparse.Namespace) -> dict:
             two = {"steps": 0, "seconds": 0.0, "cpu": 0.0}
             slice_s = args.seconds / args.rounds
             for _ in range(args.rounds):
-                cpu, began = cpu_seconds(pid), time.perf_counter()
+                cpu, began = process_cpu(pid), time.perf_counter()
                 while time.perf_counter() - began < slice_s:
                     owner.step_batch(whole.worlds, batch)
                     one["steps"] += k
                 one["seconds"] += time.perf_counter() - began
-                one["cpu"] += cpu_seconds(pid) - cpu
+                one["cpu"] += process_cpu(pid) - cpu
 
                 ticks = 0
-                cpu, began = cpu_seconds(pid), time.perf_counter()
+                cpu, began = process_cpu(pid), time.perf_counter()
                 go.set()
                 while time.perf_counter() - began < slice_s:
                     counts.get(timeout=30)
@@ -100,7 +95,7 @@ def measure(args: argparse.Namespace) -> dict:
                     counts.get_nowait()
                     ticks += 1
                 two["seconds"] += elapsed
-                two["cpu"] += cpu_seconds(pid) - cpu
+                two["cpu"] += process_cpu(pid) - cpu
                 two["steps"] += ticks // 2 * k  # each world steps once both holders acted
             stop.set()
             go.set()

@@ -10,8 +10,9 @@ One run of one server process prints three tables (docs/performance.md, "How cos
   connection holding both seats of one world), every connection acting once per tick (``send_act`` on all, then
   ``recv`` on all, from this one process): ticks/s, the tick's p50/p99 (first send to last reply), the server's CPU
   per tick and per act beyond the worlds' own steps;
-- memory: the server's resident memory per per-copy world (1,024 simple_spread worlds), per vectorised copy (a
-  4,096-copy foraging group) and per connection (256 connections that said hello).
+- memory, measured first in the fresh server: its resident memory per connection (256 that said hello), per
+  per-copy world (1,024 foraging_v0 worlds: mostly the server's own bookkeeping; 256 simple_spread worlds: mostly
+  mpe2's env) and per vectorised copy (a 4,096-copy foraging_v0 group).
 
 CPU times are every server thread's, from /proc (bench/measure.py). On a shared machine compare within a run.
 usage: python bench/scaling.py [--seconds 3] [--batches 1,16,64,256,1024] [--connections 1,8,64,256]
@@ -148,26 +149,32 @@ def per_copy_step_us(seconds: float) -> float:
 
 
 def memory(address: str, pid: int) -> dict:
-    """Resident bytes the server holds per per-copy world, per vectorised copy and per connection."""
-    owner = AgentClient(address, timeout_s=120.0)
-    owner.hello(keep_alive_s=600.0)
-    out = {}
-    for label, name, copies, join in (("per_copy_world", SPREAD, 1024, False), ("vector_copy", FORAGING, 4096, True)):
-        before = rss_bytes(pid)
-        worlds = owner.create(name, CONFIGS[name], seed=0, copies=copies, join=join).worlds
-        out[label] = (rss_bytes(pid) - before) / copies
-        for world in worlds:
-            owner.close_world(world)
+    """Resident bytes the server holds per connection, per per-copy world (foraging_v0, whose env is small: mostly the
+    server's own bookkeeping; simple_spread, whose mpe2 env is large) and per vectorised copy. Measured first, in a
+    fresh server, each kept until the end: freed memory would be reused by the next and hide its cost."""
+    out, clients, owners = {}, [], []
     before = rss_bytes(pid)
-    clients = []
     for _ in range(256):
         client = AgentClient(address, timeout_s=60.0)
         client.hello(keep_alive_s=600.0)
         clients.append(client)
     out["connection"] = (rss_bytes(pid) - before) / len(clients)
+    for label, name, copies, join in (
+        ("foraging_world", FORAGING, 1024, False),
+        ("vector_copy", FORAGING, 4096, True),
+        ("spread_world", SPREAD, 256, False),
+    ):
+        owner = AgentClient(address, timeout_s=120.0)  # one owner each: a session may own 4,096 worlds
+        owner.hello(keep_alive_s=600.0)
+        before = rss_bytes(pid)
+        owners.append((owner, owner.create(name, CONFIGS[name], seed=0, copies=copies, join=join).worlds))
+        out[label] = (rss_bytes(pid) - before) / copies
+    for owner, worlds in owners:
+        for world in worlds:
+            owner.close_world(world)
+        owner.close()
     for client in clients:
         client.close()
-    owner.close()
     return out
 
 
@@ -183,6 +190,13 @@ def main() -> None:
     results: dict = {"batched": {}, "lockstep": {}}
     with ServerProcesses(binds=["tcp://127.0.0.1:0"], server_args=["--log-level=WARNING"]) as servers:
         address, pid = servers.addresses[0], servers.pids[0]
+        mem = results["memory"] = memory(address, pid)
+        print(
+            f"\nmemory (server RSS): {mem['connection'] / 1024:,.1f} KiB per connection (256), "
+            f"{mem['foraging_world'] / 1024:,.1f} KiB per per-copy foraging_v0 world (1,024), "
+            f"{mem['vector_copy'] / 1024:,.2f} KiB per vectorised foraging_v0 copy (4,096), "
+            f"{mem['spread_world'] / 1024:,.0f} KiB per simple_spread world (256)"
+        )
         print("\nbatched (one client, stacked, one batch in flight)")
         print(
             f"{'scenario':>22} {'K':>5} {'world-steps/s':>14} {'server CPU/world-step':>22} {'in process':>11} {'ratio':>6}"
@@ -213,12 +227,6 @@ def main() -> None:
                 f" {cell['p99_us']:>7,.0f} µs {cell['server_cpu_per_tick_us']:>13,.0f} µs"
                 f" {cell['server_cpu_per_act_us']:>6,.0f} µs {cell['per_act_beyond_steps_us']:>13,.0f} µs"
             )
-        mem = results["memory"] = memory(address, pid)
-        print(
-            f"\nmemory: {mem['per_copy_world'] / 1024:,.1f} KiB per simple_spread world (1,024 created), "
-            f"{mem['vector_copy'] / 1024:,.2f} KiB per foraging_v0 vectorised copy (4,096), "
-            f"{mem['connection'] / 1024:,.1f} KiB per connection (256)"
-        )
     print(json.dumps(results))
 
 
