@@ -8,7 +8,8 @@ One run prints, measured side by side on the same machine:
   global state, as MAPPO asks for it), in world-steps/s, measured again next to every learner measurement so that
   each ratio compares figures of the same minute;
 - ``agora train`` at one rank with the same K worlds on one server of its own: env steps/s end to end (rollouts and
-  updates), during rollouts alone, and the share of the time spent in updates; the target is end to end / server
+  updates), during rollouts alone, the share of the time spent in updates and the share in which no rollout ran
+  (they differ with ``ppo.overlap``, whose updates run beside the next rollout); the target is end to end / server
   alone >= 0.85;
 - each ``--variant`` (the same, with some settings changed: ``--variant 'serial=ppo.pipeline=1'``), against the
   default and against the server alone;
@@ -139,11 +140,13 @@ def learner(ranks: int, worlds: int, seconds: float, rate_guess: float, override
     span = float(last["time_s"]) - float(first["time_s"])
     later = rows[rows.index(first) + 1 :]
     rollout_s = sum(float(r["rollout_s"]) for r in later)
+    learn_s = sum(float(r["learn_s"]) for r in later)
     steps_done = int(last["step"]) - int(first["step"])
     figures = {
         "steps_per_s": steps_done / span,
         "rollout_steps_per_s": steps_done / rollout_s,
-        "update_share": 1.0 - rollout_s / span,
+        "update_share": learn_s / span,
+        "waiting_share": max(0.0, 1.0 - rollout_s / span),
         "updates": len(later),
     }
     if len(cpu) >= 2:  # CPU per 1,000 env steps, between the first and the last update seen: load moves it less
@@ -187,7 +190,8 @@ def _descendants(pid: int) -> list[int]:
 def _describe(label: str, figures: dict[str, float], alone: float) -> str:
     return (
         f"{label}: {figures['steps_per_s']:,.0f} steps/s end to end ({figures['rollout_steps_per_s']:,.0f} during "
-        f"rollouts, {figures['update_share']:.0%} of the time in updates), {figures['updates']} updates; "
+        f"rollouts; updates {figures['update_share']:.0%} of the time, rollouts waiting for them "
+        f"{figures['waiting_share']:.0%}), {figures['updates']} updates; "
         f"/ server alone ({alone:,.0f}): {figures['steps_per_s'] / alone:.2f}"
     ) + (
         f"; CPU per 1,000 steps: learner {figures['learner_cpu_ms_per_1k']:.0f} ms, "

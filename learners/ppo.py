@@ -9,18 +9,22 @@ One update: reset the worlds if this is the first update after a checkpoint boun
 flight (the servers step one part while the learner samples for the next); compute every value in one pass of the
 critic; GAE per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of
 ``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce and clipped per actor and
-per critic; then the end of the update (learners.training: log, checkpoint, stop).
+per critic; then the end of the update (learners.training: log, checkpoint, stop). With ``overlap`` (the default)
+the passes run in a thread beside the next rollout, which samples from a copy of the actors as they were when the
+update began (one update of policy lag); every collective call stays in one thread at a time.
 
-Resume is exact: at each checkpoint boundary the worlds are reset and torch's generator re-seeded from
+Resume is exact: at each checkpoint boundary the worlds are reset and torch's generators re-seeded from
 (seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped. The parts
-of a pipelined rollout are fixed row ranges, sampled in a fixed order, so pipelining keeps that; it stays on-policy
-(every action comes from the current parameters and its world's latest observation), but samples the parts one
-after the other, so a different ``pipeline`` draws different (equally distributed) actions.
+of a pipelined rollout are fixed row ranges, sampled in a fixed order; the update shuffles with a generator of its
+own; the update that ends at a checkpoint, and the last, run alone. A different ``pipeline`` samples the parts in
+another order, so it draws different (equally distributed) actions.
 """
 
 from __future__ import annotations
 
+import copy
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from functools import partial
@@ -37,7 +41,7 @@ from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
 from agora_marl.learners.mpi.tensors import check_in_sync
 from agora_marl.learners.networks import flat_dim
-from agora_marl.learners.policy import MultiAgentPolicy
+from agora_marl.learners.policy import MultiAgentPolicy, TeamActor
 from agora_marl.learners.rollout import Team, gae
 from agora_marl.learners.run import Run
 from agora_marl.learners.training import Training, train_in_worlds
@@ -96,6 +100,12 @@ class Settings:
     """Parts of the worlds in flight during a rollout: the servers step one part while the learner samples the
     actions of another (1: the whole batch, one step at a time). The parts are equal ranges of rows, fixed by
     ``env.num_worlds`` and this alone, so a run with the same settings resumes exactly (docs/learners.md)."""
+    overlap: bool = True
+    """Run each update in a background thread while the next rollout samples from the parameters that update started
+    from: one update of policy lag (as in APPO; PPO's ratio and clip are taken against the sampling parameters, whose
+    log-probabilities the rollout stores), so that the servers do not idle through the update. The update before each
+    checkpoint boundary and the last run alone, so resume stays exact. Off: every rollout samples from the latest
+    parameters, strictly on-policy, and waits for the update (docs/learners.md, 'Speed')."""
     box_bounds: str = "clip"
     """Box actions: ``clip`` the Gaussian sample into the bounds, or ``squash`` it through tanh."""
     log_std_init: float = 0.0
@@ -155,6 +165,10 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     reducer = GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
     # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
     clip_parts = [reducer.part(net.parameters()) for net in [*(t.actor for t in teams), *(t.critic for t in teams)]]
+    # The actors the rollouts sample from: the trained ones, or with overlap a copy that lags one update behind.
+    behaviour = copy.deepcopy(policy) if s.overlap else policy
+    actors = [behaviour.teams[t.name] for t in teams]
+    shuffle = torch.Generator(device=device)  # the update's own: with overlap it runs beside the rollout's sampling
     steps_per_update = K * T * mpi.size()
     if s.pipeline < 1:
         raise ValueError(f"ppo.pipeline = {s.pipeline}: use 1 (no pipelining) or more parts of the worlds in flight")
@@ -162,7 +176,7 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     parts = [slice(int(rows[0]), int(rows[-1]) + 1) for rows in split]
     total_updates = math.ceil(rs.total_steps / steps_per_update)
 
-    def checkpoint() -> dict[str, Any]:
+    def checkpoint(step: int, update: int) -> dict[str, Any]:
         return {
             "step": step,
             "update": update,
@@ -177,59 +191,16 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
             "rng": {"seed": rs.seed, "reseeded_at_update": update},
         }
 
-    alive = np.ones((K, len(agents)), bool)
-    returns_k = np.zeros((K, 1 + len(teams)))
-    lengths_k = np.zeros(K)
-    metrics: dict[str, float] = {}
-    first_update = update  # a run resumed off a checkpoint boundary (an early stop) also starts from a reset
-    while step < rs.total_steps:
-        started = time.perf_counter()
-        # ---- rollout --------------------------------------------------------------------------------------
-        if update % rs.checkpoint_every == 0 or update == first_update:
-            world_seed, torch_seed = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(2)
-            torch.manual_seed(int(torch_seed))
-            result = _with_joint_state(worlds.reset(seed=int(world_seed) & 0x3FFFFFFF), joint)
-            for team in teams:
-                team.start(result.obs, result.state)
-            alive[:], returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
-        finished: list[np.ndarray] = []
-        finished_lengths: list[np.ndarray] = []
-        late = np.zeros(2)  # opponent_late, own_late summed over the rollout (partial seats)
-        # Pipelined: each part's next step goes out as soon as its actions are sampled, while the servers still step
-        # the other parts (docs/learners.md, 'Pipelined rollouts').
-        pending = [worlds.step_async(_act(teams, worlds, 0, rows, device), rows) for rows in parts]
-        for t in range(T):
-            for p, rows in enumerate(parts):
-                result = _with_joint_state(worlds.step_wait(pending[p]), joint)
-                if result.opponent_late is not None:
-                    late += np.multiply((result.opponent_late, result.own_late), (rows.stop - rows.start) / K)
-                returns_k[rows, 0] += result.rewards.sum(1)
-                lengths_k[rows] += 1
-                for i, team in enumerate(teams):
-                    team.record(t, rows, alive[rows], result)
-                    returns_k[rows, 1 + i] += team.buf.rewards[t, rows].sum(1)
-                ended = rows.start + np.flatnonzero(result.episode_over)
-                if len(ended):
-                    finished.append(returns_k[ended].copy())
-                    finished_lengths.append(lengths_k[ended].copy())
-                    returns_k[ended], lengths_k[ended] = 0.0, 0.0
-                alive[rows] = result.alive
-                if t + 1 < T:
-                    pending[p] = worlds.step_async(_act(teams, worlds, t + 1, rows, device), rows)
-        step += steps_per_update
-        worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
-        rollout_s = time.perf_counter() - started
-        # ---- advantages -----------------------------------------------------------------------------------
-        batches = [_prepare(team, s, device) for team in teams]
-        # ---- update ---------------------------------------------------------------------------------------
-        lr = s.lr * (1.0 - update / total_updates) if s.lr_anneal else s.lr
+    def learn(batches: list[dict[str, torch.Tensor]], lr: float) -> tuple[torch.Tensor, float]:
+        """``epochs`` passes over the batches; returns the summed statistics of the last pass and the seconds taken."""
+        began = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = lr
         sums = torch.zeros(6, device=device)
         for epoch in range(s.epochs):
             last_epoch = epoch == s.epochs - 1  # statistics from the last pass only: they cost a sync per minibatch
             # One gather per tensor and epoch; the minibatches are then contiguous views of the shuffled batch.
-            orders = [torch.randperm(len(b["adv"]), device=device) for b in batches]
+            orders = [torch.randperm(len(b["adv"]), generator=shuffle, device=device) for b in batches]
             shuffled = [{k: v[order] for k, v in b.items()} for b, order in zip(batches, orders, strict=True)]
             for j in range(s.minibatches):
                 reducer.zero_grad()
@@ -248,18 +219,125 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
                 reducer.allreduce()
                 reducer.clip_grad_norm_(s.max_grad_norm, clip_parts)
                 optimizer.step()
-        update += 1
-        # ---- log and checkpoint ---------------------------------------------------------------------------
-        metrics = _metrics(sums.cpu().numpy() / (s.minibatches * len(teams)), finished, finished_lengths, teams)
+        return sums, time.perf_counter() - began
+
+    def end(done: _Done, sums: torch.Tensor, learn_s: float, update_s: float) -> dict[str, float]:
+        """Log, check and checkpoint update ``done.update`` (every rank, in the main thread: it is collective)."""
+        nonlocal episodes
+        metrics = _metrics(sums.cpu().numpy() / (s.minibatches * len(teams)), done.finished, done.lengths, teams)
         episodes += int(metrics.pop("episodes"))
-        metrics.update(lr=lr, episodes=episodes, rollout_s=rollout_s, update_s=time.perf_counter() - started)
-        metrics["steps_per_s"] = steps_per_update / metrics["update_s"]
+        metrics.update(lr=done.lr, episodes=episodes, rollout_s=done.rollout_s, learn_s=learn_s, update_s=update_s)
+        metrics["steps_per_s"] = steps_per_update / update_s
         if worlds.partial:
-            metrics["opponent_late"], metrics["own_late"] = (float(x) for x in mpi.allreduce_mean(late / T))
-        if update % rs.sync_every == 0:
+            metrics["opponent_late"], metrics["own_late"] = (float(x) for x in mpi.allreduce_mean(done.late / T))
+        if done.update % rs.sync_every == 0:
             check_in_sync([*params, *norms.buffers()])
-        training.end_update(step, update, metrics, checkpoint)
+        training.end_update(done.step, done.update, metrics, partial(checkpoint, done.step, done.update))
+        return metrics
+
+    alive = np.ones((K, len(agents)), bool)
+    returns_k = np.zeros((K, 1 + len(teams)))
+    lengths_k = np.zeros(K)
+    metrics: dict[str, float] = {}
+    behind: _Behind | None = None  # the update running beside this rollout (overlap)
+    first_update = update  # a run resumed off a checkpoint boundary (an early stop) also starts from a reset
+    try:
+        while step < rs.total_steps:
+            started = time.perf_counter()
+            # ---- rollout ----------------------------------------------------------------------------------
+            if update % rs.checkpoint_every == 0 or update == first_update:
+                seeds = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(3)
+                torch.manual_seed(int(seeds[1])), shuffle.manual_seed(int(seeds[2]))
+                result = _with_joint_state(worlds.reset(seed=int(seeds[0]) & 0x3FFFFFFF), joint)
+                for team in teams:
+                    team.start(result.obs, result.state)
+                alive[:], returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
+            finished: list[np.ndarray] = []
+            finished_lengths: list[np.ndarray] = []
+            late = np.zeros(2)  # opponent_late, own_late summed over the rollout (partial seats)
+            # Pipelined: each part's next step goes out as soon as its actions are sampled, while the servers still
+            # step the other parts (docs/learners.md, 'Speed').
+            pending = [worlds.step_async(_act(teams, actors, worlds, 0, rows, device), rows) for rows in parts]
+            for t in range(T):
+                for p, rows in enumerate(parts):
+                    result = _with_joint_state(worlds.step_wait(pending[p]), joint)
+                    if result.opponent_late is not None:
+                        late += np.multiply((result.opponent_late, result.own_late), (rows.stop - rows.start) / K)
+                    returns_k[rows, 0] += result.rewards.sum(1)
+                    lengths_k[rows] += 1
+                    for i, team in enumerate(teams):
+                        team.record(t, rows, alive[rows], result)
+                        returns_k[rows, 1 + i] += team.buf.rewards[t, rows].sum(1)
+                    ended = rows.start + np.flatnonzero(result.episode_over)
+                    if len(ended):
+                        finished.append(returns_k[ended].copy())
+                        finished_lengths.append(lengths_k[ended].copy())
+                        returns_k[ended], lengths_k[ended] = 0.0, 0.0
+                    alive[rows] = result.alive
+                    if t + 1 < T:
+                        pending[p] = worlds.step_async(_act(teams, actors, worlds, t + 1, rows, device), rows)
+            step += steps_per_update
+            worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
+            rollout_s = time.perf_counter() - started
+            if behind is not None:  # the update that ran beside this rollout ends now
+                sums, learn_s = behind.join()
+                metrics = end(behind.done, sums, learn_s, started - behind.started)
+                behind = None
+            # ---- advantages -------------------------------------------------------------------------------
+            batches = [_prepare(team, s, device) for team in teams]
+            # ---- update -----------------------------------------------------------------------------------
+            lr = s.lr * (1.0 - update / total_updates) if s.lr_anneal else s.lr
+            update += 1
+            done = _Done(step, update, lr, rollout_s, finished, finished_lengths, late)
+            if s.overlap and update % rs.checkpoint_every != 0 and step < rs.total_steps:
+                behaviour.load_state_dict(policy.state_dict())  # the next rollout samples from these parameters
+                behind = _Behind(learn, batches, lr, done, started)
+                continue
+            sums, learn_s = learn(batches, lr)
+            if s.overlap:
+                behaviour.load_state_dict(policy.state_dict())
+            metrics = end(done, sums, learn_s, time.perf_counter() - started)
+    finally:
+        if behind is not None:  # the rollout failed: let the update finish before the worlds close
+            behind.thread.join()
     return metrics
+
+
+@dataclass
+class _Done:
+    """What the end of an update logs about it: its counters, learning rate and rollout."""
+
+    step: int
+    update: int
+    lr: float
+    rollout_s: float
+    finished: list[np.ndarray]
+    lengths: list[np.ndarray]
+    late: np.ndarray
+
+
+class _Behind:
+    """An update running in a thread beside the next rollout (``ppo.overlap``); :meth:`join` returns what it returned
+    or raises what it raised."""
+
+    def __init__(self, learn: Any, batches: list[dict[str, torch.Tensor]], lr: float, done: _Done, started: float):
+        self.done, self.started = done, started
+        self._out: Any = None
+        self._error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run, args=(learn, batches, lr), name="ppo-update", daemon=True)
+        self.thread.start()
+
+    def _run(self, learn: Any, batches: list[dict[str, torch.Tensor]], lr: float) -> None:
+        try:
+            self._out = learn(batches, lr)
+        except BaseException as exc:  # handed to the main thread, which raises it
+            self._error = exc
+
+    def join(self) -> Any:
+        self.thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._out
 
 
 def _with_joint_state(result: BatchResult, joint: bool) -> BatchResult:
@@ -276,19 +354,21 @@ def _joint(obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def _act(teams: list[Team], worlds: BatchedWorlds, t: int, rows: slice, device: torch.device) -> Any:
-    """Sample the actions of every agent of worlds ``rows`` at step ``t`` (one forward pass per team), laid out as
-    the worlds take them."""
+def _act(
+    teams: list[Team], actors: list[TeamActor], worlds: BatchedWorlds, t: int, rows: slice, device: torch.device
+) -> Any:
+    """Sample the actions of every agent of worlds ``rows`` at step ``t`` from ``actors`` (one per team, one forward
+    pass each), laid out as the worlds take them."""
     K = rows.stop - rows.start
     stacked = worlds.layout == "stacked"
     out: Any = None if stacked else {}
-    for team in teams:
+    for team, actor in zip(teams, actors, strict=True):
         buf = team.buf
         x = torch.from_numpy(buf.actor_in[t, rows]).reshape(K * buf.agents, -1).to(device)
-        actions, log_probs = team.actor.head.sample(team.actor.actor(x))
+        actions, log_probs = actor.head.sample(actor.actor(x))
         buf.actions[t, rows] = actions.reshape(K, buf.agents, *buf.actions.shape[3:]).cpu()
         buf.log_probs[t, rows] = log_probs.reshape(K, buf.agents).cpu()
-        values = team.actor.head.to_env(actions)
+        values = actor.head.to_env(actions)
         values = values.reshape(K, buf.agents, *values.shape[1:])
         if stacked and len(teams) == 1:
             return values

@@ -118,12 +118,12 @@ def test_mappo_learns_simple_spread_past_random_play(tmp_path, servers) -> None:
 @pytest.mark.parametrize(
     "overrides",
     [
-        ["algo=ippo", "env.config.continuous_actions=true"],
+        ["algo=ippo", "env.config.continuous_actions=true", "ppo.overlap=false"],  # updates strictly after rollouts
         ["env.scenario=mpe2.simple_tag_v3:parallel_env", "env.config={max_cycles = 25}", "ppo.critic_obs=true"],
         ["algo=ippo", "ppo.share=none", "ppo.value_norm=false", "ppo.minibatches=2"],
         ["algo=ippo", "env.scenario=foraging_v0", "ppo.pipeline=2"],  # vector-backed: one group per part
     ],
-    ids=["ippo-continuous", "mappo-two-teams", "ippo-separate-networks", "ippo-vector-backed-pipelined"],
+    ids=["ippo-continuous-serial", "mappo-two-teams", "ippo-separate-networks", "ippo-vector-backed-pipelined"],
 )
 def test_variants_train_and_log_finite_losses(tmp_path, servers, overrides) -> None:
     run, metrics = _train(tmp_path, servers, "run.total_steps=2000", "env.num_worlds=4", *overrides)

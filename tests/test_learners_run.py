@@ -89,12 +89,14 @@ def test_the_end_of_an_update_says_when_to_log_checkpoint_and_stop(tmp_path) -> 
     assert [r["update"] for r in read_metrics(run.directory / "metrics.csv")] == ["2", "4", "10"]
 
 
-@pytest.mark.parametrize("pipeline", [1, 3])
-def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, pipeline) -> None:
+@pytest.mark.parametrize("rollout", ["ppo.pipeline=1", "ppo.pipeline=3", "ppo.overlap=false"])
+def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, rollout) -> None:
     """Same seed, one rank: 4 updates straight equal 2 updates, a stop, and a resume for 2 more, bit for bit, with
-    the rollout stepping the whole batch at once or three uneven parts of it in flight (4 worlds: rows 0-1, 2, 3)."""
+    the rollout stepping the whole batch at once or three uneven parts of it in flight (4 worlds: rows 0-1, 2, 3),
+    beside the previous update (ppo.overlap, the default: updates 1 and 3 run in the background, 2 and 4 end at
+    checkpoints, alone), or strictly after it."""
     common = ["run.progress=false", "env.num_worlds=4", "run.checkpoint_every=2", "ppo.minibatches=2", "ppo.epochs=2"]
-    common.append(f"ppo.pipeline={pipeline}")
+    common.append(rollout)
     with ServerProcesses(count=1) as servers:
         straight = load_config(None, [*common, "run.total_steps=400"])
         run = Run.create(straight, tmp_path / "straight")
