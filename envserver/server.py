@@ -179,7 +179,7 @@ class EnvServer:
 
     def serve_forever(self) -> None:
         socket = self.socket
-        serve_one, recv_multipart = self._serve_one, socket.recv_multipart
+        serve_one, recv_multipart = self.serve_one, socket.recv_multipart
         # Frames as bytes: a zmq.Frame (copy=False) costs ~2 µs more per message than copying a request's few KB.
         # Only the CURVE allow-list needs them, to read the key a message came over (identity.peer_key).
         copy = self._authenticator is None
@@ -205,7 +205,7 @@ class EnvServer:
                     served += 1
                 # Deferred work gets a turn once the queue is drained, or after 256 messages, as before.
                 if self._jobs and served >= 256:
-                    self._run_job()
+                    self.run_deferred()
                     served = 0
                 now = time.monotonic()
                 if self._deadlines and self._deadlines[0][0] <= now:
@@ -227,7 +227,9 @@ class EnvServer:
 
     # ---- one request ------------------------------------------------------------------------------------------
 
-    def _serve_one(self, frames: list) -> None:
+    def serve_one(self, frames: list) -> None:
+        """Serve one received message (routing id, header, array frames: bytes, or zmq.Frame): what the loop does with
+        each; its replies go out through the socket. Benchmarks replay requests through it (bench/replay.py)."""
         route = frames[0] if type(frames[0]) is bytes else frames[0].bytes
         frames = frames[1:]
         self.stats["requests"] += 1
@@ -283,6 +285,14 @@ class EnvServer:
         """Queue work that answers its request later, a slice per loop turn (``job.step()`` returns the reply when
         done, None for more; a ProtocolError is the reply)."""
         self._jobs.append(job)
+
+    def run_deferred(self) -> bool:
+        """Give the next deferred job (``defer``) its turn; returns whether any is left. The loop calls it between
+        messages."""
+        if not self._jobs:
+            return False
+        self._run_job()
+        return bool(self._jobs)
 
     def _run_job(self) -> None:
         job = self._jobs.popleft()
