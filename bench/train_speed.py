@@ -13,8 +13,8 @@ One run prints, measured side by side on the same machine:
   alone >= 0.85;
 - each ``--variant`` (the same, with some settings changed: ``--variant 'serial=ppo.pipeline=1'``), against the
   default and against the server alone;
-- ``mpirun -n 2 agora train``: each rank with its own K worlds on its own server; the target is 2 ranks / 1 rank
-  >= 1.6 on two cores.
+- ``mpirun -n 2 agora train``: each rank with its own K worlds on its own server, against one rank. On two cores
+  this no longer doubles: one rank, its update beside its next rollout (``ppo.overlap``), keeps both busy already.
 
 The learner's figures come from its metrics.csv (steps over wall-clock time between the first and the last logged
 update, so start-up is left out); at one rank also the CPU time its process and its servers spent per 1,000 steps
@@ -245,7 +245,7 @@ def main() -> None:
         many = learner(args.ranks, args.worlds, args.seconds, one["steps_per_s"] * args.ranks, args.overrides)
         scale = many["steps_per_s"] / one["steps_per_s"]
         print(_describe(f"mpirun -n {args.ranks} agora train, K={args.worlds} per rank", many, alone))
-        print(f"  {args.ranks} ranks / 1 rank: {scale:.2f} (target >= 1.6 for 2 ranks on 2 cores)")
+        print(f"  {args.ranks} ranks / 1 rank: {scale:.2f} (with more cores than one rank keeps busy)")
         figures |= {f"rank{args.ranks}": many, "scaling": scale}
     print(f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at the end")
     if args.json:
