@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import random
 import socket
 import struct
@@ -105,7 +106,10 @@ class Context:
         batch = self.client.ok({**create, "seed": 1, "copies": 2})
         vector = self.client.ok({"op": "create", "scenario": "foraging_v0", "seed": 2, "copies": 2, "join": True})
         drawn = self.client.ok({**create, "seed": 3, "render": True})
-        league = {"op": "create", "scenario": SPREAD, "seed": 4, "copies": 2, "group": "fuzz-league"}
+        # A name of this context's own: several fuzzers share one server (bench/fuzz_server.py), and a name is its
+        # creator's.
+        self.league = f"fuzz-league-{os.urandom(4).hex()}"
+        league = {"op": "create", "scenario": SPREAD, "seed": 4, "copies": 2, "group": self.league}
         grouped = self.client.ok({**league, "invite_only": ["agent_2"], "share_state": True, "deadline_ms": 20})
         self.invite_token = grouped["invite_token"]
         self.world, self.box, self.drawn = one["worlds"][0], box["worlds"][0], drawn["worlds"][0]
@@ -166,12 +170,12 @@ class Context:
             "join_group": [
                 {
                     "op": "join_group",
-                    "group": "fuzz-league",
+                    "group": self.league,
                     "seats": ["agent_2", "agent_*"],
                     "invite_token": self.invite_token,
                     "takeover": True,
                 },
-                {"op": "join_group", "group": "fuzz-league", "seats": "agent_1"},
+                {"op": "join_group", "group": self.league, "seats": "agent_1"},
             ],
             "leave": [{"op": "leave", "world": self.world, "seats": ["agent_0"]}],
             "close": [{"op": "close", "world": self.world}],
