@@ -5,12 +5,12 @@ module joins those seats of every world and acts for all of them with one ``act_
 called once per seat and world (agents/policies.py: ``random``, ``noop``, ``scripted``, ``module:callable``). It
 stops after ``steps`` ticks or ``seconds``, or when the worlds go away (their owner closed them).
 
-As a process: ``python -m agora_marl.agents.opponents ADDRESS --worlds 3,4,5 --seats "prey_*" --policy random``.
+As a process: ``agora play --worlds 3,4,5 --seats "prey_*" --policy random`` (or ``--group NAME``), which is this loop
+with trained run directories as policies too.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import time
 from collections.abc import Callable, Sequence
@@ -198,36 +198,3 @@ def _act_batch(client: AgentClient, chunks: list[list[int]], actions: dict[str, 
         requests.append(client.send("act_batch", worlds=chunk, actions={a: v[rows] for a, v in actions.items()}))
         start += len(chunk)
     return [client.reply(request_id) for request_id in requests]
-
-
-def _main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m agora_marl.agents.opponents", description="Play a named policy in some seats of K worlds."
-    )
-    parser.add_argument("address", help="the server holding the worlds")
-    parser.add_argument("--worlds", required=True, help="world ids, comma-separated")
-    parser.add_argument("--seats", required=True, help="agents or globs, comma-separated (prey_*)")
-    parser.add_argument("--policy", default="random", help="random, noop, scripted or module:callable")
-    parser.add_argument("--steps", type=int, default=None, help="stop after this many ticks")
-    parser.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    parser.add_argument("--timeout", type=float, default=60.0, help="how long one tick may take (s)")
-    parser.add_argument("--server-key", default=None, help="the server's CurveZMQ public key")
-    parser.add_argument("--client-key", default=None, help="this client's secret certificate")
-    args = parser.parse_args(argv)
-    played = play_seats(
-        args.address,
-        [int(w) for w in args.worlds.split(",")],
-        args.seats.split(","),
-        args.policy,
-        steps=args.steps,
-        seconds=args.seconds,
-        timeout_s=args.timeout,
-        server_key=args.server_key,
-        client_key=args.client_key,
-    )
-    print(f"opponent: {played.steps} steps, {played.episodes} episodes, returns {played.returns} ({played.reason})")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(_main())
