@@ -112,7 +112,7 @@ class AgentClient:
         if self._secret is not None and "secret" not in fields:
             fields["secret"] = self._secret
         request_id = next(self._ids)
-        frames = pack({"op": op, "id": request_id, **{k: v for k, v in fields.items() if v is not None}})
+        frames = pack({"op": op, "id": request_id, **{k: v for k, v in fields.items() if v is not None}}, joined=True)
         try:
             self._socket.send_multipart(frames, flags=zmq.NOBLOCK, copy=False)
         except zmq.Again:
@@ -202,7 +202,8 @@ class AgentClient:
         if keep_alive_s is not None:
             self._keep_alive_s = keep_alive_s
         self.name = name or self.name
-        fields = {"name": self.name, "keep_alive_s": self._keep_alive_s, "operator": self._operator}
+        # joined: every reply's arrays in one frame (docs/protocol.md, 'Frames'): a frame less per array, both ends.
+        fields = {"name": self.name, "keep_alive_s": self._keep_alive_s, "operator": self._operator, "frames": "joined"}
         try:
             self.welcome = self.reply(self.send("hello", secret=self._secret, **fields), timeout_s)
         except ServerError as exc:

@@ -71,7 +71,7 @@ class Replay:
         return reply
 
     def hello(self, route: bytes) -> str:
-        return self.request({"op": "hello", "id": 1}, route)["secret"]
+        return self.request({"op": "hello", "id": 1, "frames": "joined"}, route)["secret"]
 
     def serve(self, frames: list) -> None:
         self.server.serve_one(list(frames))

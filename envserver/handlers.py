@@ -24,6 +24,8 @@ from agora_marl.envserver.partial import op_act_batch
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     BAD_REQUEST,
+    FRAME_LAYOUTS,
+    FRAMES_JOINED,
     NOT_ALLOWED,
     NOT_OWNER,
     NOT_YOUR_SEAT,
@@ -60,6 +62,11 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
     config = server.config
     keep_alive = field(message, "keep_alive_s", (int, float), None)
     operator = field(message, "operator", str, None)
+    frames = field(message, "frames", str, None)
+    if frames is not None and frames not in FRAME_LAYOUTS:
+        raise ProtocolError(
+            BAD_REQUEST, f"'frames' must be one of {list(FRAME_LAYOUTS)}, got {frames!r:.40}", "see Frames"
+        )
     if keep_alive is not None and not keep_alive >= 0:  # NaN too
         raise ProtocolError(BAD_REQUEST, f"'keep_alive_s' must be >= 0, got {keep_alive}", "send seconds, or omit it")
     if operator is not None and not secrets.compare_digest(operator.encode(), server.operator_secret.encode()):
@@ -70,6 +77,8 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
         session = server.new_session()
     session.name = name
     session.operator = session.operator or operator is not None
+    if frames is not None:
+        session.joined = frames == FRAMES_JOINED
     if keep_alive is not None:
         # Never shorter than the server's own timeout, never longer than the operator allows.
         session.keep_alive_s = min(max(float(keep_alive), config.heartbeat_timeout_s), config.max_keep_alive_s)

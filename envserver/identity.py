@@ -44,6 +44,8 @@ class Session:
     owned: set[int] = field(default_factory=set)
     seats: set[tuple[int, str]] = field(default_factory=set)
     name: str = ""
+    joined: bool = False
+    """Asked at ``hello`` for every reply's arrays in one frame (docs/protocol.md, 'Frames')."""
     keep_alive_s: float | None = None
     """How long this connection may be silent before it loses its seats (``hello``'s ``keep_alive_s``); None: the
     server's heartbeat timeout."""

@@ -254,7 +254,7 @@ class EnvServer:
             reply = handler(self, session, message)
             if reply is not None:
                 reply["id"] = request_id
-                self.send(route, reply)
+                self.send(route, reply, session is not None and session.joined)
         except ProtocolError as exc:
             self.stats["errors"] += 1
             self.send(route, exc.to_header(exc.request_id or request_id))
@@ -266,9 +266,10 @@ class EnvServer:
             error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
             self.send(route, error.to_header(request_id))
 
-    def send(self, route: bytes, message: dict) -> None:
-        """Send a message to the connection with this routing id (replies to the request being served)."""
-        frames = pack(message)
+    def send(self, route: bytes, message: dict, joined: bool = False) -> None:
+        """Send a message to the connection with this routing id (replies to the request being served); ``joined``:
+        its arrays in one frame, as the session asked at ``hello``."""
+        frames = pack(message, joined)
         send = self.socket.send
         try:
             send(route, _SNDMORE)
@@ -314,7 +315,7 @@ class EnvServer:
             self._jobs.append(job)  # round robin: the next job gets the next turn
         else:
             reply["id"] = job.request_id
-            self.send(job.session.route, reply)
+            self.send(job.session.route, reply, job.session.joined)
 
     def send_to(self, replies: list[tuple[bytes, dict]]) -> None:
         """Send messages to sessions (by ``Session.identity``), wherever each last connected from; a session that is
@@ -322,7 +323,7 @@ class EnvServer:
         for identity, message in replies:
             session = self.sessions.get(identity)
             if session is not None:
-                self.send(session.route, message)
+                self.send(session.route, message, session.joined)
 
     def _session(self, message: dict, route: bytes, header, required: bool) -> Session | None:
         """The session whose secret the request carries (its replies now go to ``route``), or None for a sessionless

@@ -14,9 +14,7 @@ from agora_marl.envserver.protocol import pack, unpack
 
 
 class RawClient:
-    def __init__(
-        self, address: str, timeout_s: float = 10.0, curve_serverkey: bytes | None = None, hello: bool = True
-    ):
+    def __init__(self, address: str, timeout_s: float = 10.0, curve_serverkey: bytes | None = None, hello: bool = True):
         self.socket = zmq.Context.instance().socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         if curve_serverkey:

@@ -65,6 +65,26 @@ BAD_FRAMES = {
         _header({"op": "ping", "x": 1, "arrays": [[["x", "y"], "uint8", [1]]]}),
         b"\x00",
     ],
+    "joined not a bool": [_header({"op": "ping", "joined": 1, "arrays": [[["a"], "uint8", [1], 0]]}), b"\x00"],
+    "joined entry without offset": [
+        _header({"op": "ping", "joined": True, "arrays": [[["a"], "uint8", [1]]]}),
+        b"\x00",
+    ],
+    "joined with two array frames": [
+        _header({"op": "ping", "joined": True, "arrays": [[["a"], "uint8", [1], 0], [["b"], "uint8", [1], 1]]}),
+        b"\x00",
+        b"\x00",
+    ],
+    "joined offset past the frame": [
+        _header({"op": "ping", "joined": True, "arrays": [[["a"], "float32", [2], 4]]}),
+        b"\x00" * 8,
+    ],
+    "joined offset negative": [_header({"op": "ping", "joined": True, "arrays": [[["a"], "uint8", [1], -1]]}), b"\x00"],
+    "joined offset a bool": [_header({"op": "ping", "joined": True, "arrays": [[["a"], "uint8", [1], True]]}), b"\x00"],
+    "joined huge shape": [
+        _header({"op": "ping", "joined": True, "arrays": [[["a"], "uint8", [2**40, 2**40], 0]]}),
+        b"\x00",
+    ],
 }
 
 

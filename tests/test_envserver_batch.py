@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import msgpack
 import numpy as np
 import pytest
 from gymnasium import spaces
@@ -55,6 +56,65 @@ def test_stacked_batch_matches_in_process_stepping(server):
             np.testing.assert_array_equal(reply["obs"][i], np.stack([obs[a] for a in env.possible_agents]))
             np.testing.assert_array_equal(reply["state"][i], env.state())
         assert reply["alive"].all()
+
+
+def test_a_session_asking_for_joined_frames_gets_the_same_batch_in_one_array_frame(server):
+    """hello's ``frames: "joined"`` puts every array of a reply in one frame; the numbers are those of separate frames.
+    A request may come joined whatever its session asked (here its actions: one array per agent)."""
+    from agora_marl.envserver.protocol import pack, unpack
+
+    separate, joined = RawClient(server.address), RawClient(server.address, hello=False)
+    joined.secret = joined.ok({"op": "hello", "name": "joined", "frames": "joined"})["secret"]
+    refused = joined.request({"op": "hello", "frames": "one-big-frame"})
+    assert refused["code"] == "bad_request" and "frames" in refused["message"]
+    replies = []
+    for client in (separate, joined):
+        worlds = client.ok({"op": "create", "scenario": SPREAD, "seed": 3, "copies": 2, "join": True})["worlds"]
+        client.ok({"op": "reset_batch", "worlds": worlds, "seed": 3, "layout": "agents", "state": True})
+        actions = {f"agent_{i}": np.array([i, 4 - i]) for i in range(3)}
+        request = {"op": "step_batch", "id": 9, "secret": client.secret, "worlds": worlds, "state": True}
+        frames = pack({**request, "actions": actions}, joined=True)
+        assert len(frames) == 2
+        client.send_frames(frames)
+        assert client.socket.poll(10_000)
+        frames = client.socket.recv_multipart()
+        replies.append((frames, unpack(frames)))
+    (frames_a, a), (frames_b, b) = replies
+    assert len(frames_b) == 2 and len(frames_a) > 8, "joined: the header and one array frame; else one per array"
+    assert msgpack.unpackb(frames_b[0])["joined"] is True
+    assert sorted(a) == sorted(b) and sorted(a["obs"]) == sorted(b["obs"]) == list(actions)
+    for key in ("rewards", "terminated", "truncated", "alive", "episode_over", "state"):
+        np.testing.assert_array_equal(a[key], b[key])
+        assert a[key].dtype == b[key].dtype
+    for agent in actions:
+        np.testing.assert_array_equal(a["obs"][agent], b["obs"][agent])
+
+
+def test_joined_and_separate_frames_carry_the_same_arrays():
+    from agora_marl.envserver.protocol import pack, unpack
+
+    message = {
+        "op": "batch",
+        "id": 4,
+        "scalar": np.array(5, np.int64),  # 0-d stays 0-d
+        "empty": np.zeros((0, 3), np.float32),
+        "flags": np.array([[True, False, True]]),
+        "strided": np.arange(12, dtype=np.int16).reshape(3, 4)[:, ::2],
+        "nested": {"a": np.arange(3, dtype=np.uint8), "b": np.linspace(0, 1, 5), "plain": 1},
+    }
+    separate, joined = pack(message), pack(message, joined=True)
+    assert len(separate) == 7 and len(joined) == 2
+    header = msgpack.unpackb(joined[0])
+    assert all(entry[3] % 8 == 0 for entry in header["arrays"]), "every array starts aligned"
+    for out in (unpack([f if type(f) is bytes else f.tobytes() for f in frames]) for frames in (separate, joined)):
+        for key in ("scalar", "empty", "flags", "strided"):
+            np.testing.assert_array_equal(out[key], message[key])
+            assert out[key].shape == message[key].shape and out[key].dtype == message[key].dtype
+        np.testing.assert_array_equal(out["nested"]["b"], message["nested"]["b"])
+        assert out["nested"]["plain"] == 1 and not out["flags"].flags.writeable
+    assert len(pack({"op": "x", "one": np.zeros(3)}, joined=True)) == 2 and "joined" not in msgpack.unpackb(
+        pack({"op": "x", "one": np.zeros(3)}, joined=True)[0]
+    ), "a single array travels as it is"
 
 
 def test_agents_layout_for_teams_with_different_spaces(server):

@@ -9,6 +9,7 @@ from agora_marl.agents.conformance.base import MAX_EPISODE_STEPS, Context, check
 from agora_marl.agents.conformance.checks_worlds import agents_of, world_entry
 from agora_marl.agents.conformance.peer import Peer, Skip, expect, short
 from agora_marl.agents.conformance.values import expect_value, legal_rows
+from agora_marl.envserver.protocol import pack
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, BATCH_MISMATCH, LAYOUT_AGENTS, LAYOUT_STACKED
 
 #: Worlds per batch in these checks.
@@ -161,3 +162,41 @@ def check_act_batch(ctx: Context) -> None:
         worlds=[worlds[0], worlds[0]],
         actions=_actions(spec, mine, LAYOUT_AGENTS, 2),
     )
+
+
+@check
+def check_joined_frames(ctx: Context) -> None:
+    """a session that asks for frames "joined" at hello gets each batch reply's arrays in one frame, with the same
+    numbers as a session reading them a frame each; a joined request is read like a separate one"""
+    joined, separate = ctx.peer("joined", frames="joined"), ctx.peer("separate")
+    replies, held = {}, {}
+    for role, peer in (("joined", joined), ("separate", separate)):
+        created = peer.create(join=True, copies=K, seed=3)
+        worlds, spec = created["worlds"], created["spec"]
+        agents = agents_of(spec)
+        request = peer.send("reset_batch", worlds=worlds, layout=LAYOUT_AGENTS, seed=5)
+        reset = peer.answer("reset_batch", request)
+        frames = peer.frame_counts[request]
+        replies[role], held[role] = reset, worlds
+        if peer is joined:
+            expect(frames == 2, f"a reset_batch reply to a joined session came in {frames} frames, not 2")
+        else:
+            expect(frames > 2, f"a reset_batch reply to a separate session came in {frames} frames: one per array")
+    for key in ("obs", "alive"):
+        a, b = replies["joined"].get(key), replies["separate"].get(key)
+        a, b = (a, b) if key == "alive" else (a.get(agents[0]), b.get(agents[0]))
+        expect(
+            isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and np.array_equal(a, b) and a.dtype == b.dtype,
+            f"joined and separate reset_batch {key} differ for seed 5: {short(a)} vs {short(b)}",
+        )
+    worlds = held["joined"]
+    actions = _actions(spec, agents, LAYOUT_AGENTS, K)
+    request = next(ctx.ids)
+    joined.send_frames(
+        pack({"op": "step_batch", "id": request, "secret": joined.secret, "worlds": worlds, "actions": actions}, True),
+        request,
+        "a joined step_batch request",
+    )
+    batch = joined.answer("step_batch", request)
+    _expect_array(batch, "rewards", "float32", (K, len(agents)))
+    joined.refused("hello", BAD_REQUEST, "frames must be separate or joined", session=False, frames="all-in-one")

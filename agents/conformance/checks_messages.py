@@ -171,10 +171,15 @@ def check_bad_message(ctx: Context) -> None:
         "more entries than frames": ([[["x"], "float32", [1]]], []),
         "more frames than entries": ([], [four]),
         "arrays that is not a list": ("x", []),
+        "a joined entry without its offset": ([[["x"], "float32", [1]]], [four], True),
+        "a joined offset past the frame's end": ([[["x"], "float32", [1], 4]], [four], True),
+        "joined with two array frames": ([[["x"], "float32", [1], 0], [["y"], "float32", [1], 0]], [four, four], True),
+        "joined that is not a bool": ([[["x"], "float32", [1], 0]], [four], 1),
     }
-    for what, (table, frames) in tables.items():
+    for what, (table, frames, *joined) in tables.items():
         request_id = next(ctx.ids)
-        a.send_frames([msgpack.packb(_with_arrays(request_id, table)), *frames], request_id, what)
+        header = _with_arrays(request_id, table) | ({"joined": joined[0]} if joined else {})
+        a.send_frames([msgpack.packb(header), *frames], request_id, what)
         a.refusal(what, request_id, BAD_MESSAGE, "the refusal carries the readable header's id")
     a.ok("ping")  # and the server keeps serving this very connection
 

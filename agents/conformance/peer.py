@@ -76,6 +76,8 @@ class Peer:
         self._ids = ids
         self._in_flight: dict[int, str] = {}
         self._stash: dict[int, dict] = {}
+        self.frame_counts: dict[int, int] = {}
+        """How many frames the reply to each request id came in (the joined-frames check reads it)."""
         self.socket = context.socket(zmq.DEALER)
         self.socket.setsockopt(zmq.LINGER, 0)
         self.socket.connect(address)
@@ -127,6 +129,7 @@ class Peer:
                 f"(ids in flight: {sorted(self._in_flight)[:8]}); a reply echoes its request's id: {short(reply)}"
             )
         del self._in_flight[request_id]
+        self.frame_counts[request_id] = len(frames)
         return reply
 
     def reply(self, request_id: int, timeout_s: float | None = None) -> dict:

@@ -92,6 +92,9 @@ ERROR_CODES = (
 #: ``step_batch``/``reset_batch`` ``layout``: one array per agent, or one per field with the agent axis second.
 LAYOUT_AGENTS, LAYOUT_STACKED = "agents", "stacked"
 LAYOUTS = (LAYOUT_AGENTS, LAYOUT_STACKED)
+#: ``hello`` ``frames``: how the server lays out the arrays of its replies to this session: a frame each, or all in one.
+FRAMES_SEPARATE, FRAMES_JOINED = "separate", "joined"
+FRAME_LAYOUTS = (FRAMES_SEPARATE, FRAMES_JOINED)
 #: ``create`` ``fill``: what a free, lost or late seat does when its world steps.
 FILL_KINDS = ("noop", "random", "repeat")
 #: A seat's state in ``list``: nobody holds it; a live connection does; its holder went silent (its token reclaims it).
