@@ -18,7 +18,7 @@ from pettingzoo import ParallelEnv
 from agora_marl.envserver.batch import BatchStepper
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, LAYOUT_STACKED
-from agora_marl.envserver.protocol.wire import Packed
+from agora_marl.envserver.protocol.wire import Packed, Stacked
 from agora_marl.envserver.world import RECENT_RETURNS
 from agora_marl.scenarios import VectorScenario
 
@@ -162,14 +162,8 @@ class VectorStepper(BatchStepper):
 
     def _layout(self, obs: dict[str, np.ndarray]) -> Any:
         if self.layout == LAYOUT_STACKED:
-            # A fresh array per reply (a large frame is sent without copying, so it must not be written again);
-            # one row assignment per agent costs a third of np.stack's.
-            parts = [obs[a] for a in self.agents]
-            first = parts[0]
-            out = np.empty((first.shape[0], len(parts), *first.shape[1:]), np.result_type(*parts))
-            for i, part in enumerate(parts):
-                out[:, i] = part
-            return out
+            # Stacked when packed: straight into a joined frame, with no array of its own in between.
+            return Stacked([obs[a] for a in self.agents])
         return obs
 
     def reset(self, seed: int | None) -> dict:
@@ -209,7 +203,9 @@ class VectorStepper(BatchStepper):
             "episode_over": over,
         }
         if done.size:
-            reply["final_obs"] = self._layout(obs)
+            final = self._layout(obs)
+            # Made whole now: the resets below may write the scenario's arrays in place.
+            reply["final_obs"] = final.array() if type(final) is Stacked else final
             if self.with_state:
                 reply["final_state"] = self._state(obs)
             obs = group.vector.reset(copies=done)

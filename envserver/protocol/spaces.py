@@ -167,7 +167,7 @@ def check_value(space: spaces.Space, value: Any, batch_shape: tuple[int, ...] = 
                 raise ValueError(f"{name} must hold integers, got {array.dtype} with fractional or non-finite values")
         elif not _kind_ok(array, "iu" if not isinstance(space, spaces.MultiBinary) else "iub"):
             raise ValueError(f"{name} has dtype {array.dtype}; {space} needs integers")
-        ints = array.astype(np.int64)
+        ints = array.astype(np.int64, copy=False)  # the frame's read-only view when it is int64 already
         if isinstance(space, spaces.MultiDiscrete):
             outside = not (np.all(ints >= space.start) and np.all(ints <= space.start + space.nvec - 1))
         else:  # one bound pair for every value: two reductions instead of two comparisons and two reductions

@@ -87,6 +87,28 @@ class Packed:
         self.data = msgpack.packb(value, use_bin_type=True)
 
 
+class Stacked:
+    """An array given as its slices along axis 1 (a stacked batch reply's observations, one slice per agent): written
+    straight into a joined frame, so that it costs one copy, not two; made whole for a frame of its own."""
+
+    __slots__ = ("parts", "shape", "dtype", "nbytes")
+
+    def __init__(self, parts: list[np.ndarray]):
+        self.parts = parts
+        self.dtype = np.result_type(*parts)
+        self.shape = (parts[0].shape[0], len(parts), *parts[0].shape[1:])
+        self.nbytes = math.prod(self.shape) * self.dtype.itemsize
+
+    def write(self, out: np.ndarray) -> None:
+        for i, part in enumerate(self.parts):  # a row assignment per slice costs a third of np.stack's
+            out[:, i] = part
+
+    def array(self) -> np.ndarray:
+        out = np.empty(self.shape, self.dtype)
+        self.write(out)
+        return out
+
+
 def _map_header(size: int) -> bytes:
     if size < 16:
         return bytes([0x80 | size])
@@ -111,6 +133,9 @@ def _extract_arrays(node: dict, path: list[str], table: list, frames: list) -> d
         kind = type(value)
         if kind in _PLAIN_TYPES:
             out[key] = value
+        elif kind is Stacked:
+            table.append([[*path, key], dtype_name(value.dtype), list(value.shape)])
+            frames.append(value)
         elif isinstance(value, np.ndarray):
             # np.ascontiguousarray would make a 0-d array 1-d: copy only what is not contiguous already.
             array = value if value.flags.c_contiguous else np.ascontiguousarray(value).reshape(value.shape)
@@ -147,7 +172,10 @@ def _join(table: list, frames: list) -> np.ndarray:
     joined = np.empty(end, np.uint8)
     for entry, array, offset in zip(table, frames, offsets, strict=True):
         entry.append(offset)
-        joined[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)
+        if type(array) is Stacked:
+            array.write(joined[offset : offset + array.nbytes].view(array.dtype).reshape(array.shape))
+        else:
+            joined[offset : offset + array.nbytes] = array.reshape(-1).view(np.uint8)
     return joined
 
 
@@ -167,6 +195,8 @@ def pack(message: dict, joined: bool = False) -> list:
         if joined and len(frames) > 1:
             frames = [_join(table, frames)]
             header["joined"] = True
+        else:
+            frames = [array.array() if type(array) is Stacked else array for array in frames]
     packed = [(key, value) for key, value in header.items() if type(value) is Packed]
     if packed:
         for key, _ in packed:
