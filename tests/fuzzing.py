@@ -301,6 +301,30 @@ def tampered_tables(template: dict, request_id: int, rng: random.Random) -> Iter
     yield with_table(table, [*frames[1:], b"\x00" * 4])
     yield with_table({"0": table[0]})
     yield with_table([*table, rng.choice(table)])
+    yield from _tampered_joined(template, request_id, rng)
+
+
+def _tampered_joined(template: dict, request_id: int, rng: random.Random) -> Iterator[list]:
+    """The same request joined (its arrays in one frame, at offsets), lying about the offsets or the frame."""
+    frames = pack(
+        {**template, "id": request_id, "probe": np.arange(4, dtype=np.int32), "probe2": np.ones(3)}, joined=True
+    )
+    header = msgpack.unpackb(frames[0])
+    table, data = header["arrays"], bytes(memoryview(frames[1]).cast("B"))
+
+    def with_table(new_table: Any, tail: list | None = None, **fields: Any) -> list:
+        return [msgpack.packb({**header, "arrays": new_table, **fields}), *([data] if tail is None else tail)]
+
+    for i, (path, dtype, shape, offset) in enumerate(table):
+        for bad_offset in (-8, len(data), len(data) - 1, 2**64 - 1, 2**40, 1.5, True, None, "0", [offset]):
+            yield with_table([*table[:i], [path, dtype, shape, bad_offset], *table[i + 1 :]])
+        yield with_table([*table[:i], [path, dtype, shape], *table[i + 1 :]])
+        yield with_table([*table[:i], [path, dtype, [*shape, 2**20], offset], *table[i + 1 :]])
+    yield with_table(table, [data[: rng.randrange(len(data))]])
+    yield with_table(table, [data, data])
+    yield with_table(table, [])
+    for bad in (1, 0, "true", None, [True]):
+        yield with_table(table, joined=bad)
 
 
 def reply_problem(reply: dict, op: str, request_id: int) -> str | None:
