@@ -22,6 +22,7 @@ from pettingzoo import ParallelEnv
 from agora_marl.envserver.protocol import noop_value, to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, FREE, HELD, INTERRUPTED, LATE, LOST, UNKNOWN_SEAT
+from agora_marl.envserver.protocol.wire import PLACED
 
 #: How many finished episodes' returns a world keeps for ``list``.
 RECENT_RETURNS = 10
@@ -308,6 +309,12 @@ class World:
                 if batch.record(k, self, outcome):
                     out.append((waiter.identity, batch.reply()))
                 continue
+            obs = {a: to_wire(self.obs_spaces[a], self.obs[a]) for a in waiter.seats if a in self.obs}
+            final_obs = None
+            if outcome.final_obs is not None:
+                final_obs = {
+                    a: to_wire(self.obs_spaces[a], outcome.final_obs[a]) for a in waiter.seats if a in outcome.final_obs
+                }
             reply = {
                 "op": "step",
                 "id": waiter.request_id,
@@ -316,7 +323,6 @@ class World:
                 "episode": self.episode,
                 "agents": self.live_agents,
                 "episode_over": outcome.final_obs is not None or self.episode_over,
-                "obs": {a: to_wire(self.obs_spaces[a], self.obs[a]) for a in waiter.seats if a in self.obs},
                 "rewards": {a: float(outcome.rewards.get(a, 0.0)) for a in waiter.seats},
                 "terminated": {a: bool(outcome.terminated.get(a, False)) for a in waiter.seats},
                 "truncated": {a: bool(outcome.truncated.get(a, False)) for a in waiter.seats},
@@ -324,13 +330,21 @@ class World:
                 "infos": {a: plain(outcome.infos.get(a, {})) for a in waiter.seats},
                 "filled": outcome.filled,
             }
-            if outcome.final_obs is not None:
-                reply["final_obs"] = {
-                    a: to_wire(self.obs_spaces[a], outcome.final_obs[a]) for a in waiter.seats if a in outcome.final_obs
-                }
+            self._place_obs(reply, "obs", obs)
+            if final_obs is not None:
+                self._place_obs(reply, "final_obs", final_obs)
             out.append((waiter.identity, reply))
         self.waiters.clear()
         return out
+
+    @staticmethod
+    def _place_obs(reply: dict, key: str, obs: dict) -> None:
+        """Put per-seat observations in a reply: as placed arrays (wire.PLACED: pack skips its walk) when each is one
+        array, as a map otherwise (Dict and Tuple spaces, or no seat alive: an empty map)."""
+        if obs and all(type(v) is np.ndarray for v in obs.values()):
+            reply.setdefault(PLACED, []).extend(((key, a), v) for a, v in obs.items())
+        else:
+            reply[key] = obs
 
     def cancel_waiters(self, reason: str, only: bytes | None = None) -> list[tuple[bytes, dict]]:
         """Error replies (``interrupted``) for waiting requests, all of them or one connection's."""

@@ -117,6 +117,20 @@ def test_joined_and_separate_frames_carry_the_same_arrays():
     ), "a single array travels as it is"
 
 
+def test_arrays_placed_by_the_sender_pack_as_the_walk_would():
+    """wire.PLACED (how a lockstep step reply hands over its observations) gives the very frames of the walk."""
+    from agora_marl.envserver.protocol import pack
+    from agora_marl.envserver.protocol.wire import PLACED
+
+    obs = {"agent_0": np.arange(4, dtype=np.float32), "agent_1": np.ones((2, 2), np.int16)[:, :1]}
+    plain = {"op": "step", "id": 3, "world": 1, "rewards": {"agent_0": -1.0}, "infos": {"agent_0": {}}, "filled": {}}
+    walked = pack({**plain, "obs": obs}, joined=False)
+    placed = pack({**plain, PLACED: [(("obs", a), v) for a, v in obs.items()]})
+    assert [bytes(memoryview(f).cast("B")) for f in walked] == [bytes(memoryview(f).cast("B")) for f in placed]
+    for joined in (False, True):
+        assert len(pack({**plain, PLACED: [(("obs", "agent_0"), obs["agent_0"])]}, joined)) == 2
+
+
 def test_agents_layout_for_teams_with_different_spaces(server):
     client = RawClient(server.address)
     worlds = client.ok({"op": "create", "scenario": TAG, "seed": 0, "copies": 2, "join": True})["worlds"]
