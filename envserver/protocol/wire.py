@@ -132,7 +132,7 @@ class _Placed:
 
 #: A message key (not a string, so it never reaches the wire) under which a sender hands :func:`pack` the message's
 #: arrays already placed, as ``(path, array)`` pairs, when the rest of the message holds plain values only: the walk
-#: for arrays is skipped (it costs ~8 µs for a lockstep step reply, whose arrays are only its observations).
+#: for arrays is skipped (packing a one-seat lockstep step reply, whose only arrays are its observations: 5.7 → 3.4 µs).
 PLACED = _Placed()
 
 
