@@ -160,10 +160,12 @@ class VectorStepper(BatchStepper):
         self.alive.flags.writeable = False
         self.world_ids = Packed(group.world_ids)  # the group is whole once it steps: its ids never change
 
-    def _layout(self, obs: dict[str, np.ndarray]) -> Any:
+    def _layout(self, obs: dict[str, np.ndarray], whole: bool = False) -> Any:
+        """The reply's observations; stacked, they are written when packed (straight into a joined frame, no array of
+        their own in between) unless ``whole``: made now, for arrays the scenario may write again before the send."""
         if self.layout == LAYOUT_STACKED:
-            # Stacked when packed: straight into a joined frame, with no array of its own in between.
-            return Stacked([obs[a] for a in self.agents])
+            stacked = Stacked([obs[a] for a in self.agents])
+            return stacked.array() if whole else stacked
         return obs
 
     def reset(self, seed: int | None) -> dict:
@@ -203,9 +205,7 @@ class VectorStepper(BatchStepper):
             "episode_over": over,
         }
         if done.size:
-            final = self._layout(obs)
-            # Made whole now: the resets below may write the scenario's arrays in place.
-            reply["final_obs"] = final.array() if type(final) is Stacked else final
+            reply["final_obs"] = self._layout(obs, whole=True)  # the resets below may write obs's arrays in place
             if self.with_state:
                 reply["final_state"] = self._state(obs)
             obs = group.vector.reset(copies=done)

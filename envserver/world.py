@@ -309,12 +309,6 @@ class World:
                 if batch.record(k, self, outcome):
                     out.append((waiter.identity, batch.reply()))
                 continue
-            obs = {a: to_wire(self.obs_spaces[a], self.obs[a]) for a in waiter.seats if a in self.obs}
-            final_obs = None
-            if outcome.final_obs is not None:
-                final_obs = {
-                    a: to_wire(self.obs_spaces[a], outcome.final_obs[a]) for a in waiter.seats if a in outcome.final_obs
-                }
             reply = {
                 "op": "step",
                 "id": waiter.request_id,
@@ -330,17 +324,17 @@ class World:
                 "infos": {a: plain(outcome.infos.get(a, {})) for a in waiter.seats},
                 "filled": outcome.filled,
             }
-            self._place_obs(reply, "obs", obs)
-            if final_obs is not None:
-                self._place_obs(reply, "final_obs", final_obs)
+            self._place_obs(reply, "obs", self.obs, waiter.seats)
+            if outcome.final_obs is not None:
+                self._place_obs(reply, "final_obs", outcome.final_obs, waiter.seats)
             out.append((waiter.identity, reply))
         self.waiters.clear()
         return out
 
-    @staticmethod
-    def _place_obs(reply: dict, key: str, obs: dict) -> None:
-        """Put per-seat observations in a reply: as placed arrays (wire.PLACED: pack skips its walk) when each is one
+    def _place_obs(self, reply: dict, key: str, observations: dict, seats: list[str]) -> None:
+        """Put the seats' observations in a reply: as placed arrays (wire.PLACED: pack skips its walk) when each is one
         array, as a map otherwise (Dict and Tuple spaces, or no seat alive: an empty map)."""
+        obs = {a: to_wire(self.obs_spaces[a], observations[a]) for a in seats if a in observations}
         if obs and all(type(v) is np.ndarray for v in obs.values()):
             reply.setdefault(PLACED, []).extend(((key, a), v) for a, v in obs.items())
         else:
