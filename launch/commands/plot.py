@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
             raise SystemExit(f"agora plot: {run_dir / METRICS_FILE} has no values of {args.metric!r}")
         config = load_config(run_dir / CONFIG_FILE)
         late = [r for r in all_rows if r.get(LATE, "") != ""]
-        curves.append((run_label(run_dir, config.algo, run_dirs, config.env.seats), rows, late))
+        curves.append((run_label(run_dir, config.algorithm.name, run_dirs, config.env.seats), rows, late))
     with_late = any(late for _, _, late in curves)
     fig, axes = plt.subplots(
         2 if with_late else 1, 2, figsize=(11, 6.5 if with_late else 4), sharex="col", sharey="row", squeeze=False
