@@ -233,7 +233,8 @@ class TrainingSession:
         if self.done:
             raise RuntimeError(f"{self.algorithm.name}: the run is done (session.done): begin no more updates")
         previous = self._update
-        self._closed.setdefault(previous, self._step)
+        if previous != self._ended:  # it ends later (an overlapped update): remember the steps its rollout made
+            self._closed[previous] = self._step
         boundary = self._fresh_process or previous % self.config.run.checkpoint_every == 0
         if boundary and self._ended != previous:
             raise RuntimeError(

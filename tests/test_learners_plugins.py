@@ -20,6 +20,7 @@ from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners.config import ConfigError, load_config, to_toml
 from agora_marl.learners.registry import AlgorithmError, resolve
 from agora_marl.learners.run import load_checkpoint, read_metrics
+from agora_marl.learners.trained import load_trained_policy
 
 ROOT = Path(__file__).resolve().parent.parent
 MPIRUN = shutil.which("mpirun", path=str(Path(sys.executable).parent)) or shutil.which("mpirun")
@@ -174,6 +175,15 @@ def test_an_algorithm_from_a_file_trains_resumes_and_passes_the_check_from_anywh
     for check in ("train", "resume", "policy", "partial seats", "self-play", "eval", "play", "mpirun -n 2"):
         assert any(line.startswith(f"  ok    {check}") for line in lines), checked.stdout
     assert "10 of 10 checks passed" in checked.stdout
+
+    # A moved file: the run says where it looked, and loads again once its config.toml names the new place.
+    moved = tmp_path / "elsewhere.py"
+    (plugin_dir / "my_algo.py").rename(moved)
+    with pytest.raises(ConfigError, match="set algo in that file to its new place"):
+        load_trained_policy(run_dir)
+    config_file = run_dir / "config.toml"
+    config_file.write_text(config_file.read_text().replace(recorded.algo, f"{moved}:Reinforce"))
+    assert load_trained_policy(run_dir).possible_agents == ["agent_0", "agent_1", "agent_2"]
 
 
 def test_a_plugin_table_is_checked_as_the_built_ins_are(plugin_dir: Path, monkeypatch) -> None:

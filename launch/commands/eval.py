@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise SystemExit("agora eval: --episodes must be at least 1")
-    run_ = trained_run(args.run_dir, args.checkpoint)
+    try:
+        run_ = trained_run(args.run_dir, args.checkpoint)
+    except (ValueError, FileNotFoundError) as exc:  # not a run, a checkpoint of another format, a moved algorithm
+        raise SystemExit(f"agora eval: {exc}") from None
     config = run_.config
     opponents = list(dict.fromkeys(args.opponents or ([config.env.opponent] if run_.partial else [])))
     if args.seats and not opponents:
