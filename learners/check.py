@@ -183,8 +183,10 @@ class _Checks:
         if state["update"] != 4 or len(rows) != 4:
             raise CheckFailed(f"the run ended at update {state['update']} with {len(rows)} rows", "end every update")
         last = rows[-1]
-        shown = ", ".join(f"{k} {float(v):.3g}" for k, v in last.items() if k not in ("time_s",) and v)[:150]
-        return f"4 updates, {state['step']} steps; {shown}"
+        first = [k for k in ("return", "episodes") if last.get(k)]
+        rest = [k for k in last if k not in (*first, "step", "update", "time_s") and last[k]]
+        shown = ", ".join(f"{k} {float(last[k]):.3g}" for k in [*first, *rest])
+        return f"4 updates, {state['step']} steps; {shown if len(shown) < 120 else shown[:117] + '...'}"
 
     def resume(self) -> str:
         directory = self.folder / "resumed"
