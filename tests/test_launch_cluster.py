@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from agora_marl.agents.client import AgentClient
+from agora_marl.envserver.protocol.connection import read_connection_file, write_connection_file
 from agora_marl.launch import cluster
 from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
@@ -127,6 +129,28 @@ def test_connect_reads_connection_files_written_later(tmp_path) -> None:
     assert cluster.read_connect(["ipc:///x", str(path)], timeout_s=30) == ["ipc:///x", "tcp://h:1", "tcp://h:2"]
     with pytest.raises(FileNotFoundError, match="no such connection file after 0 s"):
         cluster.read_connect([str(tmp_path / "missing.json")], timeout_s=0.2)
+
+
+def test_a_wildcard_bind_is_published_under_this_hosts_name(tmp_path) -> None:
+    # `agora serve --bind tcp://0.0.0.0:0 --addr-file F` on one node, `agora train --connect F` on another.
+    path = tmp_path / "servers.json"
+    bound = ["tcp://0.0.0.0:5555", "tcp://*:5556", "tcp://[::]:5557", "tcp://127.0.0.1:5558", "ipc:///tmp/s.sock"]
+    write_connection_file(path, bound)
+    host = socket.gethostname()
+    published = [f"tcp://{host}:5555", f"tcp://{host}:5556", f"tcp://{host}:5557", *bound[3:]]
+    assert read_connection_file(path) == published
+
+
+def test_train_refuses_tasks_that_srun_started_without_a_pmi(tmp_path) -> None:
+    """`srun --mpi=none agora train`: every task would train alone as rank 0 of 1, into the same run directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "PMIX", "OMPI_", "MV2_", "SLURM_"))}
+    env.update(SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2", SLURM_JOB_ID="17")
+    command = [sys.executable, "-m", "agora_marl", "train", f"run.dir={tmp_path / 'run'}", *TINY, "run.total_steps=200"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("agora train: error:")]
+    assert "srun started 4 tasks" in line and "srun --mpi=pmi2" in line and "--mpi=pmix" in line
+    assert not (tmp_path / "run").exists()
 
 
 def test_mpi_rank_detection_ignores_children_of_ranks(monkeypatch) -> None:

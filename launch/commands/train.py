@@ -57,11 +57,15 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agora_marl.launch.cluster import StopSignals
+    from agora_marl.launch.cluster import StopSignals, tasks_without_mpi
     from agora_marl.learners import mpi
     from agora_marl.learners.config import ConfigError
     from agora_marl.learners.run import RunDirError
 
+    problem = tasks_without_mpi()
+    if problem:  # every task says it: each would otherwise train alone
+        print(f"agora train: error: {problem}", file=sys.stderr)
+        return 2
     with StopSignals() as stop:
         try:
             with mpi.abort_on_exception():
