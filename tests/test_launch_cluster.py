@@ -29,7 +29,7 @@ from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, TrainingStopped, read_metrics
 from agora_marl.learners.training import torch_threads
-from tests.procs import alive
+from tests.procs import alive, leftovers, pids_with
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -39,25 +39,6 @@ TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _pids(needle: str, where: str = "environ") -> list[int]:
-    """Processes whose environment (or command line) holds ``needle``."""
-    found = []
-    for path in Path("/proc").glob(f"[0-9]*/{where}"):
-        try:
-            if needle.encode() in path.read_bytes():
-                found.append(int(path.parent.name))
-        except OSError:
-            continue
-    return [pid for pid in found if pid != os.getpid() and alive(pid)]
-
-
-def _no_leftovers(token: str, timeout_s: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while _pids(token) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return _pids(token)
 
 
 class Job:
@@ -89,7 +70,7 @@ class Job:
         return self.proc.returncode, out, err
 
     def kill(self) -> None:
-        for pid in [self.proc.pid, *_pids(self.token)]:
+        for pid in [self.proc.pid, *pids_with(self.token)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -181,7 +162,7 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
     env = load_config(None, [f"env.servers_per={per}", "env.servers=2"]).env
     with cluster.training_servers(env, report=False) as addresses:
         assert len(addresses) == 2 and all(a.startswith("ipc://") for a in addresses)
-        pids = [pid for a in addresses for pid in _pids(a.removeprefix("ipc://"), "cmdline")]
+        pids = [pid for a in addresses for pid in pids_with(a.removeprefix("ipc://"), "cmdline")]
         assert len(pids) == 2
         for pid in pids:  # what SLURM sends every process of a step: the learner decides when its servers go
             os.kill(pid, signal.SIGUSR1)
@@ -199,7 +180,7 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
 def test_an_error_stops_the_servers_at_once() -> None:
     env = load_config(None, ["env.servers=1"]).env
     with pytest.raises(RuntimeError, match="boom"), cluster.training_servers(env, report=False) as addresses:
-        pids = _pids(addresses[0].removeprefix("ipc://"), "cmdline")
+        pids = pids_with(addresses[0].removeprefix("ipc://"), "cmdline")
         raise RuntimeError("boom")
     time.sleep(0.2)
     deadline = time.monotonic() + 10
@@ -261,7 +242,7 @@ def test_train_two_ranks_share_their_node_server(tmp_path) -> None:
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update_0000003.pt", "update_0000006.pt"]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert [p.name for p in (run_dir / "servers" / "node0").iterdir()] == ["server0.log"]
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
 
 @pytest.mark.mpi
@@ -274,7 +255,7 @@ def test_one_rank_raising_aborts_train_and_leaves_no_process(tmp_path, fail_rank
     assert code != 0
     assert f"deliberate failure in rank {fail_rank} at update 3" in err
     assert "agora train: done" not in out
-    assert _no_leftovers(job.token) == [], "a rank or an env server outlived the aborted job"
+    assert leftovers(job.token) == [], "a rank or an env server outlived the aborted job"
 
 
 @pytest.mark.mpi
@@ -284,7 +265,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     run_dir = tmp_path / "run"
     job = Job(*_train(run_dir, "run.total_steps=10000000", "run.checkpoint_every=1000"))
     _wait_for_rows(run_dir / "metrics.csv", 3, job)
-    for pid in [job.proc.pid, *_pids(job.token)]:
+    for pid in [job.proc.pid, *pids_with(job.token)]:
         os.kill(pid, signal.SIGTERM)
     code, out, err = job.wait(90)
     assert code == cluster.EXIT_STOPPED, out + err
@@ -293,7 +274,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     assert update >= 3
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"update_{update:07d}.pt"]
     assert int(read_metrics(run_dir / "metrics.csv")[-1]["update"]) == update
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
     args = [
         sys.executable,
@@ -310,7 +291,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     rows = read_metrics(run_dir / "metrics.csv")
     assert [int(r["update"]) for r in rows] == list(range(1, update + 3))
     assert [int(r["step"]) for r in rows[-2:]] == [200 * (update + 1), 200 * (update + 2)]
-    assert _no_leftovers(resumed.token) == []
+    assert leftovers(resumed.token) == []
 
 
 @pytest.mark.mpi
@@ -336,7 +317,7 @@ def test_mpmd_server_rank_serves_both_train_ranks(tmp_path) -> None:
     assert len(used) == 1 and "/server.sock <- rank(s) 0 1" in used[0], err
     assert json.loads((tmp_path / "s.json").read_text())["addresses"][0].startswith("tcp://127.0.0.1:")
     assert len(read_metrics(run_dir / "metrics.csv")) == 6
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
 
 @pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "launch" / "templates").iterdir()))

@@ -1,0 +1,111 @@
+"""Running agora on the simulated nodes: the environment a job gets, jobs bounded in time, and job templates filled in.
+
+Every job carries a unique token in its environment, which every process it starts inherits (on any node, through
+SLURM too: sbatch and srun pass the environment on), so that "no process left behind" is a scan of /proc.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.nodes import ROOT, Cluster, Node
+from tests.procs import pids_with
+
+BIN = Path(sys.executable).parent
+#: MPICH's Hydra from the venv, next to the interpreter.
+MPIEXEC = BIN / "mpiexec"
+#: A tiny budget: 4 worlds x 25 steps per rank and update, one epoch.
+TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
+
+
+def agora(*args: str) -> list[str]:
+    """The ``agora`` command line of this interpreter."""
+    return [sys.executable, "-m", "agora_marl", *args]
+
+
+def hydra(cluster: Cluster, *args: str) -> list[str]:
+    """``mpiexec ARGS`` starting the ranks of other nodes through the cluster's launcher (ssh's place)."""
+    return [str(MPIEXEC), "-launcher", "ssh", "-launcher-exec", str(cluster.launcher), *args]
+
+
+def job_env(token: str, **extra: str) -> dict[str, str]:
+    """The environment of a job on the nodes.
+
+    All nodes share one kernel, so MPICH's UCX would move "inter-node" messages through shared memory: ``UCX_TLS``
+    makes them cross the bridge over TCP, as between real machines.
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "PMIX_", "OMPI_", "SLURM_", "HYDRA_"))}
+    env.update(
+        AGORA_TEST_TOKEN=token,
+        OMP_NUM_THREADS="1",
+        UCX_TLS="tcp,self",
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '/usr/bin:/bin')}",
+    )
+    env.update(extra)
+    return env
+
+
+class NodeJob:
+    """A command on a node, in a session of its own, with a fresh token; killed if the test leaves it running."""
+
+    def __init__(self, node: Node, argv: list, cwd: str | Path = ROOT, **extra_env: str) -> None:
+        self.token = uuid.uuid4().hex
+        self.proc = node.popen(
+            argv, job_env(self.token, **extra_env), cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+
+    def wait(self, timeout_s: float) -> tuple[int, str, str]:
+        """Its exit status and output; fails the test (killing everything it started) past ``timeout_s``."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"the job did not end within {timeout_s} s:\n{out}\n{err}")
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        """SIGKILL the job and everything carrying its token."""
+        for pid in [self.proc.pid, *pids_with(self.token)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+    def __enter__(self) -> NodeJob:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        self.proc.communicate()
+
+
+def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    """Poll ``condition()`` until true; fail the test with ``what`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(interval_s)
+
+
+def fill_in(template: Path, edits: dict[str, str | None]) -> str:
+    """The job template's text with its EDIT lines changed, and only those: ``edits`` maps a regular expression
+    matching a whole line to its replacement (``None`` deletes it). Every pattern must match lines marked EDIT."""
+    lines = template.read_text().splitlines()
+    for pattern, replacement in edits.items():
+        matched = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line)]
+        assert matched, f"{template.name}: no line matches {pattern!r}"
+        for i in matched:
+            assert "EDIT" in lines[i], f"{template.name}: {lines[i]!r} is not an EDIT line"
+            lines[i] = replacement if replacement is not None else "\0"
+    return "\n".join(line for line in lines if line != "\0") + "\n"
