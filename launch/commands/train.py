@@ -62,11 +62,11 @@ def run(args: argparse.Namespace) -> int:
     from agora_marl.learners.config import ConfigError
     from agora_marl.learners.run import RunDirError
 
-    problem = tasks_without_mpi()
-    if problem:  # every task says it: each would otherwise train alone
-        print(f"agora train: error: {problem}", file=sys.stderr)
-        return 2
-    with StopSignals() as stop:
+    with StopSignals() as stop:  # first: a batch system's signal may come at any time
+        problem = tasks_without_mpi()
+        if problem:  # every task says it: each would otherwise train alone
+            print(f"agora train: error: {problem}", file=sys.stderr)
+            return 2
         try:
             with mpi.abort_on_exception():
                 code = _train(args, mpi, stop)

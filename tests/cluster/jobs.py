@@ -100,12 +100,13 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2) ->
 
 def fill_in(template: Path, edits: dict[str, str | None]) -> str:
     """The job template's text with its EDIT lines changed, and only those: ``edits`` maps a regular expression
-    matching a whole line to its replacement (``None`` deletes it). Every pattern must match lines marked EDIT."""
-    lines = template.read_text().splitlines()
+    matching a whole line to its replacement (``\\1`` refers to a group; ``None`` deletes the line). Every pattern
+    must match, and only lines marked EDIT."""
+    lines: list[str | None] = list(template.read_text().splitlines())
     for pattern, replacement in edits.items():
-        matched = [i for i, line in enumerate(lines) if re.fullmatch(pattern, line)]
+        matched = [(i, m) for i, line in enumerate(lines) if line is not None and (m := re.fullmatch(pattern, line))]
         assert matched, f"{template.name}: no line matches {pattern!r}"
-        for i in matched:
-            assert "EDIT" in lines[i], f"{template.name}: {lines[i]!r} is not an EDIT line"
-            lines[i] = replacement if replacement is not None else "\0"
-    return "\n".join(line for line in lines if line != "\0") + "\n"
+        for i, match in matched:
+            assert "EDIT" in match.string, f"{template.name}: {match.string!r} is not an EDIT line"
+            lines[i] = match.expand(replacement) if replacement is not None else None
+    return "\n".join(line for line in lines if line is not None) + "\n"

@@ -40,7 +40,7 @@ SlurmdPidFile={state}/%n/slurmd.pid
 SlurmctldLogFile={state}/slurmctld.log
 SlurmdLogFile={state}/%n.log
 ProctrackType=proctrack/linuxproc
-TaskPlugin=task/affinity
+TaskPlugin=task/none
 MpiDefault=none
 SwitchType=switch/none
 SchedulerType=sched/builtin
@@ -177,9 +177,11 @@ class Slurm:
     def wait(self, job_id: int, timeout_s: float) -> dict[str, str]:
         """Wait until ``job_id`` ends, through its requeues; returns its fields (the last seen on a timeout).
 
-        A requeued job waits ~2 minutes before it may start again (SLURM's requeue delay): its StartTime is reset here,
-        as an operator would, so that the test does not wait for it. A batch script requeues its job before it exits,
-        so a job seen ended is not requeued afterwards.
+        A requeued job waits ~2 minutes before it may start again (SLURM's requeue delay: the lifetime of a job
+        credential, ``cred_expire``): its StartTime is reset here, as an operator would, so that the test does not wait
+        for it. Not at once: a slurmd refuses a credential made in the same second as the revocation of the previous
+        one ("Job credential revoked"). A batch script requeues its job before it exits, so a job seen ended is not
+        requeued afterwards.
         """
         deadline = time.monotonic() + timeout_s
         released = 0
@@ -187,6 +189,7 @@ class Slurm:
             fields = self.job(job_id)
             restarted = int(fields.get("Restarts", "0"))
             if fields["JobState"] == "PENDING" and restarted > released:
+                time.sleep(2)
                 self.run(["scontrol", "update", f"JobId={job_id}", "StartTime=now"])
                 released = restarted
             if fields["JobState"] in ENDED or time.monotonic() > deadline:
@@ -194,13 +197,9 @@ class Slurm:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stop the daemons (SIGTERM, then SIGKILL); the cluster's stop removes the rest."""
-        for daemon in reversed(self.daemons):
+        """Kill the daemons (their state goes with the cluster's)."""
+        for daemon in self.daemons:
             with contextlib.suppress(ProcessLookupError):
-                daemon.terminate()
-        for daemon in reversed(self.daemons):
-            try:
-                daemon.wait(timeout=10)
-            except subprocess.TimeoutExpired:
                 daemon.kill()
-                daemon.wait(timeout=10)
+        for daemon in self.daemons:
+            daemon.wait(timeout=30)
