@@ -330,3 +330,20 @@ def test_job_templates_are_valid_shell_that_resumes_after_a_stop(template: str) 
     assert f"status == {cluster.EXIT_STOPPED}" in text  # requeue or resubmit on a checkpointed stop
     directives = [line for line in text.splitlines() if line.startswith(("#SBATCH --account", "#PBS -A"))]
     assert directives and all("# EDIT" in line for line in directives)
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "launch" / "templates").iterdir()))
+def test_job_templates_leave_the_device_and_the_pmi_to_edit_lines(template: str) -> None:
+    """Nothing site-dependent off the EDIT lines: the device (run.device=cuda was hard-coded) and srun's --mpi=.
+
+    tests/cluster/ runs every template with only its EDIT lines filled in; this checks the same where it cannot run.
+    """
+    lines = (ROOT / "launch" / "templates" / template).read_text().splitlines()
+    assert all("run.device=$DEVICE" in line for line in lines if "run.device=" in line)
+    (device,) = [line for line in lines if line.startswith("DEVICE=")]
+    assert device.startswith("DEVICE=auto ") and "# EDIT" in device
+    sruns = [line for line in lines if line.lstrip().startswith("srun ")]
+    assert all('--mpi="$PMI"' in line for line in sruns)
+    assert not sruns or any(line.startswith("PMI=") and "# EDIT" in line for line in lines)
+    resubmits = [i for i, line in enumerate(lines) if line.lstrip().startswith(("scontrol requeue", "qsub "))]
+    assert resubmits and all("[[ -z ${cancelled:-} ]]" in lines[i - 1] for i in resubmits)  # a cancel ends the job

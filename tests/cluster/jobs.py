@@ -26,6 +26,8 @@ BIN = Path(sys.executable).parent
 MPIEXEC = BIN / "mpiexec"
 #: A tiny budget: 4 worlds x 25 steps per rank and update, one epoch.
 TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
+#: Steps per update of a job template's run here (:func:`tiny_config`): 4 worlds x 25 steps, 2 ranks.
+STEPS_PER_UPDATE = 200
 
 
 def agora(*args: str) -> list[str]:
@@ -96,6 +98,15 @@ def wait_for(condition, timeout_s: float, what: str, interval_s: float = 0.2) ->
         if time.monotonic() > deadline:
             pytest.fail(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(interval_s)
+
+
+def tiny_config(path: Path, updates: int) -> Path:
+    """Write a job template's CONFIG: ``updates`` tiny updates with 2 ranks, one env server per node."""
+    path.write_text(
+        f'algo = "mappo"\n[env]\nnum_worlds = 4\nservers = 1\n[run]\ntotal_steps = {updates * STEPS_PER_UPDATE}\n'
+        "progress = false\ncheckpoint_every = 1000\n[ppo]\nepochs = 1\n"
+    )
+    return path
 
 
 def fill_in(template: Path, edits: dict[str, str | None]) -> str:

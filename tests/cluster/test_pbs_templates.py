@@ -11,15 +11,13 @@ import sys
 import pytest
 
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import NodeJob, fill_in, wait_for
+from tests.cluster.jobs import NodeJob, fill_in, tiny_config, wait_for
 from tests.cluster.nodes import ROOT, Cluster
 from tests.procs import leftovers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow]
 
 TEMPLATES = ROOT / "launch" / "templates"
-#: Steps per update: 4 worlds x 25 steps per rank, 2 ranks.
-STEPS_PER_UPDATE = 200
 _QSUB = '#!/bin/sh\necho "$@" >> "$(dirname "$0")/../qsub.log"\n'
 
 
@@ -34,11 +32,7 @@ class ByHand:
         qsub.write_text(_QSUB)
         qsub.chmod(0o755)
         self.name = name
-        self.config = self.folder / "tiny.toml"
-        self.config.write_text(
-            f'algo = "mappo"\n[env]\nnum_worlds = 4\nservers = 1\n[run]\ntotal_steps = {updates * STEPS_PER_UPDATE}\n'
-            "progress = false\ncheckpoint_every = 1000\n[ppo]\nepochs = 1\n"
-        )
+        self.config = tiny_config(self.folder / "tiny.toml", updates)
         self.script = self.folder / template
         edits: dict[str, str | None] = {
             r"module .*": None,

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import TINY, agora, fill_in, job_env, wait_for
+from tests.cluster.jobs import STEPS_PER_UPDATE, TINY, agora, fill_in, job_env, tiny_config, wait_for
 from tests.cluster.nodes import ROOT, Cluster
 from tests.cluster.slurm import ENDED, Slurm
 from tests.procs import leftovers
@@ -20,8 +20,10 @@ from tests.procs import leftovers
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow]
 
 TEMPLATES = ROOT / "launch" / "templates"
-#: Steps per update: 4 worlds x 25 steps per rank (TINY), 2 ranks in every job here.
-STEPS_PER_UPDATE = 200
+#: srun's PMI for the venv's MPICH, on the templates' EDIT line.
+PMI2 = {r"PMI=.*": "PMI=pmi2  # EDIT: the venv's MPICH takes PMI-2"}
+#: The mpirun template's launch line for MPICH's Hydra instead of Open MPI's (both lines are EDIT lines).
+HYDRA = {r"MPIRUN=\(mpirun .*": None, r"# (MPIRUN=\(mpiexec .*)": r"\1"}
 
 
 def _edits(folder: Path, config: Path, nodes: int, tasks_per_node: int) -> dict[str, str | None]:
@@ -41,15 +43,6 @@ def _edits(folder: Path, config: Path, nodes: int, tasks_per_node: int) -> dict[
     return edits
 
 
-def _config(path: Path, updates: int) -> Path:
-    """A tiny training run of ``updates`` updates (with 2 ranks)."""
-    path.write_text(
-        f'algo = "mappo"\n[env]\nnum_worlds = 4\nservers = 1\n[run]\ntotal_steps = {updates * STEPS_PER_UPDATE}\n'
-        "progress = false\ncheckpoint_every = 1000\n[ppo]\nepochs = 1\n"
-    )
-    return path
-
-
 class Submitted:
     """A template filled in, written to its own folder on the shared filesystem and submitted with sbatch."""
 
@@ -58,7 +51,7 @@ class Submitted:
         self.token = uuid.uuid4().hex
         self.folder = slurm.cluster.shared / f"{Path(template).stem}-{self.token[:8]}"
         self.folder.mkdir()
-        config = _config(self.folder / "tiny.toml", updates)
+        config = tiny_config(self.folder / "tiny.toml", updates)
         script = self.folder / template
         script.write_text(
             fill_in(TEMPLATES / template, {**_edits(self.folder, config, nodes, tasks_per_node), **edits})
@@ -91,37 +84,28 @@ class Submitted:
         return fields
 
 
-def test_one_node_template_trains_to_completion(slurm: Slurm) -> None:
-    pmi = {r"PMI=.*": "PMI=pmi2  # EDIT: the venv's MPICH takes PMI-2"}
-    job = Submitted(slurm, "slurm_1node.sbatch", updates=3, nodes=1, tasks_per_node=2, **pmi)
+@pytest.mark.parametrize(
+    ("template", "nodes", "tasks_per_node"),
+    [("slurm_1node.sbatch", 1, 2), ("slurm_nodes_srun.sbatch", 2, 1)],
+    ids=["1node", "nodes-srun"],
+)
+def test_srun_template_trains_to_completion(slurm: Slurm, template: str, nodes: int, tasks_per_node: int) -> None:
+    job = Submitted(slurm, template, updates=3, nodes=nodes, tasks_per_node=tasks_per_node, **PMI2)
     fields = job.wait()
-    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "0"), job.log()
     log = job.log()
-    assert "agora doctor: 2 rank(s) on 1 node(s)" in log and "agora doctor: no problem found" in log
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "0"), log
+    assert f"agora doctor: 2 rank(s) on {nodes} node(s)" in log and "agora doctor: no problem found" in log
+    assert f"agora: 2 rank(s) on {nodes} node(s), env servers: started per node" in log
     assert "agora train: done" in log
     assert [int(r["step"]) for r in job.rows()] == [STEPS_PER_UPDATE * (i + 1) for i in range(3)]
     assert leftovers(job.token) == []
 
 
-@pytest.mark.parametrize(
-    ("template", "warning", "edits"),
-    [
-        ("slurm_nodes_srun.sbatch", ["--signal=USR1"], {r"PMI=.*": "PMI=pmi2  # EDIT: the venv's MPICH takes PMI-2"}),
-        (
-            "slurm_nodes_mpirun.sbatch",
-            ["--signal=USR1", "--batch"],
-            {r"MPIRUN=\(mpirun .*": None, r"# (MPIRUN=\(mpiexec .*)": r"\1"},
-        ),
-    ],
-    ids=["srun", "mpirun"],
-)
-def test_nodes_template_requeues_at_the_time_limit_warning_and_resumes_to_completion(
-    slurm: Slurm, template: str, warning: list[str], edits: dict
-) -> None:
-    """``scancel --signal=USR1`` sends what ``#SBATCH --signal=USR1@120`` sends (``--batch``: ``B:USR1@120``)."""
-    job = Submitted(slurm, template, updates=10, nodes=2, tasks_per_node=1, **edits)
+def test_mpirun_template_requeues_at_the_time_limit_warning_and_resumes_to_completion(slurm: Slurm) -> None:
+    """``scancel --signal=USR1 --batch`` sends what ``#SBATCH --signal=B:USR1@120`` sends ahead of the time limit."""
+    job = Submitted(slurm, "slurm_nodes_mpirun.sbatch", updates=10, nodes=2, tasks_per_node=1, **HYDRA)
     job.wait_for_training()
-    slurm.run(["scancel", *warning, str(job.id)])
+    slurm.run(["scancel", "--signal=USR1", "--batch", str(job.id)])
     fields = job.wait()
     log = job.log()
     assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), log
@@ -134,8 +118,7 @@ def test_nodes_template_requeues_at_the_time_limit_warning_and_resumes_to_comple
 
 
 def test_scancel_ends_an_mpirun_job_without_requeueing_it(slurm: Slurm) -> None:
-    edits = {r"MPIRUN=\(mpirun .*": None, r"# (MPIRUN=\(mpiexec .*)": r"\1"}
-    job = Submitted(slurm, "slurm_nodes_mpirun.sbatch", updates=1000, nodes=2, tasks_per_node=1, **edits)
+    job = Submitted(slurm, "slurm_nodes_mpirun.sbatch", updates=1000, nodes=2, tasks_per_node=1, **HYDRA)
     job.wait_for_training()
     slurm.run(["scancel", str(job.id)])
     assert leftovers(job.token, timeout_s=60) == []  # the whole job is over: script, mpirun, ranks, servers
