@@ -3,6 +3,9 @@
 It needs root, ``ip netns`` and, for SLURM, Debian's slurm-wlm, munge and libpmix-dev (``bash launch/install.sh``
 installs them where it runs as root with apt-get). Where it cannot run, its tests skip with one line saying why;
 in CI (``CI`` set) they fail instead, so that CI never passes without running them.
+
+``AGORA_CLUSTER_KEEP=1`` leaves the cluster (namespaces, daemons, ``/var/tmp/agora-cluster/<id>``) in place after the
+session, to look around in it; the next session, or ``python -m tests.cluster.nodes --cleanup``, removes it.
 """
 
 from __future__ import annotations
@@ -49,7 +52,8 @@ def cluster() -> Iterator[Cluster]:
     try:
         yield nodes.start()
     finally:
-        nodes.stop()
+        if not _keep():
+            nodes.stop()
 
 
 @pytest.fixture(scope="session")
@@ -62,4 +66,9 @@ def slurm(cluster: Cluster) -> Iterator[Slurm]:
     try:
         yield daemons.start()
     finally:
-        daemons.stop()
+        if not _keep():
+            daemons.stop()
+
+
+def _keep() -> bool:
+    return os.environ.get("AGORA_CLUSTER_KEEP", "") not in ("", "0")
