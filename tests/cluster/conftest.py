@@ -1,11 +1,12 @@
-"""The simulated cluster, shared by every test of this folder: two nodes (and SLURM on them) made once per session.
+"""The simulated cluster, shared by every test of this folder: two nodes (and SLURM on them) made once, removed when the
+folder's tests are done.
 
 It needs root, ``ip netns`` and, for SLURM, Debian's slurm-wlm, munge and libpmix-dev (``bash launch/install.sh``
 installs them where it runs as root with apt-get). Where it cannot run, its tests skip with one line saying why;
 in CI (``CI`` set) they fail instead, so that CI never passes without running them.
 
 ``AGORA_CLUSTER_KEEP=1`` leaves the cluster (namespaces, daemons, ``/var/tmp/agora-cluster/<id>``) in place after the
-session, to look around in it; the next session, or ``python -m tests.cluster.nodes --cleanup``, removes it.
+tests, to look around in it; the next run of them, or ``python -m tests.cluster.nodes --cleanup``, removes it.
 """
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _why_no_nodes() -> str:
     return ""
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
-    """Two simulated nodes, node1 and node2, on a private bridge; removed at the end of the session."""
+    """Two simulated nodes, node1 and node2, on a private bridge; removed when this folder's tests are done."""
     reason = _why_no_nodes()
     if reason:
         _cannot(reason)
@@ -56,9 +57,9 @@ def cluster() -> Iterator[Cluster]:
             nodes.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def slurm(cluster: Cluster) -> Iterator[Slurm]:
-    """slurmctld on node1, a slurmd on each node, munge: started once for the session."""
+    """slurmctld on node1, a slurmd on each node, munge: started once for this folder's tests."""
     absent = slurm_module.missing()
     if absent:
         _cannot(f"SLURM is not installed ({', '.join(absent)}): `bash launch/install.sh` installs it as root")

@@ -47,7 +47,7 @@ hostname "$NAME"
 mount --bind "$HOSTS" /etc/hosts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mkdir -p "$STAGE" && mount -t tmpfs -o mode=1777 tmpfs "$STAGE"
-for path in $KEEP; do mkdir -p "$STAGE$path" && mount --bind "$path" "$STAGE$path"; done
+for path in $KEEP; do mkdir -p "$STAGE${path#/tmp}" && mount --bind "$path" "$STAGE${path#/tmp}"; done
 mount --move "$STAGE" /tmp
 # slurmd 22.05 wants a cgroup filesystem even with proctrack/linuxproc: an empty named hierarchy, not the host's.
 mount -t tmpfs -o mode=755 tmpfs /sys/fs/cgroup

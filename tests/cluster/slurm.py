@@ -3,7 +3,7 @@
 munged and slurmctld run on node1, a slurmd on every node, all in the foreground as children of the test process,
 with their configuration, sockets, spool and logs under the cluster's state folder (``slurm/``, ``munge/``): nothing
 of the host's own SLURM or munge (``/etc/slurm``, ``/run/munge``) is read or written. Clients find the configuration
-through ``SLURM_CONF`` (:meth:`Slurm.env`) and run on a node (:meth:`Slurm.command`).
+through ``SLURM_CONF`` (:meth:`Slurm.env`) and run on the head node (:meth:`Slurm.run`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 
 from tests.cluster.nodes import Cluster, Node
 
-#: The daemons and clients the simulated SLURM needs, and the library ``srun --mpi=pmix`` loads.
+#: The daemons and clients the simulated SLURM needs (:func:`missing` also looks for libpmix.so: ``srun --mpi=pmix``).
 NEEDED = ("munged", "slurmctld", "slurmd", "sbatch", "srun", "scontrol", "scancel")
 #: Job states after which a job runs no more (unless requeued).
 ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL"}

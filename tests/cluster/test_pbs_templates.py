@@ -7,11 +7,12 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from pathlib import Path
 
 import pytest
 
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import NodeJob, fill_in, tiny_config, wait_for
+from tests.cluster.jobs import STEPS_PER_UPDATE, NodeJob, fill_in, tiny_config, wait_for
 from tests.cluster.nodes import ROOT, Cluster
 from tests.procs import leftovers
 
@@ -75,43 +76,39 @@ class ByHand:
         return read_metrics(path) if path.exists() else []
 
 
-def test_one_node_script_ends_on_qdel_and_completes_when_run_again(cluster: Cluster) -> None:
-    job = ByHand(cluster, "pbs_1node.pbs", "pbs-one-node", updates=6, stop_after_s=3600)
+@pytest.mark.parametrize("template", ["pbs_1node.pbs", "pbs_nodes.pbs"])
+def test_script_trains_to_completion_and_leaves_nothing_behind(cluster: Cluster, template: str) -> None:
+    job = ByHand(cluster, template, Path(template).stem.replace("_", "-"), updates=3, stop_after_s=3600)
     with job.start() as run:
-        wait_for(lambda: len(job.rows()) >= 1 or run.proc.poll() is not None, 180, "the first update")
+        code, out, err = run.wait(180)
+    assert code == 0, out + err
+    nodes = 2 if template == "pbs_nodes.pbs" else 1
+    assert f"agora doctor: 2 rank(s) on {nodes} node(s)" in out and "agora doctor: no problem found" in out
+    assert "agora train: done" in out
+    assert [int(r["step"]) for r in job.rows()] == [STEPS_PER_UPDATE * (i + 1) for i in range(3)]
+    assert job.submissions() == []
+    assert leftovers(run.token, timeout_s=5) == []  # the timer included: no `sleep 3600` behind
+
+
+def test_timer_resubmits_and_qdel_ends_the_next_part(cluster: Cluster) -> None:
+    job = ByHand(cluster, "pbs_1node.pbs", "pbs-timer", updates=1000, stop_after_s=10)
+    with job.start() as run:
+        code, out, err = run.wait(180)
+    assert code == 75, out + err
+    assert "agora train: SIGUSR1: stopped after update" in out
+    assert job.submissions() == [f"-N pbs-timer {job.script}"]
+    assert leftovers(run.token, timeout_s=5) == []
+    stopped = len(job.rows())
+
+    # The next part, as the resubmitted job runs it (its walltime anew: the timer far off), continues the run; qdel.
+    next_part = ByHand(cluster, "pbs_1node.pbs", "pbs-timer", updates=1000, stop_after_s=3600)
+    with next_part.start() as run:
+        wait_for(lambda: len(job.rows()) > stopped or run.proc.poll() is not None, 180, "the resumed run's update")
         os.killpg(run.proc.pid, signal.SIGTERM)  # qdel: SIGTERM to the job's processes
         code, out, err = run.wait(120)
     assert code == 75, out + err
     assert "agora train: SIGTERM: stopped after update" in out
-    assert job.submissions() == []  # a cancelled job ends
-    assert leftovers(run.token, timeout_s=5) == []  # the timer included: no `sleep 3600` behind
-    stopped = len(job.rows())
-
-    with job.start() as run:  # the user continues it: the same script finds the run and resumes it
-        code, out, err = run.wait(180)
-    assert code == 0, out + err
-    assert "agora doctor: no problem found" in out and "agora train: done" in out
-    assert [int(r["update"]) for r in job.rows()] == list(range(1, 7)) and stopped < 6
-    assert job.submissions() == []
-    assert leftovers(run.token, timeout_s=5) == []
-
-
-def test_nodes_script_resubmits_at_its_timer_and_the_next_part_completes(cluster: Cluster) -> None:
-    job = ByHand(cluster, "pbs_nodes.pbs", "pbs-nodes", updates=20, stop_after_s=8)
-    with job.start() as run:
-        code, out, err = run.wait(180)
-    assert code == 75, out + err  # 20 updates take longer than 8 s here: the timer stopped it
-    assert "agora doctor: 2 rank(s) on 2 node(s)" in out and "agora train: SIGUSR1: stopped after update" in out
-    assert job.submissions() == [f"-N pbs-nodes {job.script}"]
-    assert leftovers(run.token, timeout_s=5) == []
-    stopped = len(job.rows())
-
-    # The submitted next part: a job with its own walltime, in which the rest of the run fits.
-    next_part = ByHand(cluster, "pbs_nodes.pbs", "pbs-nodes", updates=20, stop_after_s=3600)
-    with next_part.start() as run:
-        code, out, err = run.wait(180)
-    assert code == 0, out + err
-    assert "agora train: done" in out
-    assert [int(r["update"]) for r in job.rows()] == list(range(1, 21)) and stopped < 20  # one run, continued
-    assert job.submissions() == [f"-N pbs-nodes {job.script}"]
+    assert job.submissions() == [f"-N pbs-timer {job.script}"]  # a cancelled job is not submitted again
+    rows = [int(r["update"]) for r in job.rows()]
+    assert rows == list(range(1, len(rows) + 1)) and len(rows) > stopped  # one run, continued
     assert leftovers(run.token, timeout_s=5) == []
