@@ -107,16 +107,18 @@ def cleanup_leftovers() -> list[str]:
 
     Returns the names of the namespaces removed.
     """
-    live = set()
+    live, removed = set(), []
     if STATE_BASE.is_dir():
         for state in STATE_BASE.iterdir():
             if _owner_alive(state):
                 live.add(state.name)
-            else:
-                for netns in _namespaces(state.name):
-                    kill_namespace(netns)
-                shutil.rmtree(state, ignore_errors=True)
-    removed = []
+                continue
+            for netns in _namespaces(state.name):
+                kill_namespace(netns)
+                removed.append(netns)
+            shutil.rmtree(state, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            STATE_BASE.rmdir()  # only when empty
     for netns in _namespaces():
         if netns.split("-")[1] not in live:
             kill_namespace(netns)
