@@ -36,7 +36,7 @@ PREFIX = "agoraclu"
 STATE_BASE = Path("/var/tmp/agora-cluster")
 #: The private /24 of the nodes: node i is SUBNET.i. It exists only inside the cluster's namespaces.
 SUBNET = "10.254.20"
-#: The folders a node must still see where the host's /tmp holds them (a checkout or a venv under /tmp).
+#: The checkout: nodes run its code, and must see it (and the venv) even where they lie under the host's /tmp.
 ROOT = Path(__file__).resolve().parents[2]
 #: Seconds any one setup command may take.
 COMMAND_TIMEOUT_S = 30
@@ -46,6 +46,7 @@ set -euo pipefail
 hostname "$NAME"
 mount --bind "$HOSTS" /etc/hosts
 mount -t tmpfs -o mode=1777 tmpfs /dev/shm
+# A private /tmp: a tmpfs made beside it, the checkout and venv bound back in at their own paths, moved over /tmp.
 mkdir -p "$STAGE" && mount -t tmpfs -o mode=1777 tmpfs "$STAGE"
 for path in $KEEP; do mkdir -p "$STAGE${path#/tmp}" && mount --bind "$path" "$STAGE${path#/tmp}"; done
 mount --move "$STAGE" /tmp

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -85,7 +86,7 @@ def test_train_connects_to_workers_served_from_the_other_node_through_their_conn
             f"agora:   node 0 (node1): {address} <- rank(s) {rank}" for rank, address in enumerate(addresses)
         ), err
         assert len(read_metrics(run_dir / "metrics.csv")) == 2
-        server.proc.send_signal(2)
+        server.proc.send_signal(signal.SIGINT)  # agora serve --workers stops its workers and ends cleanly
         code, out, err = server.wait(30)
         assert code == 0, out + err
     assert leftovers(job.token) == [] and leftovers(server.token) == []
