@@ -2,8 +2,9 @@
 folder's tests are done.
 
 It needs root, ``ip netns`` and, for SLURM, Debian's slurm-wlm, munge and libpmix-dev (``bash launch/install.sh``
-installs them where it runs as root with apt-get). Where it cannot run, its tests skip with one line saying why;
-in CI (``CI`` set) they fail instead, so that CI never passes without running them.
+installs them where it runs as root with apt-get). Where it cannot run, its test modules skip with one line saying
+why (:func:`tests.cluster.jobs.require`); in CI (``CI`` set) the fixtures fail every test instead, so that CI never
+passes without running them.
 
 ``AGORA_CLUSTER_KEEP=1`` leaves the cluster (namespaces, daemons, ``/var/tmp/agora-cluster/<id>``) in place after the
 tests, to look around in it; the next run of them, or ``python -m tests.cluster.nodes --cleanup``, removes it.
@@ -12,42 +13,20 @@ tests, to look around in it; the next run of them, or ``python -m tests.cluster.
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 from collections.abc import Iterator
 
 import pytest
 
-from tests.cluster import slurm as slurm_module
-from tests.cluster.nodes import Cluster, cleanup_leftovers
-from tests.cluster.slurm import Slurm
-
-
-def _cannot(reason: str) -> None:
-    message = f"simulated cluster: {reason}"
-    if os.environ.get("CI", "").lower() not in ("", "0", "false", "no"):
-        pytest.fail(f"{message} (CI must run these tests)", pytrace=False)
-    pytest.skip(message)
-
-
-def _why_no_nodes() -> str:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces); run as root or deselect with -m 'not cluster'"
-    absent = [tool for tool in ("ip", "nsenter", "unshare") if shutil.which(tool) is None]
-    if absent:
-        return f"needs {', '.join(absent)} (Debian: iproute2, util-linux)"
-    done = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30)
-    if done.returncode != 0:
-        return f"`ip netns` does not work here: {done.stderr.strip()}"
-    return ""
+from tests.cluster.nodes import Cluster, cleanup_leftovers, unavailable
+from tests.cluster.slurm import Slurm, not_installed
 
 
 @pytest.fixture(scope="package")
 def cluster() -> Iterator[Cluster]:
     """Two simulated nodes, node1 and node2, on a private bridge; removed when this folder's tests are done."""
-    reason = _why_no_nodes()
-    if reason:
-        _cannot(reason)
+    reason = unavailable()
+    if reason:  # in CI only: elsewhere the test modules skip (tests.cluster.jobs.require)
+        pytest.fail(f"simulated cluster: {reason} (CI must run these tests)", pytrace=False)
     cleanup_leftovers()
     nodes = Cluster(nodes=2)
     try:
@@ -60,9 +39,9 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture(scope="package")
 def slurm(cluster: Cluster) -> Iterator[Slurm]:
     """slurmctld on node1, a slurmd on each node, munge: started once for this folder's tests."""
-    absent = slurm_module.missing()
-    if absent:
-        _cannot(f"SLURM is not installed ({', '.join(absent)}): `bash launch/install.sh` installs it as root")
+    reason = not_installed()
+    if reason:  # in CI only, as above
+        pytest.fail(f"simulated cluster: {reason} (CI must run these tests)", pytrace=False)
     daemons = Slurm(cluster)
     try:
         yield daemons.start()

@@ -69,6 +69,17 @@ exec nsenter -t "$pid" -n -u -m --wd="$PWD" -- /bin/sh -c "$*"
 """
 
 
+def unavailable() -> str:
+    """Why simulated nodes cannot be made here ("" when they can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces); run as root or deselect with -m 'not cluster'"
+    absent = [tool for tool in ("ip", "nsenter", "unshare") if shutil.which(tool) is None]
+    if absent:
+        return f"needs {', '.join(absent)} (Debian: iproute2, util-linux)"
+    done = _ip("netns", "list", check=False)
+    return f"`ip netns` does not work here: {done.stderr.strip()}" if done.returncode != 0 else ""
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=check)
 

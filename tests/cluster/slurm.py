@@ -9,6 +9,7 @@ through ``SLURM_CONF`` (:meth:`Slurm.env`) and run on the head node (:meth:`Slur
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import re
 import shutil
@@ -60,11 +61,20 @@ PartitionName=sim Nodes={node_names} Default=YES MaxTime=INFINITE State=UP
 """
 
 
+def not_installed() -> str:
+    """Why SLURM cannot run here ("" when it can): what of it is not installed."""
+    absent = missing()
+    return (
+        f"SLURM is not installed ({', '.join(absent)}): `bash launch/install.sh` installs it as root" if absent else ""
+    )
+
+
 def missing() -> list[str]:
     """The programs (and libpmix) this needs that are not installed."""
     absent = [name for name in NEEDED if shutil.which(name, path="/usr/sbin:/usr/bin:/sbin:/bin") is None]
-    libraries = subprocess.run(["ldconfig", "-p"], capture_output=True, text=True, timeout=30).stdout
-    if not re.search(r"\blibpmix\.so\b", libraries):
+    if not any(
+        Path(folder).glob("libpmix.so") for folder in ("/usr/lib", "/usr/lib64", *glob.glob("/usr/lib/*-linux-*"))
+    ):
         absent.append("libpmix.so (libpmix-dev)")
     return absent
 

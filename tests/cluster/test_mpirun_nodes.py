@@ -12,11 +12,12 @@ import pytest
 
 from agora_marl.envserver.protocol.connection import read_connection_file
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import TINY, NodeJob, agora, hydra, wait_for
-from tests.cluster.nodes import Cluster
+from tests.cluster.jobs import TINY, NodeJob, agora, hydra, require, wait_for
+from tests.cluster.nodes import Cluster, unavailable
 from tests.procs import leftovers, pids_with
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow]
+require(unavailable())
 
 
 def _placement(err: str) -> list[str]:

@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import STEPS_PER_UPDATE, NodeJob, fill_in, tiny_config, wait_for
-from tests.cluster.nodes import ROOT, Cluster
+from tests.cluster.jobs import STEPS_PER_UPDATE, NodeJob, fill_in, require, tiny_config, wait_for
+from tests.cluster.nodes import ROOT, Cluster, unavailable
 from tests.procs import leftovers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow]
+require(unavailable())
 
 TEMPLATES = ROOT / "launch" / "templates"
 _QSUB = '#!/bin/sh\necho "$@" >> "$(dirname "$0")/../qsub.log"\n'

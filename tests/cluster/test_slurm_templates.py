@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from agora_marl.learners.run import read_metrics
-from tests.cluster.jobs import STEPS_PER_UPDATE, TINY, agora, fill_in, job_env, tiny_config, wait_for
-from tests.cluster.nodes import ROOT, Cluster
-from tests.cluster.slurm import ENDED, Slurm
+from tests.cluster.jobs import STEPS_PER_UPDATE, TINY, agora, fill_in, job_env, require, tiny_config, wait_for
+from tests.cluster.nodes import ROOT, Cluster, unavailable
+from tests.cluster.slurm import ENDED, Slurm, not_installed
 from tests.procs import leftovers
 
 pytestmark = [pytest.mark.cluster, pytest.mark.mpi, pytest.mark.slow]
+require(unavailable() or not_installed())
 
 TEMPLATES = ROOT / "launch" / "templates"
 #: srun's PMI for the venv's MPICH, on the templates' EDIT line.
