@@ -21,6 +21,7 @@ kernel if that rank dies (``PR_SET_PDEATHSIG``).
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import signal
 import socket
@@ -32,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from agora_marl.envserver.process import ServerProcesses, ServerStartError, ipc_tempdir
-from agora_marl.envserver.protocol.connection import read_connection_file, write_connection_file
+from agora_marl.envserver.protocol.connection import reachable_address, read_connection_file, write_connection_file
 
 #: ``agora train``'s exit status after stopping on a signal with a checkpoint written (EX_TEMPFAIL: "try again"):
 #: a batch script requeues the job on it, and the next one continues with ``--resume``.
@@ -67,6 +68,24 @@ def placement() -> Placement:
     leaders = sorted(set(mpi.allgather_object(leader)))
     return Placement(
         mpi.rank(), mpi.size(), mpi.local_rank(), mpi.local_size(), leaders.index(leader), len(leaders), _host()
+    )
+
+
+def tasks_without_mpi() -> str | None:
+    """Why this process must not train as a job of its own, or None: srun started several tasks but gave MPI no PMI.
+
+    ``srun --mpi=none`` (a common site default) starts R tasks that MPI cannot join into one job: each would train
+    alone as rank 0 of 1, all into the same run directory. Reads the environment and this process's MPI size.
+    """
+    from agora_marl.learners import mpi
+
+    tasks = os.environ.get("SLURM_STEP_NUM_TASKS", "")
+    if not tasks.isdigit() or int(tasks) <= 1 or mpi.launched_by_mpi() or mpi.size() > 1:
+        return None
+    return (
+        f"srun started {tasks} tasks but MPI sees a job of 1: srun gave them no PMI (--mpi=none, the site's default?); "
+        "launch with `srun --mpi=pmi2` (MPICH, Intel MPI, MVAPICH, the pip MPICH wheel) or `srun --mpi=pmix` "
+        "(Open MPI) (docs/cluster.md)"
     )
 
 
@@ -247,7 +266,7 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
         ipc = f"ipc://{tmp}/server.sock"
         server.socket.bind(ipc)
         server.start_in_thread()
-        mpi.join("server", {"host": _host(), "ipc": ipc, "tcp": _public(server.address)})
+        mpi.join("server", {"host": _host(), "ipc": ipc, "tcp": reachable_address(server.address)})
         announced, learners = mpi.published("server"), mpi.published("learner")
         if args.addr_file and mpi.rank() == 0:
             write_connection_file(args.addr_file, [server["tcp"] for server in announced])
@@ -260,12 +279,6 @@ def serve_as_rank(args: Any, make_config: Callable[[str], Any]) -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0
-
-
-def _public(address: str) -> str:
-    """A tcp:// address as clients elsewhere can use it: a wildcard host becomes this host's name."""
-    host, _, port = address.removeprefix("tcp://").rpartition(":")
-    return f"tcp://{_host()}:{port}" if host in ("0.0.0.0", "*", "[::]") else address
 
 
 def _loopback(address: str) -> bool:

@@ -27,14 +27,27 @@ if [ "$MPI" = site ]; then
 else
   pip install -e ".[test,mpi]"
 fi
-# The watch page's browser test (tests/test_agents_watch.py) drives Debian's chromium through playwright (never
-# `playwright install`, which downloads browsers). Installed when missing and apt-get can; AGORA_CHROMIUM=skip skips.
-if [ "${AGORA_CHROMIUM:-}" != skip ] && [ ! -x /usr/bin/chromium ]; then
+# Debian packages some tests need, installed when missing and apt-get can (as root, or sudo without a password):
+# apt_install "WHAT SKIPS WITHOUT THEM" [APT-GET OPTION...] PACKAGE...
+apt_install() {
+  local skips=$1; shift
   SUDO=; [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && SUDO=sudo; } || SUDO=none
   if ! command -v apt-get >/dev/null 2>&1 || [ "$SUDO" = none ]; then
-    echo "install.sh: no /usr/bin/chromium and no apt-get as root: skipping it (the watch page's browser test skips)"
-  elif ! { $SUDO apt-get install -y -q chromium >/dev/null || { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q chromium >/dev/null; }; }; then
-    echo "install.sh: apt-get could not install chromium (the watch page's browser test skips, and fails in CI)"
+    echo "install.sh: no apt-get as root: not installing $* ($skips)"
+  elif ! { $SUDO apt-get install -y -q "$@" >/dev/null ||
+           { $SUDO apt-get update -q >/dev/null && $SUDO apt-get install -y -q "$@" >/dev/null; }; }; then
+    echo "install.sh: apt-get could not install $* ($skips, and fails in CI)"
   fi
+}
+# The watch page's browser test (tests/test_agents_watch.py) drives Debian's chromium through playwright (never
+# `playwright install`, which downloads browsers). AGORA_CHROMIUM=skip skips it.
+if [ "${AGORA_CHROMIUM:-}" != skip ] && [ ! -x /usr/bin/chromium ]; then
+  apt_install "the watch page's browser test skips" chromium
+fi
+# The simulated cluster (tests/cluster/) runs a real SLURM with munge on network namespaces; srun --mpi=pmix loads
+# libpmix.so from libpmix-dev. AGORA_CLUSTER=skip skips them.
+if [ "${AGORA_CLUSTER:-}" != skip ] && ! { command -v slurmctld && command -v slurmd && command -v munged &&
+                                           ldconfig -p | grep -q 'libpmix\.so '; } >/dev/null 2>&1; then
+  apt_install "the simulated cluster's tests skip" --no-install-recommends slurm-wlm munge libpmix-dev
 fi
 "$VENV/bin/python" -c "import agora_marl, torch, mpi4py.MPI as M; print('agora', agora_marl.__version__, 'installed: torch', torch.__version__, '|', M.Get_library_version().splitlines()[0])"

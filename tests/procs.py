@@ -1,8 +1,9 @@
-"""Process checks shared by the tests: is a pid still a live (non-zombie) process; what importing a module loads; wait
-for a server process's connection file."""
+"""Process checks shared by the tests: is a pid still a live (non-zombie) process; which processes carry a token; what
+importing a module loads; wait for a server process's connection file."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -15,6 +16,29 @@ def alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def pids_with(needle: str, where: str = "environ") -> list[int]:
+    """Live processes (other than this one) whose environment (or ``where="cmdline"``: command line) holds ``needle``.
+
+    A test gives the jobs it starts a unique token in their environment, which everything they start inherits.
+    """
+    found = []
+    for path in Path("/proc").glob(f"[0-9]*/{where}"):
+        try:
+            if needle.encode() in path.read_bytes():
+                found.append(int(path.parent.name))
+        except OSError:
+            continue
+    return [pid for pid in found if pid != os.getpid() and alive(pid)]
+
+
+def leftovers(token: str, timeout_s: float = 15.0) -> list[int]:
+    """The processes carrying ``token`` still alive after waiting up to ``timeout_s`` for them to end."""
+    deadline = time.monotonic() + timeout_s
+    while pids_with(token) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return pids_with(token)
 
 
 def modules_loaded_by(*modules: str, then: str = "") -> set[str]:

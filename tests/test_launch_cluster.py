@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -22,12 +23,13 @@ from pathlib import Path
 import pytest
 
 from agora_marl.agents.client import AgentClient
+from agora_marl.envserver.protocol.connection import read_connection_file, write_connection_file
 from agora_marl.launch import cluster
 from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, TrainingStopped, read_metrics
 from agora_marl.learners.training import torch_threads
-from tests.procs import alive
+from tests.procs import alive, leftovers, pids_with
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -37,25 +39,6 @@ TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-
-
-def _pids(needle: str, where: str = "environ") -> list[int]:
-    """Processes whose environment (or command line) holds ``needle``."""
-    found = []
-    for path in Path("/proc").glob(f"[0-9]*/{where}"):
-        try:
-            if needle.encode() in path.read_bytes():
-                found.append(int(path.parent.name))
-        except OSError:
-            continue
-    return [pid for pid in found if pid != os.getpid() and alive(pid)]
-
-
-def _no_leftovers(token: str, timeout_s: float = 15.0) -> list[int]:
-    deadline = time.monotonic() + timeout_s
-    while _pids(token) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    return _pids(token)
 
 
 class Job:
@@ -87,7 +70,7 @@ class Job:
         return self.proc.returncode, out, err
 
     def kill(self) -> None:
-        for pid in [self.proc.pid, *_pids(self.token)]:
+        for pid in [self.proc.pid, *pids_with(self.token)]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
 
@@ -129,6 +112,28 @@ def test_connect_reads_connection_files_written_later(tmp_path) -> None:
         cluster.read_connect([str(tmp_path / "missing.json")], timeout_s=0.2)
 
 
+def test_a_wildcard_bind_is_published_under_this_hosts_name(tmp_path) -> None:
+    # `agora serve --bind tcp://0.0.0.0:0 --addr-file F` on one node, `agora train --connect F` on another.
+    path = tmp_path / "servers.json"
+    bound = ["tcp://0.0.0.0:5555", "tcp://*:5556", "tcp://[::]:5557", "tcp://127.0.0.1:5558", "ipc:///tmp/s.sock"]
+    write_connection_file(path, bound)
+    host = socket.gethostname()
+    published = [f"tcp://{host}:5555", f"tcp://{host}:5556", f"tcp://{host}:5557", *bound[3:]]
+    assert read_connection_file(path) == published
+
+
+def test_train_refuses_tasks_that_srun_started_without_a_pmi(tmp_path) -> None:
+    """`srun --mpi=none agora train`: every task would train alone as rank 0 of 1, into the same run directory."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PMI", "PMIX", "OMPI_", "MV2_", "SLURM_"))}
+    env.update(SLURM_STEP_NUM_TASKS="4", SLURM_PROCID="2", SLURM_JOB_ID="17")
+    command = [sys.executable, "-m", "agora_marl", "train", f"run.dir={tmp_path / 'run'}", *TINY, "run.total_steps=200"]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stdout + done.stderr
+    (line,) = [line for line in done.stderr.splitlines() if line.startswith("agora train: error:")]
+    assert "srun started 4 tasks" in line and "srun --mpi=pmi2" in line and "--mpi=pmix" in line
+    assert not (tmp_path / "run").exists()
+
+
 def test_mpi_rank_detection_ignores_children_of_ranks(monkeypatch) -> None:
     for var in (*(launcher.rank_var for launcher in mpi.LAUNCHERS if launcher.rank_var), "AGORA_MPI"):
         monkeypatch.delenv(var, raising=False)
@@ -157,7 +162,7 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
     env = load_config(None, [f"env.servers_per={per}", "env.servers=2"]).env
     with cluster.training_servers(env, report=False) as addresses:
         assert len(addresses) == 2 and all(a.startswith("ipc://") for a in addresses)
-        pids = [pid for a in addresses for pid in _pids(a.removeprefix("ipc://"), "cmdline")]
+        pids = [pid for a in addresses for pid in pids_with(a.removeprefix("ipc://"), "cmdline")]
         assert len(pids) == 2
         for pid in pids:  # what SLURM sends every process of a step: the learner decides when its servers go
             os.kill(pid, signal.SIGUSR1)
@@ -175,7 +180,7 @@ def test_started_servers_ignore_the_jobs_signals_and_stop_with_their_rank(per: s
 def test_an_error_stops_the_servers_at_once() -> None:
     env = load_config(None, ["env.servers=1"]).env
     with pytest.raises(RuntimeError, match="boom"), cluster.training_servers(env, report=False) as addresses:
-        pids = _pids(addresses[0].removeprefix("ipc://"), "cmdline")
+        pids = pids_with(addresses[0].removeprefix("ipc://"), "cmdline")
         raise RuntimeError("boom")
     time.sleep(0.2)
     deadline = time.monotonic() + 10
@@ -237,7 +242,7 @@ def test_train_two_ranks_share_their_node_server(tmp_path) -> None:
     assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == ["update_0000003.pt", "update_0000006.pt"]
     assert list((run_dir / "tb").glob("events.out.tfevents.*"))
     assert [p.name for p in (run_dir / "servers" / "node0").iterdir()] == ["server0.log"]
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
 
 @pytest.mark.mpi
@@ -250,7 +255,7 @@ def test_one_rank_raising_aborts_train_and_leaves_no_process(tmp_path, fail_rank
     assert code != 0
     assert f"deliberate failure in rank {fail_rank} at update 3" in err
     assert "agora train: done" not in out
-    assert _no_leftovers(job.token) == [], "a rank or an env server outlived the aborted job"
+    assert leftovers(job.token) == [], "a rank or an env server outlived the aborted job"
 
 
 @pytest.mark.mpi
@@ -260,7 +265,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     run_dir = tmp_path / "run"
     job = Job(*_train(run_dir, "run.total_steps=10000000", "run.checkpoint_every=1000"))
     _wait_for_rows(run_dir / "metrics.csv", 3, job)
-    for pid in [job.proc.pid, *_pids(job.token)]:
+    for pid in [job.proc.pid, *pids_with(job.token)]:
         os.kill(pid, signal.SIGTERM)
     code, out, err = job.wait(90)
     assert code == cluster.EXIT_STOPPED, out + err
@@ -269,7 +274,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     assert update >= 3
     assert [p.name for p in (run_dir / "checkpoints").iterdir()] == [f"update_{update:07d}.pt"]
     assert int(read_metrics(run_dir / "metrics.csv")[-1]["update"]) == update
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
     args = [
         sys.executable,
@@ -286,7 +291,7 @@ def test_sigterm_to_every_process_checkpoints_and_resume_continues(tmp_path) -> 
     rows = read_metrics(run_dir / "metrics.csv")
     assert [int(r["update"]) for r in rows] == list(range(1, update + 3))
     assert [int(r["step"]) for r in rows[-2:]] == [200 * (update + 1), 200 * (update + 2)]
-    assert _no_leftovers(resumed.token) == []
+    assert leftovers(resumed.token) == []
 
 
 @pytest.mark.mpi
@@ -312,7 +317,7 @@ def test_mpmd_server_rank_serves_both_train_ranks(tmp_path) -> None:
     assert len(used) == 1 and "/server.sock <- rank(s) 0 1" in used[0], err
     assert json.loads((tmp_path / "s.json").read_text())["addresses"][0].startswith("tcp://127.0.0.1:")
     assert len(read_metrics(run_dir / "metrics.csv")) == 6
-    assert _no_leftovers(job.token) == []
+    assert leftovers(job.token) == []
 
 
 @pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "launch" / "templates").iterdir()))
@@ -325,3 +330,20 @@ def test_job_templates_are_valid_shell_that_resumes_after_a_stop(template: str) 
     assert f"status == {cluster.EXIT_STOPPED}" in text  # requeue or resubmit on a checkpointed stop
     directives = [line for line in text.splitlines() if line.startswith(("#SBATCH --account", "#PBS -A"))]
     assert directives and all("# EDIT" in line for line in directives)
+
+
+@pytest.mark.parametrize("template", sorted(p.name for p in (ROOT / "launch" / "templates").iterdir()))
+def test_job_templates_leave_the_device_and_the_pmi_to_edit_lines(template: str) -> None:
+    """Nothing site-dependent off the EDIT lines: the device (run.device=cuda was hard-coded) and srun's --mpi=.
+
+    tests/cluster/ runs every template with only its EDIT lines filled in; this checks the same where it cannot run.
+    """
+    lines = (ROOT / "launch" / "templates" / template).read_text().splitlines()
+    assert all("run.device=$DEVICE" in line for line in lines if "run.device=" in line)
+    (device,) = [line for line in lines if line.startswith("DEVICE=")]
+    assert device.startswith("DEVICE=auto ") and "# EDIT" in device
+    sruns = [line for line in lines if line.lstrip().startswith("srun ")]
+    assert all('--mpi="$PMI"' in line for line in sruns)
+    assert not sruns or any(line.startswith("PMI=") and "# EDIT" in line for line in lines)
+    resubmits = [i for i, line in enumerate(lines) if line.lstrip().startswith(("scontrol requeue", "qsub "))]
+    assert resubmits and all("[[ -z ${cancelled:-} ]]" in lines[i - 1] for i in resubmits)  # a cancel ends the job

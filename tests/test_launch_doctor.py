@@ -77,3 +77,12 @@ def test_doctor_fails_on_an_mpirun_of_another_implementation(tmp_path) -> None:
     done = _doctor(env={"PATH": f"{tmp_path}{os.pathsep}{os.environ.get('PATH', '')}"})
     assert done.returncode == 1
     assert f"the mpirun on PATH ({fake}) is Open MPI 5.0.5, but mpi4py loaded MPICH" in done.stdout
+
+
+def test_doctor_names_the_pmi_when_srun_started_tasks_without_one() -> None:
+    # `srun --mpi=none agora doctor` (a common site default): each task is a job of one.
+    env = {"SLURM_STEP_NUM_TASKS": "2", "SLURM_PROCID": "0"}
+    done = _doctor(env=env)
+    assert done.returncode == 1
+    assert "srun started 2 tasks" in done.stdout and "srun --mpi=pmi2" in done.stdout
+    assert "rebuild mpi4py" not in done.stdout

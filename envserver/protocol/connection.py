@@ -4,7 +4,9 @@ Written by ``agora serve --addr-file PATH`` (and every server process a launcher
 
     {"protocol": 2, "server": "agora", "version": "0.2.0", "addresses": ["ipc:///tmp/agora-x/server0.sock"], "pid": 4242}
 
-It is written atomically (a rename), so a file that exists is whole: a reader may poll for it. A connection file that
+A server bound to every interface (``tcp://0.0.0.0:P``, ``tcp://*:P``, ``tcp://[::]:P``) is listed under this host's
+name, the address a client on another host can use. It is written atomically (a rename), so a file that exists is
+whole: a reader may poll for it. A connection file that
 holds the server's operator secret (``"operator"``) is made readable by its user only, as is the operator file
 (:func:`operator_file`) that ``agora serve`` writes the secret to.
 """
@@ -14,11 +16,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 from pathlib import Path
 
 from agora_marl import __version__
 from agora_marl.envserver.protocol.vocabulary import PROTOCOL_VERSION
 
+#: The hosts of a tcp:// bind to every interface: a client cannot connect to them from elsewhere.
+_WILDCARD_HOSTS = ("0.0.0.0", "*", "[::]")
 #: Where operator files go unless ``AGORA_OPERATOR_DIR`` says otherwise.
 DEFAULT_OPERATOR_DIR = Path("~/.cache/agora/operator")
 
@@ -44,14 +49,22 @@ def write_operator_file(path: str | Path, secret: str) -> None:
     _write_private(Path(path), secret + "\n", private=True)
 
 
+def reachable_address(address: str) -> str:
+    """``address`` as a client on another host can use it: a tcp:// wildcard bind becomes this host's name."""
+    if not address.startswith("tcp://"):
+        return address
+    host, _, port = address.removeprefix("tcp://").rpartition(":")
+    return f"tcp://{socket.gethostname()}:{port}" if host in _WILDCARD_HOSTS else address
+
+
 def write_connection_file(path: str | Path, addresses: list[str], operator: str | None = None) -> None:
     """Write the connection file of this process's server(s) at ``path`` atomically (with the operator secret, if
-    given: the file is then readable by this user only)."""
+    given: the file is then readable by this user only). Wildcard binds are listed as :func:`reachable_address`."""
     body = {
         "protocol": PROTOCOL_VERSION,
         "server": "agora",
         "version": __version__,
-        "addresses": list(addresses),
+        "addresses": [reachable_address(address) for address in addresses],
         "pid": os.getpid(),
     }
     if operator is not None:

@@ -84,7 +84,7 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
     """What one rank sees of itself: placement, launcher, GPU, threads, and its env servers' replies."""
     import torch
 
-    from agora_marl.launch.cluster import placement
+    from agora_marl.launch.cluster import placement, tasks_without_mpi
     from agora_marl.learners import mpi
     from agora_marl.learners.config import load_config
     from agora_marl.learners.mpi import cuda
@@ -109,6 +109,7 @@ def _rank_facts(args: argparse.Namespace) -> dict[str, Any]:
         "pid": os.getpid(),
         "parent": _parent_exe(),
         "launcher": launcher,
+        "without_mpi": tasks_without_mpi(),
         "cuda_visible": os.environ.get("CUDA_VISIBLE_DEVICES"),
         "gpus": gpus,
         "gpu": gpu,
@@ -265,7 +266,9 @@ def _diagnose(job: dict, facts: list[dict], cuda: str) -> tuple[list[str], list[
     problems: list[str] = []
     notes: list[str] = []
     first = facts[0]
-    if first["launcher"] and int(first["launcher"][1]) > first["size"]:
+    if first["without_mpi"]:
+        problems.append(first["without_mpi"])
+    elif first["launcher"] and int(first["launcher"][1]) > first["size"]:
         var, value = first["launcher"]
         problems.append(
             f"{var}={value} says {value} ranks were started, but MPI sees {first['size']}: the launcher and the "

@@ -58,12 +58,16 @@ def register(subparsers) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from agora_marl.launch.cluster import StopSignals
+    from agora_marl.launch.cluster import StopSignals, tasks_without_mpi
     from agora_marl.learners import mpi
     from agora_marl.learners.config import ConfigError
     from agora_marl.learners.run import RunDirError
 
-    with StopSignals() as stop:
+    with StopSignals() as stop:  # first: a batch system's signal may come at any time
+        problem = tasks_without_mpi()
+        if problem:  # every task says it: each would otherwise train alone
+            print(f"agora train: error: {problem}", file=sys.stderr)
+            return 2
         try:
             with mpi.abort_on_exception():
                 code = _train(args, mpi, stop)
