@@ -311,6 +311,8 @@ def _train(training: Training) -> dict[str, float]:
             running[result.episode_over] = 0.0
             step += K * ranks
         update += 1
+        if step >= config.run.total_steps:
+            training.last_step_taken()
 
         # Learn: gradient steps on replayed batches, averaged over ranks.
         if step >= s.learning_starts:

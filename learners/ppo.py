@@ -277,6 +277,8 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
                     if t + 1 < T:
                         pending[p] = worlds.step_async(_act(teams, actors, worlds, t + 1, rows, device), rows)
             step += steps_per_update
+            if step >= rs.total_steps:
+                training.last_step_taken()
             worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
             rollout_s = time.perf_counter() - started
             if behind is not None:  # the update that ran beside this rollout ends now

@@ -208,7 +208,7 @@ class Training:
         Raises:
             TrainingStopped: on every rank, after the checkpoint, when the ranks agreed to stop.
         """
-        for process in self.opponents:
+        for process in self.opponents if step < self.config.run.total_steps else ():  # they end with the worlds
             if process.poll() is not None:
                 raise RuntimeError(
                     f"the opponent process ({self.config.env.opponent} in {self.worlds.other_agents}) exited with "
@@ -230,6 +230,13 @@ class Training:
         if end.stop:
             raise TrainingStopped(step, update, end.reason)
         return end
+
+    def last_step_taken(self) -> None:
+        """The run's last step is taken: release shared worlds now, not after the last update. Their other holders
+        (the opponents) would otherwise wait a deadline for a step that never comes, then step once more with this
+        learner's seats filled."""
+        if self.worlds.partial:
+            self.worlds.close()
 
     def close(self) -> None:
         """Close the progress bar (the worlds are closed by :func:`train_in_worlds`)."""

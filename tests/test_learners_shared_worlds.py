@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -126,3 +128,26 @@ def test_a_trained_run_is_the_opponent_of_the_next(tmp_path, servers):
     rows = read_metrics(run.directory / "metrics.csv")
     assert len(rows) >= 2 and all(float(r["opponent_late"]) < 0.1 for r in rows), rows
     assert load_checkpoint(prey_run.checkpoints()[-1])["seats"] == ["prey_0"]
+
+
+def test_the_last_update_does_not_keep_the_opponent_waiting(tmp_path, monkeypatch):
+    """At the end of a run the opponent's next act_batch waited a full deadline through the learner's last update,
+    and the worlds stepped once more with every learner seat filled. The learner now releases its worlds as soon as
+    it has taken its last step."""
+    from agora_marl.envserver.server import EnvServer, ServerConfig
+    from agora_marl.learners.training import Training
+
+    end_update, stepped_after = Training.end_update, []
+
+    def slow_last(self, step, update, metrics, checkpoint):
+        if step >= self.config.run.total_steps:
+            before = server.stats["steps"]
+            time.sleep(2.0)  # a last update (and checkpoint) longer than the opponent's deadline
+            stepped_after.append(server.stats["steps"] - before)
+        return end_update(self, step, update, metrics, checkpoint)
+
+    monkeypatch.setattr(Training, "end_update", slow_last)
+    with EnvServer(ServerConfig(bind="tcp://127.0.0.1:0")) as server:
+        overrides = ["algo=ippo", "env.num_worlds=4", "ppo.rollout_steps=10", "ppo.epochs=1", "run.total_steps=40"]
+        _train(tmp_path, [server.address], ppo, *overrides, "env.opponent_deadline_ms=1000")
+    assert stepped_after == [0], "the worlds stepped after the learner's last step, its seats filled"
