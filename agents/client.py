@@ -13,6 +13,7 @@ next one; seats are then reclaimed with their tokens (RemoteParallelEnv, SeatEnv
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -489,10 +490,18 @@ class AgentClient:
 
     # -- lifetime -----------------------------------------------------------------------------------------------
 
-    def close(self) -> None:
-        """Close the socket at once (linger 0): unsent requests are dropped. Idempotent."""
-        if not self._socket.closed:
-            self._socket.close(linger=0)
+    def close(self, bye_timeout_s: float = 1.0) -> None:
+        """Say ``bye`` (the server ends this client's session at once: its seats become free, the worlds it owns and
+        nobody else plays in close), wait for the answer at most ``bye_timeout_s``, and close the socket (unsent
+        requests are dropped). Idempotent; never raises for a server that is gone."""
+        if self._socket.closed:
+            return
+        if self._secret is not None:
+            # A server that is gone, or does not know bye, forgets the session after its keep-alive instead.
+            with contextlib.suppress(ServerError, TimeoutError, zmq.ZMQError):
+                self.reply(self.send("bye"), timeout_s=bye_timeout_s)
+            self._secret = None
+        self._socket.close(linger=0)
 
     def __enter__(self) -> AgentClient:
         return self

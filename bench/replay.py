@@ -60,7 +60,7 @@ class Replay:
     def __init__(self) -> None:
         self.server = EnvServer(ServerConfig(bind="tcp://127.0.0.1:0"))
         self.server.socket.close()
-        self.server.socket = self.socket = _CountingSocket()
+        self.server.socket = self.server.delivery.socket = self.socket = _CountingSocket()
 
     def request(self, message: dict, route: bytes = b"r0") -> dict:
         self.server.serve_one(_frames(message, route))

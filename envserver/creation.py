@@ -13,7 +13,7 @@ import secrets
 import time
 from collections.abc import Generator
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from agora_marl import scenarios
 from agora_marl.envserver.fields import field, plain_field, seed_field
@@ -74,7 +74,14 @@ def op_create(server: EnvServer, session: Session, message: dict) -> dict | None
 class DeferredCreate:
     """A large ``create`` the server loop builds one chunk per turn (:meth:`step`), between other requests."""
 
-    def __init__(self, server: EnvServer, session: Session, request_id: int, creation: _Creation, build: Generator):
+    def __init__(
+        self,
+        server: EnvServer,
+        session: Session,
+        request_id: int,
+        creation: _Creation,
+        build: Generator[None, None, _Built],
+    ):
         self.server, self.session, self.request_id = server, session, request_id
         self.creation, self.build = creation, build
         session.pending_worlds += creation.copies  # counted against the quotas while they are built
@@ -98,9 +105,7 @@ class DeferredCreate:
             ) from None
         self._release()
         if self.server.sessions.get(self.session.identity) is not self.session:  # nobody left to own them
-            for env in built[0]:
-                with contextlib.suppress(Exception):
-                    env.close()
+            built.close()
             raise ProtocolError(NO_SESSION, "the session was forgotten while its worlds were built", "hello again")
         return _register(self.server, self.session, self.creation, built)
 
@@ -164,9 +169,30 @@ def _validate_create(server: EnvServer, session: Session, message: dict) -> _Cre
     return _Creation(name, scenario_config, seed, copies, join, options, public, group, tuple(invite_only), share_state)
 
 
-def _build(server: EnvServer, c: _Creation) -> Generator[None, None, tuple]:
-    """Build the worlds' envs, pausing (``yield``) after every CREATE_CHUNK per-copy envs; returns what
-    :func:`_register` needs. Nothing is registered here: a build that raises leaves the server as it was."""
+@dataclass
+class _Built:
+    """What a create built: every world ready, none registered yet (no id, no owner, no tokens)."""
+
+    worlds: list[World]
+    group: VectorGroup | None
+    spec: WorldSpec
+    wire_spec: dict
+    spec_key: bytes
+    renders: bool
+    first_obs: list[dict]
+    """Each world's first observations on the wire (with ``join``)."""
+
+    def close(self) -> None:
+        """Close the envs of a build that will not be registered."""
+        for world in self.worlds:
+            with contextlib.suppress(Exception):
+                world.env.close()
+
+
+def _build(server: EnvServer, c: _Creation) -> Generator[None, None, _Built]:
+    """Build the worlds, pausing (``yield``) after every CREATE_CHUNK of them: each env, its first reset, its spaces
+    and its World. Nothing is registered here: a build that raises leaves the server as it was, and the turn that
+    registers the worlds has little left to do."""
     group = None
     vectorise = c.join and c.copies >= 2 and c.options.auto_reset  # the batched training path; see vector.py
     vector = scenarios.make_vector(c.name, c.copies, c.scenario_config) if vectorise else None
@@ -174,38 +200,60 @@ def _build(server: EnvServer, c: _Creation) -> Generator[None, None, tuple]:
         group = VectorGroup(vector)
         group.rate_mark = (time.monotonic(), 0)
         group.last_obs = vector.reset(seed=c.seed)
-        envs = [CopyView(group, i) for i in range(c.copies)]
-        firsts = [(CopyObs(group, i), {}) for i in range(c.copies)]
-    else:
-        envs, firsts = [], []
-        try:
-            for i in range(c.copies):
+    envs: list = []  # made so far: closed if the build fails
+    built: _Built | None = None
+    try:
+        for i in range(c.copies):
+            if group is not None:
+                env, first = CopyView(group, i), (CopyObs(group, i), {})
+            else:
                 env = scenarios.make_env(c.name, c.scenario_config, server.config.allowed_packages)
                 envs.append(env)
-                firsts.append(env.reset(seed=None if c.seed is None else c.seed + i))
-                if (i + 1) % CREATE_CHUNK == 0 and i + 1 < c.copies:
-                    yield
-        except BaseException:
-            for env in envs:
-                with contextlib.suppress(Exception):
-                    env.close()
-            raise
-    spec = WorldSpec.of_env(c.name, c.scenario_config, envs[0])
-    # Everything else that asks the scenario something, before any world is registered.
-    agents = spec.possible_agents
-    spaces = [({a: e.observation_space(a) for a in agents}, {a: e.action_space(a) for a in agents}) for e in envs]
-    first_obs = (
-        [
-            {a: to_wire(obs_spaces[a], obs[a]) for a in agents if a in obs}
-            for (obs_spaces, _), (obs, _) in zip(spaces, firsts, strict=True)
-        ]
-        if c.join
-        else []
+                first = env.reset(seed=None if c.seed is None else c.seed + i)
+            if built is None:
+                spec = WorldSpec.of_env(c.name, c.scenario_config, env)
+                wire_spec = spec.to_wire()
+                renders = group.renders if group is not None else getattr(env, "render_mode", None) == "rgb_array"
+                built = _Built([], group, spec, wire_spec, server.spec_key(wire_spec), renders, [])
+            built.worlds.append(_world(built, c, env, i, first))
+            if (i + 1) % CREATE_CHUNK == 0 and i + 1 < c.copies:
+                yield
+    except BaseException:
+        for env in envs:
+            with contextlib.suppress(Exception):
+                env.close()
+        raise
+    return built
+
+
+def _world(built: _Built, c: _Creation, env: Any, i: int, first: tuple) -> World:
+    """Copy ``i``'s World (everything that asks the scenario something), not yet registered."""
+    agents = built.spec.possible_agents
+    world = World(
+        world_id=0,
+        env=env,
+        spec=built.wire_spec,
+        spec_key=built.spec_key,
+        obs_spaces={a: env.observation_space(a) for a in agents},
+        act_spaces={a: env.action_space(a) for a in agents},
+        state_space=built.spec.state_space,
+        options=c.options,
+        owner=None,
+        owner_token="",
+        seed=None if c.seed is None else c.seed + i,
+        public=c.public,
+        renders=built.renders,
+        named_group=c.group,
+        invite_only=c.invite_only,
+        share_state=c.share_state,
     )
-    return envs, firsts, group, spec, spaces, first_obs
+    world.obs, world.infos = first
+    if c.join:
+        built.first_obs.append({a: to_wire(world.obs_spaces[a], world.obs[a]) for a in agents if a in world.obs})
+    return world
 
 
-def _run_to_end(build: Generator[None, None, tuple], name: str) -> tuple:
+def _run_to_end(build: Generator[None, None, _Built], name: str) -> _Built:
     """Run a build to its end; a scenario that raises (``SystemExit`` too) costs this request, never the server."""
     try:
         while True:
@@ -222,69 +270,45 @@ def _run_to_end(build: Generator[None, None, tuple], name: str) -> tuple:
         ) from None
 
 
-def _register(server: EnvServer, session: Session, c: _Creation, built: tuple) -> dict:
-    envs, firsts, group, spec, spaces, first_obs = built
-    wire_spec = spec.to_wire()
-    spec_key = server.spec_key(wire_spec)
+def _register(server: EnvServer, session: Session, c: _Creation, built: _Built) -> dict:
+    """Give the built worlds their ids, owner and tokens, and register them (the one turn in which they appear)."""
     if c.group is not None:
         try:  # again: another create may have taken the name while these were built
-            server.groups.check_add(c.group, spec_key, session.identity, server.worlds)
+            server.groups.check_add(c.group, built.spec_key, session.identity, server.worlds)
         except ProtocolError:
-            for env in envs:
-                with contextlib.suppress(Exception):
-                    env.close()
+            built.close()
             raise
     owner_token = secrets.token_hex(16)  # one for all the copies created together
     observer_token = secrets.token_hex(16)
     # Every world of a group shares the group's invitation, whichever create made it.
     invite_token = (server.groups.invite_token(c.group) if c.group else None) or secrets.token_hex(16)
-    renders = group.renders if group is not None else getattr(envs[0], "render_mode", None) == "rgb_array"
-    worlds = []
     now = time.monotonic()
-    for i, env in enumerate(envs):
-        world = World(
-            world_id=server.new_world_id(),
-            env=env,
-            spec=wire_spec,
-            spec_key=spec_key,
-            obs_spaces=spaces[i][0],
-            act_spaces=spaces[i][1],
-            state_space=spec.state_space,
-            options=c.options,
-            owner=session.identity,
-            owner_token=owner_token,
-            seed=None if c.seed is None else c.seed + i,
-            public=c.public,
-            observer_token=observer_token,
-            renders=renders,
-            named_group=c.group,
-            invite_only=c.invite_only,
-            invite_token=invite_token,
-            share_state=c.share_state,
-        )
-        world.obs, world.infos = firsts[i]
+    for i, world in enumerate(built.worlds):
+        world.world_id = server.new_world_id()
+        world.owner, world.owner_token = session.identity, owner_token
+        world.observer_token, world.invite_token = observer_token, invite_token
         world.rate_mark = (now, 0)
-        if group is not None:
-            world.group, world.index = group, i
-            group.add(world)
+        if built.group is not None:
+            world.group, world.index = built.group, i
+            built.group.add(world)
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
-        worlds.append(world)
+    ids = [w.world_id for w in built.worlds]
     if c.group is not None:
-        server.groups.add(c.group, spec_key, invite_token, [w.world_id for w in worlds])
+        server.groups.add(c.group, built.spec_key, invite_token, ids)
     reply = {
         "op": "created",
-        "worlds": [w.world_id for w in worlds],
-        "spec": wire_spec,
+        "worlds": ids,
+        "spec": built.wire_spec,
         "owner_token": owner_token,
         "observer_token": observer_token,
         "invite_token": invite_token,
         "group": c.group,
-        "render": renders,
+        "render": built.renders,
     }
     if c.join:
-        reply["tokens"] = [_take_all(world, session) for world in worlds]
-        reply["obs"] = {str(w.world_id): obs for w, obs in zip(worlds, first_obs, strict=True)}
+        reply["tokens"] = [_take_all(world, session) for world in built.worlds]
+        reply["obs"] = {str(i): obs for i, obs in zip(ids, built.first_obs, strict=True)}
     return reply
 
 

@@ -11,7 +11,7 @@ The stepping requests (``act``, ``step_batch``, ``reset_batch``) live in steppin
 
 from __future__ import annotations
 
-import secrets
+import logging
 import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -19,7 +19,9 @@ from typing import TYPE_CHECKING
 from agora_marl import __version__, scenarios
 from agora_marl.envserver.creation import op_create
 from agora_marl.envserver.fields import field, plain_field, seed_field
+from agora_marl.envserver.identity import same_secret
 from agora_marl.envserver.joining import is_member, may_read_state, may_watch, op_join, op_join_group, op_leave
+from agora_marl.envserver.liveness import end_session
 from agora_marl.envserver.partial import op_act_batch
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -39,6 +41,8 @@ from agora_marl.envserver.world import World
 if TYPE_CHECKING:
     from agora_marl.envserver.identity import Session
     from agora_marl.envserver.server import EnvServer
+
+log = logging.getLogger("agora.server")
 
 
 def _owned(server: EnvServer, session: Session, message: dict) -> World:
@@ -69,12 +73,12 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
         )
     if keep_alive is not None and not keep_alive >= 0:  # NaN too
         raise ProtocolError(BAD_REQUEST, f"'keep_alive_s' must be >= 0, got {keep_alive}", "send seconds, or omit it")
-    if operator is not None and not secrets.compare_digest(operator.encode(), server.operator_secret.encode()):
+    if operator is not None and not same_secret(operator, server.operator_secret):
         raise ProtocolError(
             NOT_ALLOWED, "that is not this server's operator secret", "read it from the server's operator file"
         )
     if session is None:
-        session = server.new_session()
+        session = server.new_session(operator=operator is not None)
     session.name = name
     session.operator = session.operator or operator is not None
     if frames is not None:
@@ -97,6 +101,7 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
             "heartbeat_timeout_s": config.heartbeat_timeout_s,
             "max_keep_alive_s": config.max_keep_alive_s,
             "max_batch": config.max_batch,
+            "max_unread_bytes": config.max_unread_bytes,
         },
         "scenarios": sorted(scenarios.registered()),
         "allowed_packages": list(config.allowed_packages),
@@ -105,6 +110,14 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
 
 def op_ping(server: EnvServer, session: Session | None, message: dict) -> dict:
     return {"op": "pong", "time": time.time()}
+
+
+def op_bye(server: EnvServer, session: Session, message: dict) -> dict:
+    """End the session now: its seats become free, its worlds lose their owner (and close when nobody holds a seat
+    in them), its secret is forgotten. What a client says when it closes cleanly."""
+    seats, closed = end_session(server, session, lost=False)
+    log.info("session %r (%s) said bye: %d seats left, %d worlds closed", session.name, session.label, seats, closed)
+    return {"op": "bye", "seats": seats, "closed": closed}
 
 
 def op_list(server: EnvServer, session: Session, message: dict) -> dict:
@@ -233,5 +246,6 @@ OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
     "render": op_render,
     "act_batch": op_act_batch,
     "join_group": op_join_group,
+    "bye": op_bye,
 }
 assert set(OPERATIONS) == set(REQUESTS), "every request of the protocol has exactly one handler"

@@ -8,10 +8,12 @@ A :class:`Session` is made by ``hello`` and proved by its secret in every later 
 from __future__ import annotations
 
 import ctypes
+import hmac
 import logging
 import os
 import secrets
 from dataclasses import dataclass, field
+from typing import Any
 
 import zmq
 
@@ -31,6 +33,9 @@ class Session:
     """The server's own key for this session (worlds' owner and holders); never shown to any client."""
     route: bytes
     """The ROUTER routing id of the connection that last proved the secret: where replies go."""
+    connection: Any
+    """That connection (``connections.Connection``): a session whose connection is gone is kept alive by nothing but
+    its keep-alive."""
     secret: str
     """Sent once, in ``welcome``; every later request carries it as ``secret``."""
     last_seen: float
@@ -51,12 +56,30 @@ class Session:
     server's heartbeat timeout."""
     label: str = field(default_factory=lambda: secrets.token_hex(8))
     """What the client is told its session is called (``welcome.session``): random, unrelated to the routing id."""
+    outbox: Any = None
+    """Replies waiting for the socket, or for the client to come back (``delivery.Outbox``)."""
+    observer: bool = False
+    """Joined a world as an observer at least once (forgetting the session then looks for it among observers)."""
+    ended: bool = False
+    """Forgotten (bye, or a silence past its keep-alive): its secret no longer names it."""
+
+    def holds_something(self) -> bool:
+        """Whether forgetting the session would cost its client something: a seat, a world, or worlds being built.
+        A session that holds nothing is forgotten after the heartbeat timeout, whatever keep-alive it was granted."""
+        return bool(self.seats or self.owned or self.pending_worlds)
 
 
-def peer_key(header) -> str:
-    """The CURVE public key (Z85) a message came over, as the ZAP handler named it (``User-Id``); "" when none."""
+def same_secret(given: str, issued: str) -> bool:
+    """Whether a secret or token a client sent is the one the server issued: compared as UTF-8 bytes, in constant
+    time (``secrets.compare_digest`` refuses str with non-ASCII characters, and ``==`` leaks timing)."""
+    return hmac.compare_digest(given.encode("utf-8", "surrogatepass"), issued.encode("utf-8", "surrogatepass"))
+
+
+def peer_key(frame) -> str:
+    """The CURVE public key (Z85) a message came over, as the ZAP handler named it (``User-Id``, read from any frame
+    of the message as received); "" when none."""
     try:
-        return header.get("User-Id") or ""
+        return frame.get("User-Id") or ""
     except (AttributeError, zmq.ZMQError):
         return ""
 
@@ -82,6 +105,27 @@ def allow_list(context: zmq.Context, keys: tuple[bytes, ...]):
     authenticator.start()
     authenticator.configure_curve_callback(domain="*", credentials_provider=AllowedKeys(tuple(keys)))
     return authenticator
+
+
+def secure_and_bind(socket: zmq.Socket, bind: str, curve_secret_key: bytes | None) -> str:
+    """Make the socket a CURVE server when given its secret key, bind it, and return the bound address (port 0: a
+    free one). Warns loudly when other machines can reach it without CURVE."""
+    if curve_secret_key:
+        socket.curve_secretkey = curve_secret_key
+        socket.curve_publickey = zmq.curve_public(curve_secret_key)
+        socket.curve_server = True
+    if bind.startswith("tcp://") and bind.endswith(":0"):
+        bind = bind[:-2] + ":*"
+    socket.bind(bind)
+    address = socket.getsockopt_string(zmq.LAST_ENDPOINT)
+    if exposed(address) and not curve_secret_key:
+        log.warning(
+            "SERVING WITHOUT AUTHENTICATION on %s, which other machines can reach: anyone who can connect may "
+            "create, join and close worlds. On a network, run with --curve-secret (CurveZMQ), or bind "
+            "tcp://127.0.0.1 or ipc:// and reach the server through the job's own nodes only.",
+            address,
+        )
+    return address
 
 
 def exposed(address: str) -> bool:

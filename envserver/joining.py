@@ -9,11 +9,11 @@ a group, before any is taken.
 
 from __future__ import annotations
 
-import secrets
 from typing import TYPE_CHECKING
 
 from agora_marl.envserver.fields import field, strings
 from agora_marl.envserver.groups import check_patterns, match_seats
+from agora_marl.envserver.identity import same_secret
 from agora_marl.envserver.protocol import to_wire
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -60,7 +60,7 @@ def _invited(world: World, session: Session, invite_token: str | None) -> bool:
         return True
     if invite_token is None:
         return False
-    if not secrets.compare_digest(invite_token.encode(), world.invite_token.encode()):
+    if not same_secret(invite_token, world.invite_token):
         raise ProtocolError(
             BAD_TOKEN,
             f"that is not the invite token of world {world.world_id}",
@@ -82,7 +82,7 @@ def _check_seats(
     for agent in seats:
         seat = world.seat(agent)
         token = tokens.get(agent)
-        if token is not None and token != seat.token:
+        if token is not None and not (seat.token and same_secret(token, seat.token)):
             raise ProtocolError(BAD_TOKEN, f"that is not the token of seat {agent!r}", "join without a token")
         if seat.state == HELD and seat.holder != session.identity and (token is None or not takeover):
             raise ProtocolError(SEAT_TAKEN, f"seat {agent!r} is held by another client", "pick a free seat")
@@ -105,8 +105,8 @@ def _take_seats(server: EnvServer, world: World, session: Session, seats: list[s
     for agent in seats:
         seat = world.seats[agent]
         previous = seat.holder
-        if previous is not None and previous != session.identity:
-            server.send_to(world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous))
+        if previous is not None and previous != session.identity:  # its requests for its other seats wait on
+            server.send_to(world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous, agent))
             old = server.sessions.get(previous)
             if old:
                 old.seats.discard((world.world_id, agent))
@@ -131,7 +131,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     strings(tokens.values(), "tokens")
     if role not in ROLES:
         raise ProtocolError(BAD_REQUEST, f"'role' must be one of {list(ROLES)}, got {role!r:.40}", "see join")
-    if observer_token is not None and not secrets.compare_digest(observer_token, world.observer_token):
+    if observer_token is not None and not same_secret(observer_token, world.observer_token):
         raise ProtocolError(
             BAD_TOKEN,
             f"that is not the observer token of world {world.world_id}",
@@ -143,7 +143,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
             f"world {world.world_id} admits only the observers its owner invites",
             "join with the owner's 'observer_token' (or as an operator); public worlds admit anyone",
         )
-    if owner_token is not None and owner_token != world.owner_token:
+    if owner_token is not None and not same_secret(owner_token, world.owner_token):
         raise ProtocolError(
             BAD_TOKEN, f"that is not the owner token of world {world.world_id}", "send the created reply's owner_token"
         )
@@ -173,6 +173,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
         session.owned.add(world.world_id)
     if role == OBSERVER:
         world.observers.add(session.identity)
+        session.observer = True
     server.try_step(world)
     return {
         "op": "joined",
@@ -207,6 +208,8 @@ def op_join_group(server: EnvServer, session: Session, message: dict) -> dict:
         "seats": seats,
         "tokens": tokens,
         "spec": worlds[0].spec,
+        "tick": [w.tick for w in worlds],
+        "episode": [w.episode for w in worlds],
         "share_state": worlds[0].share_state,
         "obs": {str(w.world_id): _seat_obs(w, seats) for w in worlds},
     }

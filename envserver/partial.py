@@ -83,13 +83,14 @@ class BatchWaiter:
 
     def record(self, k: int, world: World, outcome: StepOutcome) -> bool:
         """Write world ``k``'s row; True when it was the last one."""
+        live = world.env.agents
         for i, agent in enumerate(self.seats):
             self.rewards[k, i] = outcome.rewards.get(agent, 0.0)
             self.terminated[k, i] = outcome.terminated.get(agent, False)
             self.truncated[k, i] = outcome.truncated.get(agent, False)
             self.active[k, i] = agent in outcome.active_before
-            if agent in world.obs:
-                self.alive[k, i] = True
+            self.alive[k, i] = agent in live
+            if agent in world.obs:  # an agent that left at this step: its last observation (later: zeros)
                 _write(self.obs[agent], k, world.obs[agent])
         if outcome.final_obs is not None:
             self.episode_over[k] = True

@@ -79,10 +79,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "%(default)s)",
     )
     parser.add_argument(
-        "--max-queued-replies",
+        "--max-unread-bytes",
         type=int,
-        default=64,
-        help="replies kept for a client that does not read them; past it its newest are dropped (default %(default)s)",
+        default=8 << 20,
+        help="bytes of replies a client may leave unread; past it its newest are dropped (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections",
+        type=int,
+        default=4096,
+        help="connections kept at once (at most the descriptor limit less a reserve); past it a newcomer replaces the "
+        "longest idle connection that holds nothing, or is closed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--max-connections-per-peer",
+        type=int,
+        default=1024,
+        help="connections from one IP address (one user over ipc://) at once, the same way (default %(default)s)",
     )
     parser.add_argument(
         "--max-worlds-per-client", type=int, default=4096, help="worlds one connection may own (default %(default)s)"
@@ -159,7 +172,9 @@ def server_config(args: argparse.Namespace, bind: str | None = None):
     return ServerConfig(
         bind=bind or args.bind,
         max_message_bytes=args.max_message_bytes,
-        max_queued_replies=args.max_queued_replies,
+        max_unread_bytes=args.max_unread_bytes,
+        max_connections=args.max_connections,
+        max_connections_per_peer=args.max_connections_per_peer,
         max_worlds_per_client=args.max_worlds_per_client,
         max_sessions=args.max_sessions,
         # Workers of one `agora serve --workers N` share the operator secret their parent made.
@@ -206,19 +221,50 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit("--workers must be at least 1")
     if args.workers > 1:
         return _run_workers(args)
-    from agora_marl.envserver.protocol.connection import operator_file, write_connection_file, write_operator_file
+    from agora_marl.envserver.protocol.connection import (
+        operator_file,
+        remove_operator_file,
+        write_connection_file,
+        write_operator_file,
+    )
     from agora_marl.envserver.server import EnvServer
 
-    server = EnvServer(server_config(args))
-    signal.signal(signal.SIGTERM, lambda *_: server.stop())
+    # Set before the --scenario-module modules load: those may handle signals their own way.
+    stop = _StopSignal()
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    server = stop.server = EnvServer(server_config(args))
+    if stop.requested:
+        server.request_stop()
     secret_file = args.operator_file or operator_file(server.address)
     write_operator_file(secret_file, server.operator_secret)
     if args.addr_file:
         write_connection_file(args.addr_file, [server.address], operator=server.operator_secret)
     log.info("serving on %s (operator secret in %s)", server.address, secret_file)
-    with contextlib.suppress(KeyboardInterrupt):
+    try:
         server.serve_forever()
+    finally:
+        remove_operator_file(secret_file, server.operator_secret)
+    # Stopped and closed: more stop signals (a scheduler's and a job script's) must not end the exit itself.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    log.info("stopped")
     return 0
+
+
+class _StopSignal:
+    """The handler of SIGTERM and SIGINT: it only sets flags. A second signal may arrive while the first handler runs
+    (a scheduler and a job script each send one): a handler that waited for a lock its own thread holds (a
+    threading.Event's) would never return, and the server would ignore every later signal."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.server = None
+
+    def __call__(self, *_: object) -> None:
+        self.requested = True
+        if self.server is not None:
+            self.server.request_stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -275,7 +321,9 @@ def _worker_flags(args: argparse.Namespace) -> list[str]:
     """The flags every worker shares (each gets its own --bind and --addr-file)."""
     flags = [
         f"--max-message-bytes={args.max_message_bytes}",
-        f"--max-queued-replies={args.max_queued_replies}",
+        f"--max-unread-bytes={args.max_unread_bytes}",
+        f"--max-connections={args.max_connections}",
+        f"--max-connections-per-peer={args.max_connections_per_peer}",
         f"--max-worlds-per-client={args.max_worlds_per_client}",
         f"--max-sessions={args.max_sessions}",
         f"--heartbeat-timeout={args.heartbeat_timeout}",

@@ -15,22 +15,18 @@ import os
 import secrets
 import threading
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
 import zmq
 
-from agora_marl import scenarios
+from agora_marl.envserver import liveness
+from agora_marl.envserver.config import ServerConfig
+from agora_marl.envserver.connections import Connection, Connections
+from agora_marl.envserver.delivery import Delivery
 from agora_marl.envserver.groups import Groups
 from agora_marl.envserver.handlers import OPERATIONS
-from agora_marl.envserver.identity import (
-    Session,
-    allow_list,
-    exposed,
-    peer_key,
-    unpredictable_routing_ids,
-)
+from agora_marl.envserver.identity import Session, allow_list, peer_key, secure_and_bind, unpredictable_routing_ids
 from agora_marl.envserver.protocol import pack, unpack
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
@@ -44,58 +40,21 @@ from agora_marl.envserver.protocol.vocabulary import (
     UNKNOWN_OP,
     UNKNOWN_WORLD,
 )
+from agora_marl.envserver.protocol.wire import peek_id
 from agora_marl.envserver.world import World
 
 log = logging.getLogger("agora.server")
 
-# Frames up to this size are copied into libzmq's message rather than lent to it: a lent (zero-copy) frame costs a
-# Frame object and a release message back from libzmq's I/O thread, dearer than the copy up to ~1 MiB. A bare ROUTER
-# replying over ipc, server CPU per round trip (main thread + I/O thread): 88 KB 64 µs copied, 90 lent; 256 KB 88
-# against 186; 1 MiB 217 against 258 (2 cores, December 2026).
-_ZERO_COPY_BYTES = 1 << 21
-# libzmq's constants as plain ints: pyzmq's enum members cost an enum operation (~0.5 µs) each time they are combined.
-_SNDMORE, _RCVTIMEO = int(zmq.SNDMORE), int(zmq.RCVTIMEO)
-
-
-@dataclass
-class ServerConfig:
-    """Settings of one server process (``agora serve`` flags)."""
-
-    bind: str = "tcp://127.0.0.1:5555"
-    """ZeroMQ endpoint to bind: ``tcp://HOST:PORT`` (port 0 picks a free one) or ``ipc://PATH``."""
-    max_message_bytes: int = 16 << 20
-    """Requests larger than this are refused with ``too_large``; a single frame larger than this closes the
-    connection."""
-    max_queued_requests: int = 64
-    """Whole requests libzmq queues per connection before it stops reading from it (ZMQ_RCVHWM)."""
-    max_queued_replies: int = 64
-    """Replies queued per connection for a client that does not read them; past it, its newest replies are dropped
-    (ZMQ_SNDHWM)."""
-    max_worlds_per_client: int = 4096
-    """How many live worlds one session may own."""
-    max_sessions: int = 65536
-    """How many sessions the server keeps at once (one per ``hello``; an idle one is forgotten after the heartbeat
-    timeout). Past it, ``hello`` is refused with ``busy``."""
-    max_worlds: int = 65536
-    """How many live worlds the server hosts in all."""
-    max_batch: int = 4096
-    """Most worlds in one ``create`` (copies) or ``step_batch``."""
-    heartbeat_timeout_s: float = 10.0
-    """A connection silent this long (and with no act in flight) loses its seats, unless it asked for longer."""
-    max_keep_alive_s: float = 600.0
-    """The longest silence a connection may ask for at ``hello`` (``keep_alive_s``) before it loses its seats."""
-    default_deadline_ms: float = 1000.0
-    """Lockstep deadline of worlds whose creator sends none."""
-    allowed_packages: tuple[str, ...] = scenarios.DEFAULT_ALLOWED_PACKAGES
-    """Packages whose PettingZoo/gymnasium constructors clients may name (registered scenarios always allowed)."""
-    curve_secret_key: bytes | None = None
-    """Z85 CurveZMQ secret key: when set, the socket is a CURVE server and clients must know its public key."""
-    curve_client_keys: tuple[bytes, ...] | None = None
-    """Z85 public keys of the clients allowed in (CURVE only); None: any client that knows the server's key."""
-    operator_secret: str | None = None
-    """The operator credential: a ``hello`` that carries it may list and observe every world (tools such as
-    ``agora watch``). None: the server makes a random one (``EnvServer.operator_secret``; ``agora serve`` writes it
-    to a file only its user can read)."""
+# libzmq's constants as plain ints: pyzmq's enum members cost an enum operation each time they are combined.
+_RCVTIMEO = int(zmq.RCVTIMEO)
+#: The longest the loop waits for a message before it looks at its connections, deadlines and waiting replies (and
+#: at its stop flag): with connections open, and with none.
+IDLE_WAKE_MS, NO_CONNECTION_WAKE_MS = 10, 100
+#: How often the loop looks at its connections (accepted and closed ones, unfinished messages) and silent sessions.
+CHORES_S = 0.01
+#: Sessions kept beyond ``max_sessions`` for operators only (agora watch, agora worlds), so that a flood of hellos
+#: never locks the operator out.
+OPERATOR_SESSIONS = 8
 
 
 class EnvServer:
@@ -120,43 +79,34 @@ class EnvServer:
         self.socket = self.context.socket(zmq.ROUTER)
         self.socket.setsockopt(zmq.LINGER, 0)
         # Memory per connection: libzmq drops a connection that sends a frame over MAXMSGSIZE before buffering it
-        # (no frame of an acceptable request is larger than the request); it queues at most RCVHWM whole requests
-        # per connection (then stops reading that socket: TCP pushes back on the client) and SNDHWM replies (a
-        # client that never reads loses its newest replies, not the server its memory). What libzmq cannot bound
-        # is a multipart message that is never finished: see docs/security.md.
+        # (no frame of an acceptable request is larger than the request), and queues at most RCVHWM whole requests
+        # per connection (then stops reading that socket: TCP pushes back on the client). What it cannot bound, the
+        # frames of a message never finished and the bytes of unread replies, connections.py and delivery.py do.
         self.socket.setsockopt(zmq.MAXMSGSIZE, self.config.max_message_bytes)
         self.socket.setsockopt(zmq.RCVHWM, self.config.max_queued_requests)
-        self.socket.setsockopt(zmq.SNDHWM, self.config.max_queued_replies)
-        if self.config.curve_secret_key:
-            self.socket.curve_secretkey = self.config.curve_secret_key
-            self.socket.curve_publickey = zmq.curve_public(self.config.curve_secret_key)
-            self.socket.curve_server = True
-        bind = self.config.bind
-        if bind.startswith("tcp://") and bind.endswith(":0"):
-            bind = bind[:-2] + ":*"
-        self.socket.bind(bind)
-        self.address: str = self.socket.getsockopt_string(zmq.LAST_ENDPOINT)
-        if exposed(self.address) and not self.config.curve_secret_key:
-            log.warning(
-                "SERVING WITHOUT AUTHENTICATION on %s, which other machines can reach: anyone who can connect may "
-                "create, join and close worlds. On a network, run with --curve-secret (CurveZMQ), or bind "
-                "tcp://127.0.0.1 or ipc:// and reach the server through the job's own nodes only.",
-                self.address,
-            )
+        self.delivery = Delivery(self.socket, self.config.max_unread_bytes)
+        self.connections = Connections(
+            self.socket,
+            self.config.max_connections,
+            self.config.max_connections_per_peer,
+            self.config.max_message_bytes,
+            replaceable=lambda conn: liveness.replaceable(self, conn),
+        )
+        self.address: str = secure_and_bind(self.socket, self.config.bind, self.config.curve_secret_key)
         self.worlds: dict[int, World] = {}
         self.groups = Groups()
         """Named groups of worlds (``create``'s ``group``, ``join_group``)."""
         self.sessions: dict[bytes, Session] = {}
         self._by_secret: dict[str, Session] = {}
-        self.request_route: bytes = b""
         self.pending_worlds = 0
         self._jobs: collections.deque = collections.deque()
-        self.request_header: Any = None
+        self._origin: tuple[bytes, Any, Connection | None] = (b"", None, None)
+        """The routing id, routing-id frame and connection of the request being served (for hello's new_session)."""
         self.operator_secret: str = self.config.operator_secret or secrets.token_urlsafe(32)
         self._next_world = 1
         self._deadlines: list[tuple[float, int]] = []
         self._scheduled: dict[int, float] = {}  # each world's deadline in the heap: every act of a tick arms it once
-        self._stop = threading.Event()
+        self._stopping = False  # a plain flag: set from signal handlers, which must take no lock
         self._thread: threading.Thread | None = None
         self.stats = {"requests": 0, "errors": 0, "steps": 0}
 
@@ -169,11 +119,16 @@ class EnvServer:
         return self
 
     def stop(self, timeout: float = 5.0) -> None:
-        """Ask the loop to stop, wait for it, and close the socket and every world."""
-        self._stop.set()
+        """Ask the loop to stop, wait for it (when it serves from a thread), and close the socket and every world."""
+        self.request_stop()
         if self._thread is not None:
             self._thread.join(timeout)
             self._thread = None
+
+    def request_stop(self, *_: object) -> None:
+        """Ask the loop to stop after its current turn. Safe in a signal handler (it sets a plain flag, takes no lock:
+        a handler that waits for a lock its own thread holds never returns) and callable as one."""
+        self._stopping = True
 
     def __enter__(self) -> EnvServer:
         return self.start_in_thread()
@@ -182,30 +137,32 @@ class EnvServer:
         self.stop()
 
     def serve_forever(self) -> None:
-        socket = self.socket
-        serve_one, recv_multipart = self.serve_one, socket.recv_multipart
-        # Frames as bytes: a zmq.Frame (copy=False) costs ~2 µs more per message than copying a request's few KB.
-        # Only the CURVE allow-list needs them, to read the key a message came over (identity.peer_key).
-        copy = self._authenticator is None
-        next_sweep = time.monotonic()
+        socket, delivery, connections = self.socket, self.delivery, self.connections
+        serve_one, recv, recv_multipart = self.serve_one, socket.recv, socket.recv_multipart
+        # The routing-id frame as a zmq.Frame, for its metadata (the connection it came over, a CURVE key); the rest
+        # as bytes: a Frame costs more than copying a request's few KB.
+        next_sweep = next_chores = time.monotonic()
         receive_timeout = None
         served = 0  # messages served since deferred work last had a turn
         try:
-            while not self._stop.is_set():
+            while not self._stopping:
                 now = time.monotonic()
-                timeout = 0 if self._jobs else 100
+                timeout = 0 if self._jobs else IDLE_WAKE_MS if connections.by_fd else NO_CONNECTION_WAKE_MS
                 if self._deadlines:
                     timeout = min(timeout, max(0, int((self._deadlines[0][0] - now) * 1000)))
+                if delivery.next_retry - now < 0.01:
+                    timeout = min(timeout, max(0, int((delivery.next_retry - now) * 1000)))
                 if timeout != receive_timeout:
                     socket.setsockopt(_RCVTIMEO, timeout)
                     receive_timeout = timeout
                 # A blocking receive with a timeout, as a bare ROUTER loop does: no poll call, no events check.
                 try:
-                    frames = recv_multipart(copy=copy)
+                    route = recv(copy=False)
                 except zmq.Again:
                     served = 256
+                    connections.poll()
                 else:
-                    serve_one(frames)
+                    serve_one([route, *recv_multipart()] if route.more else [route])
                     served += 1
                 # Deferred work gets a turn once the queue is drained, or after 256 messages, as before.
                 if self._jobs and served >= 256:
@@ -214,14 +171,21 @@ class EnvServer:
                 now = time.monotonic()
                 if self._deadlines and self._deadlines[0][0] <= now:
                     self._fire_deadlines(now)
-                if now >= next_sweep:
-                    self._sweep_silent(now)
-                    next_sweep = now + min(1.0, self.config.heartbeat_timeout_s / 4)
+                if delivery.next_retry <= now:
+                    delivery.retry(now)
+                if now >= next_chores:  # the connections' unfinished messages, silent sessions
+                    connections.poll()
+                    connections.check_unfinished(now)
+                    if now >= next_sweep:
+                        liveness.sweep_silent(self, now)
+                        next_sweep = now + min(1.0, self.config.heartbeat_timeout_s / 4)
+                    next_chores = now + CHORES_S
         finally:
             for job in self._jobs:
                 job.build.close()  # a create still being built closes the envs it made
             for world in list(self.worlds.values()):
                 self.close_world(world, "the server is shutting down")
+            self.connections.shut()
             self.socket.close(linger=0)
             if self._authenticator is not None:
                 self._authenticator.stop()
@@ -232,16 +196,24 @@ class EnvServer:
     # ---- one request ------------------------------------------------------------------------------------------
 
     def serve_one(self, frames: list) -> None:
-        """Serve one received message (routing id, header, array frames: bytes, or zmq.Frame): what the loop does with
-        each; its replies go out through the socket. Benchmarks replay requests through it (bench/replay.py)."""
-        route = frames[0] if type(frames[0]) is bytes else frames[0].bytes
+        """Serve one received message (routing-id frame as a zmq.Frame, or bytes when replayed in process; header;
+        array frames: bytes, or zmq.Frame): what the loop does with each; its replies go out through the socket.
+        Benchmarks replay requests through it (bench/replay.py)."""
+        route_frame = frames[0]
+        route = route_frame if type(route_frame) is bytes else route_frame.bytes
         frames = frames[1:]
         self.stats["requests"] += 1
         request_id = 0
+        session = conn = None
         try:
             size = sum(map(len, frames))
+            try:
+                conn = self.connections.admit(route_frame, route, frames, size)
+            except ProtocolError:
+                request_id = peek_id(frames[0]) if frames else 0
+                raise
             if size > self.config.max_message_bytes:
-                request_id = _peek_id(frames[0])
+                request_id = peek_id(frames[0])
                 raise ProtocolError(
                     TOO_LARGE,
                     f"message of {size} bytes is over this server's limit of {self.config.max_message_bytes}",
@@ -253,37 +225,32 @@ class EnvServer:
             handler = OPERATIONS.get(op)
             if handler is None:
                 raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r:.80}", f"use one of {sorted(OPERATIONS)}")
-            session = self._session(message, route, frames[0], required=op not in SESSIONLESS)
-            self.request_route, self.request_header = route, frames[0]  # for hello's new_session
+            session = self._session(message, route, route_frame, conn, required=op not in SESSIONLESS)
+            self._origin = (route, route_frame, conn)  # for hello's new_session
             reply = handler(self, session, message)
             if reply is not None:
                 reply["id"] = request_id
-                self.send(route, reply, session is not None and session.joined)
+                self._reply(route, conn, session, reply)
         except ProtocolError as exc:
             self.stats["errors"] += 1
-            self.send(route, exc.to_header(exc.request_id or request_id))
+            self._reply(route, conn, session, exc.to_header(exc.request_id or request_id))
         except KeyboardInterrupt:  # the server's stop signal
             raise
         except BaseException as exc:  # a bug of ours or a scenario's SystemExit costs one request, never the server
             self.stats["errors"] += 1
             log.exception("internal error while serving a request")
             error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
-            self.send(route, error.to_header(request_id))
+            self._reply(route, conn, session, error.to_header(request_id))
 
-    def send(self, route: bytes, message: dict, joined: bool = False) -> None:
-        """Send a message to the connection with this routing id (replies to the request being served); ``joined``:
-        its arrays in one frame, as the session asked at ``hello``."""
-        frames = pack(message, joined)
-        send = self.socket.send
-        try:
-            send(route, _SNDMORE)
-            for frame in frames[:-1]:
-                # Zero-copy only pays for very large frames (see _ZERO_COPY_BYTES).
-                send(frame, _SNDMORE, copy=type(frame) is bytes or frame.nbytes < _ZERO_COPY_BYTES)
-            frame = frames[-1]
-            send(frame, 0, copy=type(frame) is bytes or frame.nbytes < _ZERO_COPY_BYTES)
-        except zmq.ZMQError as exc:  # the peer is gone or its queue is full: its loss, not the server's
-            log.warning("dropping a reply: %s", exc)
+    def _reply(self, route: bytes, conn: Connection | None, session: Session | None, message: dict) -> None:
+        """Answer the request being served: through its session (unless the request ended it: then over its
+        connection), or over the connection it came from."""
+        if session is not None and not session.ended:
+            self.delivery.send(session, pack(message, session.joined))
+        elif conn is not None:
+            self.delivery.send(conn, pack(message))
+        else:  # refused before the server serves its connection at all
+            self.delivery.send_refusal(route, pack(message))
 
     def defer(self, job) -> None:
         """Queue work that answers its request later, a slice per loop turn (``job.step()`` returns the reply when
@@ -304,7 +271,7 @@ class EnvServer:
             reply = job.step()
         except ProtocolError as exc:
             self.stats["errors"] += 1
-            self.send(job.session.route, exc.to_header(job.request_id))
+            self.send_to([(job.session.identity, exc.to_header(job.request_id))])
             return
         except KeyboardInterrupt:
             raise
@@ -312,29 +279,33 @@ class EnvServer:
             self.stats["errors"] += 1
             log.exception("internal error in deferred work")
             error = ProtocolError(INTERNAL, f"{type(exc).__name__}: {exc}", "please report this bug")
-            self.send(job.session.route, error.to_header(job.request_id))
+            self.send_to([(job.session.identity, error.to_header(job.request_id))])
             return
         if reply is None:
             self._jobs.append(job)  # round robin: the next job gets the next turn
         else:
             reply["id"] = job.request_id
-            self.send(job.session.route, reply, job.session.joined)
+            self.send_to([(job.session.identity, reply)])
 
     def send_to(self, replies: list[tuple[bytes, dict]]) -> None:
-        """Send messages to sessions (by ``Session.identity``), wherever each last connected from; a session that is
-        gone gets nothing."""
+        """Send messages to sessions (by ``Session.identity``), wherever each last connected from (or, while its
+        connection is gone, when it comes back); a session that was forgotten gets nothing."""
         for identity, message in replies:
             session = self.sessions.get(identity)
             if session is not None:
-                self.send(session.route, message, session.joined)
+                self.delivery.send(session, pack(message, session.joined))
 
-    def _session(self, message: dict, route: bytes, header, required: bool) -> Session | None:
-        """The session whose secret the request carries (its replies now go to ``route``), or None for a sessionless
-        request that carries none."""
+    def _session(self, message: dict, route: bytes, route_frame, conn: Connection, required: bool) -> Session | None:
+        """The session whose secret the request carries (its replies now go over ``conn``), or None for a
+        sessionless request that carries none."""
         secret = message.get("secret")
         if secret is None and not required:
             return None
-        session = self._by_secret.get(secret) if isinstance(secret, str) else None
+        if secret is not None and type(secret) is not str:
+            raise ProtocolError(
+                BAD_REQUEST, f"'secret' must be a string, got {type(secret).__name__}", "send welcome's 'secret'"
+            )
+        session = self._by_secret.get(secret)
         if session is None:
             if secret is None:
                 raise ProtocolError(
@@ -345,22 +316,28 @@ class EnvServer:
             raise ProtocolError(
                 NO_SESSION,
                 "no session has that secret: it was never issued, or the session was forgotten after a silence "
-                "longer than its keep_alive_s (or the server restarted)",
+                "longer than its keep_alive_s, or it said bye (or the server restarted)",
                 "send hello again (without a secret) and reclaim your seats with their tokens",
             )
-        if route != session.route:  # the client reconnected (or another connection shows the secret)
-            if session.peer_key and peer_key(header) != session.peer_key:
+        if conn is not session.connection:  # the client reconnected (or another connection shows the secret)
+            if session.peer_key and peer_key(route_frame) != session.peer_key:
                 raise ProtocolError(
                     NO_SESSION, "that session belongs to another CURVE key", "send hello over your own connection"
                 )
-            session.route = route
-        session.last_seen = time.monotonic()
+            if conn.alive:  # not a message read after its connection closed
+                session.route, session.connection = route, conn
+        conn.session = session.identity
+        session.last_seen = conn.last_active = time.monotonic()
+        if session.outbox is not None:
+            self.delivery.flush(session)
         return session
 
-    def new_session(self) -> Session:
-        """A session for the ``hello`` being served; refused with ``busy`` when the server keeps as many as it may."""
-        route, header = self.request_route, self.request_header
-        if len(self.sessions) >= self.config.max_sessions:
+    def new_session(self, operator: bool = False) -> Session:
+        """A session for the ``hello`` being served; refused with ``busy`` when the server keeps as many as it may
+        (``max_sessions``, and OPERATOR_SESSIONS more for an operator)."""
+        route, route_frame, conn = self._origin
+        limit = self.config.max_sessions + (OPERATOR_SESSIONS if operator else 0)
+        if len(self.sessions) >= limit:
             raise ProtocolError(
                 BUSY, f"the server keeps {len(self.sessions)} sessions, its limit", "try again in a few seconds"
             )
@@ -368,8 +345,10 @@ class EnvServer:
             identity, secret = os.urandom(16), secrets.token_urlsafe(24)
             if identity not in self.sessions and secret not in self._by_secret:
                 break
-        key = peer_key(header) if self._authenticator is not None else ""
-        session = Session(identity, route, secret, time.monotonic(), peer_key=key)
+        key = peer_key(route_frame) if self._authenticator is not None else ""
+        session = Session(identity, route, conn, secret, time.monotonic(), peer_key=key)
+        if conn is not None:
+            conn.session = identity
         self.sessions[identity] = self._by_secret[secret] = session
         return session
 
@@ -381,8 +360,13 @@ class EnvServer:
         return session.name or session.label
 
     def forget_session(self, session: Session) -> None:
+        session.ended = True
         self.sessions.pop(session.identity, None)
         self._by_secret.pop(session.secret, None)
+        self.delivery.forget(session)
+        if session.observer:
+            for world in self.worlds.values():
+                world.observers.discard(session.identity)
 
     # ---- worlds -----------------------------------------------------------------------------------------------
 
@@ -482,47 +466,3 @@ class EnvServer:
         if world.world_id in self.worlds:
             self.close_world(world, "it has no owner and nobody holds a seat in it")
         return True
-
-    def _sweep_silent(self, now: float) -> None:
-        """Connections silent past the heartbeat timeout lose their seats and their worlds' ownership; a world left
-        with no owner and no held seat closes."""
-        for identity, session in list(self.sessions.items()):
-            silence = session.keep_alive_s if session.keep_alive_s is not None else self.config.heartbeat_timeout_s
-            if session.last_seen >= now - silence or self._has_waiters(identity, session):
-                continue
-            log.info("session %r (%s) went silent; releasing its seats", session.name, session.identity.hex()[:8])
-            touched = set()
-            for world_id, agent in list(session.seats):
-                world = self.worlds.get(world_id)
-                if world is not None:
-                    world.release_seat(agent, lost=True)
-                    touched.add(world_id)
-            session.seats.clear()
-            for world_id in list(session.owned):
-                world = self.worlds.get(world_id)
-                if world is not None and world.owner == identity:  # not reclaimed with the owner token meanwhile
-                    world.owner = None
-                    touched.add(world_id)
-            session.owned.clear()
-            self.forget_session(session)
-            for world_id in touched:
-                world = self.worlds.get(world_id)
-                if world is not None and not self.close_if_abandoned(world):
-                    self.try_step(world)
-
-    def _has_waiters(self, identity: bytes, session: Session) -> bool:
-        world_ids = {w for w, _ in session.seats}
-        return any(
-            any(waiter.identity == identity for waiter in self.worlds[w].waiters) for w in world_ids if w in self.worlds
-        )
-
-
-def _peek_id(header_frame) -> int:
-    """The request id of a message refused before decoding, so that even that refusal can be matched."""
-    if len(header_frame) > 1 << 16:
-        return 0
-    try:
-        request_id = msgpack.unpackb(getattr(header_frame, "buffer", header_frame), raw=False).get("id", 0)
-    except Exception:
-        return 0
-    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0

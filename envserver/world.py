@@ -340,9 +340,14 @@ class World:
         else:
             reply[key] = obs
 
-    def cancel_waiters(self, reason: str, only: bytes | None = None) -> list[tuple[bytes, dict]]:
-        """Error replies (``interrupted``) for waiting requests, all of them or one connection's."""
-        cancelled = [w for w in self.waiters if only is None or w.identity == only]
+    def cancel_waiters(
+        self, reason: str, only: bytes | None = None, seat: str | None = None
+    ) -> list[tuple[bytes, dict]]:
+        """Error replies (``interrupted``) for waiting requests: all of them, or one session's (``only``), or of those
+        the ones that act for ``seat``."""
+        cancelled = [
+            w for w in self.waiters if (only is None or w.identity == only) and (seat is None or seat in w.seats)
+        ]
         self.waiters = [w for w in self.waiters if w not in cancelled]
         for waiter in cancelled:
             for agent in waiter.seats:

@@ -269,8 +269,14 @@ class TrainingSession:
                 f"(the last ended is {self._ended}, the last begun {self._update})"
             )
         step = self._steps_after(update)
-        self._check_opponents()
-        self.worlds.inner.heartbeat()  # the worlds hear nothing from this learner while it learns
+        if self.done and self.worlds.partial:
+            # The last step is taken: release shared worlds before the rest of this update (and the next update's
+            # learning, when this one ends after the last rollout), or their other holders wait a deadline for a
+            # step that never comes, and the worlds step once more with this learner's seats filled.
+            self.worlds.inner.close()
+        else:
+            self._check_opponents()  # past the last step they end with the worlds
+            self.worlds.inner.heartbeat()  # the worlds hear nothing from this learner while it learns
         rs = self.config.run
         if update % rs.sync_every == 0 or step >= self.total_steps:
             check_in_sync(self._synced_tensors())

@@ -43,6 +43,8 @@ WRONG_VALUES: list[Any] = [
     "",
     "x" * 300,
     "all",
+    "é",
+    "\u2603\U0001f600" * 20,
     b"\x00\xff",
     [],
     [1, "a", None],
@@ -82,9 +84,14 @@ FIELD_VALUES: dict[str, list[Any]] = {
     "copies": [2, 4097],
     "deadline_ms": [1e-300, 3_600_001, -0.0],
     "seed": [2**32, 2**64 - 2],
-    "secret": ["not-a-secret", "x" * 64],
-    "operator": ["not-the-operator"],
-    "observer_token": ["0" * 32],
+    "secret": ["not-a-secret", "x" * 64, "sécret"],
+    "operator": ["not-the-operator", "opérateur"],
+    "observer_token": ["0" * 32, "é" * 32],
+    "owner_token": ["é" * 32],
+    "invite_token": ["é" * 32],
+    "tokens": [{"agent_0": "é" * 32}],
+    "group": ["ligue-é", "é"],
+    "name": ["é" * 300],
 }
 
 
@@ -130,6 +137,7 @@ class Context:
                 {"op": "hello", "name": "fuzz", "keep_alive_s": 5, "operator": self.operator, "secret": None},
             ],
             "ping": [{"op": "ping"}],
+            "bye": [{"op": "bye"}],
             "list": [{"op": "list"}],
             "create": [
                 {
@@ -362,10 +370,14 @@ def check_reply(reply: dict, op: str, request_id: int, counts: collections.Count
 
 
 def tidy(client: RawClient, context: Context, reply: dict) -> None:
-    """Close what a fuzzed request created; rebuild the context when one closed or left its worlds."""
+    """Close what a fuzzed request created; rebuild the context when one closed or left its worlds, or ended the
+    session (``bye``: a new session, new worlds)."""
     if reply["op"] == "created":
         for world in reply["worlds"]:
             client.ok({"op": "close", "world": world})
+    elif reply["op"] == "bye":
+        client.secret = client.ok({"op": "hello", "name": "fuzz", "secret": None})["secret"]
+        context.build()
     elif reply["op"] in ("closed", "left"):
         context.build()
 

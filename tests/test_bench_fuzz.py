@@ -37,10 +37,12 @@ def test_a_short_fuzz_run_holds_and_reports_every_figure(tmp_path: Path) -> None
 
     attackers = figures["attackers"]
     oversized = attackers["oversized"]
-    assert oversized["codes"] == {"too_large": oversized["sent"] // 2} and oversized["sent"] >= 2
-    assert oversized["recovered"] == oversized["cut"] >= 1
+    # A message far over the limit may be cut off while it arrives instead of refused (docs/protocol.md, Transport).
+    codes = oversized["codes"]
+    assert set(codes) <= {"too_large", "no reply"} and sum(codes.values()) == oversized["sent"] // 2 >= 1
+    assert not oversized["unexpected"] and oversized["recovered"] == oversized["cut"] + codes.get("no reply", 0) >= 1
     reused = attackers["reused_ids"]
-    assert reused["cycles"] >= 1 and reused["refused"] == 6 * reused["cycles"]
+    assert reused["cycles"] >= 1 and reused["refused"] == 9 * reused["cycles"]  # 3 for a chosen id, 6 for a taken one
     assert reused["leaks"] == [] and reused["denied"] == []
     assert attackers["never_read"]["sent"] >= 1
     assert attackers["partial"]["raw_wire_bytes"] == attackers["partial"]["libzmq_bytes"] == PARTIAL_BYTES

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 import pytest
 import zmq
 
@@ -73,32 +72,36 @@ def test_a_build_that_fails_midway_registers_nothing_and_closes_what_it_built(se
 
 
 def test_a_client_that_never_reads_its_replies_costs_a_bounded_queue(make_server):
-    server = make_server(max_queued_replies=8)
+    """Its requests are all read and served; the replies past max_unread_bytes are dropped, the others kept."""
+    server = make_server(max_unread_bytes=4 << 20)
     socket = zmq.Context.instance().socket(zmq.DEALER)
     socket.setsockopt(zmq.LINGER, 0)
     socket.setsockopt(zmq.RCVHWM, 1)  # this client reads nothing and buffers as little as libzmq lets it
     socket.setsockopt(zmq.RCVBUF, 4096)
     socket.connect(server.address)
-    blob = np.zeros(1 << 16, np.uint8)  # every pong is small, but each request is 64 KiB: the server must keep up
-    sent, deadline = 0, time.monotonic() + 20
-    while sent < 2000 and time.monotonic() < deadline:  # never blocks: a full queue is the back-pressure we want
-        try:
-            socket.send_multipart(pack({"op": "ping", "id": sent + 1, "pad": blob}), flags=zmq.NOBLOCK, copy=False)
-            sent += 1
-        except zmq.Again:
-            time.sleep(0.01)
-    assert sent > 200, "the server stopped reading a client that does not read"
+    socket.send_multipart(pack({"op": "hello", "id": 1}))
+    assert socket.poll(10_000)
+    secret = unpack(socket.recv_multipart())["secret"]
+    socket.send_multipart(
+        pack({"op": "create", "id": 2, "scenario": SPREAD, "join": True, "render": True, "secret": secret})
+    )
+    assert socket.poll(30_000)
+    world = unpack(socket.recv_multipart())["worlds"][0]
+    sent = 60  # 60 frames of 1.4 MiB: 84 MiB of replies nobody reads
+    for i in range(sent):
+        socket.send_multipart(pack({"op": "render", "id": 10 + i, "world": world, "secret": secret}))
     bystander = RawClient(server.address)
-    deadline = time.monotonic() + 30
-    while server.stats["requests"] < sent:  # the server read every request it was sent (none blocked it)
+    deadline = time.monotonic() + 60
+    while server.stats["requests"] < sent + 3:  # the server read every request it was sent (none blocked it)
         assert time.monotonic() < deadline, (sent, server.stats)
         time.sleep(0.05)
     assert bystander.request({"op": "ping"})["op"] == "pong"
+    assert server.delivery.dropped > 0, "the replies past the bound were kept"
     received = 0
-    while socket.poll(200):
-        unpack(socket.recv_multipart())
+    while socket.poll(500):
+        assert unpack(socket.recv_multipart())["op"] == "frame"
         received += 1
-    assert received < sent, "the replies nobody read were dropped past the queue, not kept"
+    assert 0 < received <= sent - server.delivery.dropped
     socket.close()
 
 
@@ -110,3 +113,30 @@ def test_a_frame_over_the_limit_costs_only_the_senders_connection(make_server):
         sender.recv(timeout_ms=300)
     assert bystander.request({"op": "ping"})["op"] == "pong"
     assert server.stats["requests"] == 3, "the oversized message never reached the loop"  # two hellos, a ping
+
+
+def test_the_turn_that_registers_a_large_create_builds_nothing(server, monkeypatch):
+    """The last turn of a large create registered every world at once (a World each, its spaces, its first
+    observations): ~1 s of loop for 512 mpe2 copies. Each chunk now builds its worlds whole; registering only names
+    them."""
+    from agora_marl.envserver import creation
+    from agora_marl.envserver.world import World
+
+    made, made_while_registering = [], []
+    post_init, register = World.__post_init__, creation._register
+
+    def counting_post_init(self):
+        made.append(self)
+        post_init(self)
+
+    def counting_register(*args):
+        before = len(made)
+        reply = register(*args)
+        made_while_registering.append(len(made) - before)
+        return reply
+
+    monkeypatch.setattr(World, "__post_init__", counting_post_init)
+    monkeypatch.setattr(creation, "_register", counting_register)
+    client = RawClient(server.address, timeout_s=60)
+    created = client.ok({"op": "create", "scenario": SPREAD, "copies": 3 * CREATE_CHUNK, "join": True})
+    assert len(created["worlds"]) == len(made) == 3 * CREATE_CHUNK and made_while_registering == [0]

@@ -197,6 +197,8 @@ _PLAYER = textwrap.dedent(
 def test_killed_client_costs_a_deadline_then_its_token_resumes_the_seat(make_server):
     server = make_server(heartbeat_timeout_s=1.0)
     owner, alice = RawClient(server.address), RawClient(server.address)
+    for client in (owner, alice):  # idle while the player starts, which may take over a second
+        client.ok({"op": "hello", "keep_alive_s": 60})
     world = _shared_world(owner, deadline_ms=200)
     alice.ok({"op": "join", "world": world, "seats": ["agent_0"]})
     player = subprocess.Popen(

@@ -110,3 +110,32 @@ def test_an_interrupted_world_fails_the_batch_once(server):
         assert learner.ping()  # nothing else came for that request
         learner._receive_available()
         assert not learner._stash
+
+
+def test_a_departing_agent_reads_the_same_in_act_batch_as_in_step_batch(server):
+    """At the step where an agent leaves (a caught prey), both batch replies give its last observation and say it is
+    no longer alive; later rows are zeros. act_batch said it was still alive."""
+    config = {"n_predators": 3, "n_prey": 2, "catch_radius": 0.4}
+    agents = [f"predator_{i}" for i in range(3)] + ["prey_0", "prey_1"]
+    rng = np.random.default_rng(0)
+    with AgentClient(server.address, timeout_s=20.0) as client:
+        batch = client.create("predator_prey_v0", config=config, seed=1, join=True).worlds
+        acting = client.create("predator_prey_v0", config=config, seed=1, join=True).worlds
+        departed = 0
+        for _ in range(200):
+            actions = {
+                a: rng.integers(0, 5, (1,))
+                if a.startswith("predator")
+                else rng.uniform(-1, 1, (1, 2)).astype(np.float32)
+                for a in agents
+            }
+            stepped = client.step_batch(batch, actions)
+            acted = client.act_batch(acting, actions)
+            left = stepped["terminated"][0, 3:] & ~stepped["episode_over"][0]
+            for agent in agents:
+                np.testing.assert_array_equal(stepped["obs"][agent][0], acted["obs"][agent][0])
+            np.testing.assert_array_equal(stepped["alive"], acted["alive"])
+            departed += int(left.sum())
+            if departed and not left.any():
+                break
+        assert departed, "no prey left mid-episode in 200 steps"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 
@@ -128,3 +130,26 @@ def test_a_trained_run_is_the_opponent_of_the_next(tmp_path, servers):
     rows = read_metrics(run.directory / "metrics.csv")
     assert len(rows) >= 2 and all(float(r["opponent_late"]) < 0.1 for r in rows), rows
     assert load_checkpoint(prey_run.checkpoints()[-1])["seats"] == ["prey_0"]
+
+
+def test_the_last_update_does_not_keep_the_opponent_waiting(tmp_path, monkeypatch):
+    """At the end of a run the opponent's next act_batch waited a full deadline through the learner's last update,
+    and the worlds stepped once more with every learner seat filled. The harness now releases shared worlds as soon
+    as an update ends past the last step: with PPO's overlapped updates, right after the last rollout."""
+    from agora_marl.envserver.server import EnvServer, ServerConfig
+    from agora_marl.learners.session import TrainingSession
+
+    end_update, stepped_after = TrainingSession.end_update, []
+
+    def slow_last(self, metrics=None, update=None):
+        if (self.update if update is None else update) == 2:  # the last update (and its checkpoint) outlasts the
+            before = server.stats["steps"]  # opponent's deadline
+            time.sleep(2.0)
+            stepped_after.append(server.stats["steps"] - before)
+        return end_update(self, metrics, update)
+
+    monkeypatch.setattr(TrainingSession, "end_update", slow_last)
+    with EnvServer(ServerConfig(bind="tcp://127.0.0.1:0")) as server:
+        overrides = ["algo=ippo", "env.num_worlds=4", "ppo.rollout_steps=10", "ppo.epochs=1", "run.total_steps=80"]
+        _train(tmp_path, [server.address], *overrides, "env.opponent_deadline_ms=1000")
+    assert stepped_after == [0], "the worlds stepped after the learner's last step, its seats filled"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from agora_marl.agents.conformance.base import MAX_EPISODE_STEPS, Context, check
+from agora_marl.agents.conformance.base import MAX_EPISODE_STEPS, SHORT_DEADLINE_MS, Context, check
 from agora_marl.agents.conformance.checks_worlds import agents_of, world_entry
 from agora_marl.agents.conformance.peer import Peer, Skip, expect, short
 from agora_marl.agents.conformance.values import expect_value, legal_rows
@@ -153,8 +153,9 @@ def check_act_batch(ctx: Context) -> None:
         filled = _expect_array(batch, "filled", "bool", (K, len(agents)))
         _expect_array(batch, "late", "bool", (K, len(agents)))
         expect(not filled.any(), f"every seat acted, yet act_batch says some were filled: {short(batch)}")
-        ticks = batch.get("tick")
-        expect(isinstance(ticks, np.ndarray) and list(ticks) == [1] * K, f"each world steps once: {short(batch)}")
+        ticks = _expect_array(batch, "tick", "int64", (K,))
+        _expect_array(batch, "episode", "int64", (K,))
+        expect(list(ticks) == [1] * K, f"each world steps once: {short(batch)}")
     a.refused(
         "act_batch",
         BATCH_MISMATCH,
@@ -162,6 +163,19 @@ def check_act_batch(ctx: Context) -> None:
         worlds=[worlds[0], worlds[0]],
         actions=_actions(spec, mine, LAYOUT_AGENTS, 2),
     )
+    # b does not act: at the deadline its seats are filled and late; a's own, which acted, never are.
+    late_worlds = a.create(copies=K, seed=1, wait_for_seats=False, deadline_ms=SHORT_DEADLINE_MS)["worlds"]
+    for world in late_worlds:
+        a.ok("join", world=world, seats=mine)
+        b.ok("join", world=world, seats=theirs)
+    batch = a.answer(
+        "act_batch", a.send("act_batch", worlds=late_worlds, actions=_actions(spec, mine, LAYOUT_AGENTS, K))
+    )
+    filled, late = _expect_array(batch, "filled", "bool", (K, len(agents))), batch.get("late")
+    others = [agents.index(x) for x in theirs]
+    own = [agents.index(x) for x in mine]
+    expect(filled[:, others].all() and late[:, others].all(), f"b's late seats should be filled, late: {short(batch)}")
+    expect(not filled[:, own].any() and not late[:, own].any(), f"a's own seats acted: never filled: {short(batch)}")
 
 
 @check

@@ -54,6 +54,8 @@ def check_join_group(ctx: Context) -> None:
     )
     obs = joined.get("obs") or {}
     expect(sorted(obs) == sorted(str(w) for w in worlds), f"joined_group.obs should cover every world: {short(obs)}")
+    for key in ("tick", "episode"):
+        expect(joined.get(key) == [0] * len(worlds), f"joined_group.{key} should be 0 for each world: {short(joined)}")
     listed = [w for w in owner.ok("list").get("worlds", []) if w.get("world") in worlds]
     expect(
         listed and all(w.get("group") == name for w in listed), f"list should name the worlds' group: {short(listed)}"

@@ -7,7 +7,8 @@ import math
 
 import msgpack
 
-from agora_marl.agents.conformance.base import Context, check
+from agora_marl.agents.conformance.base import QUIET_S, Context, check
+from agora_marl.agents.conformance.checks_worlds import agents_of
 from agora_marl.agents.conformance.peer import Skip, expect, short
 from agora_marl.envserver.protocol.vocabulary import (
     BAD_MESSAGE,
@@ -30,6 +31,7 @@ _LIMITS = {
     "heartbeat_timeout_s": (int, float),
     "max_keep_alive_s": (int, float),
     "max_batch": int,
+    "max_unread_bytes": int,
 }
 
 
@@ -64,6 +66,11 @@ def check_welcome(ctx: Context) -> None:
     b = ctx.peer("b")
     expect(b.secret != a.secret, "two hellos got the same secret: a secret must be the session's own")
     expect(b.welcome["session"] != welcome["session"], "two sessions got the same session name")
+    first = a.secret
+    second = a.hello()  # on the same connection, without a secret: a second session
+    expect(second["secret"] != first, "a hello without a secret on a connection that has a session opened none")
+    a.ok("list", secret=first)  # both sessions live on the one connection
+    a.ok("list", secret=second["secret"])
 
 
 @check
@@ -83,6 +90,14 @@ def check_hello_renew(ctx: Context) -> None:
     expect(world in ids, f"the session's world {world} is missing from list over a new connection: {ids}")
     observed = moved.ok("observe", world=world)
     expect(set(observed.get("obs", {})) == set(created["tokens"][0]), "the session's seats did not follow its secret")
+    # A renew may change how the arrays of the replies travel (frames).
+    worlds = a.create(join=True, seed=0, copies=2)["worlds"]
+    for frames, joined in (("joined", True), ("separate", False)):
+        a.ok("hello", session=False, secret=a.secret, frames=frames)
+        request = a.send("reset_batch", worlds=worlds)
+        a.answer("reset_batch", request)
+        count = a.frame_counts[request]
+        expect((count == 2) == joined, f"after a renew with frames {frames!r}, a reset_batch came in {count} frames")
 
 
 @check
@@ -111,7 +126,8 @@ def check_ping(ctx: Context) -> None:
 
 @check
 def check_no_session(ctx: Context) -> None:
-    """every request but hello and ping without a secret, or with a wrong one, gets no_session"""
+    """every request but hello and ping without a secret, or with a wrong one, gets no_session (one that is not a
+    string: bad_request)"""
     a = ctx.peer("a")
     wrong = "not-a-secret-" + a.secret[::-1]
     requests = {
@@ -127,11 +143,16 @@ def check_no_session(ctx: Context) -> None:
         "act": {"world": 1, "actions": {"agent_0": 0}},
         "step_batch": {"worlds": [1], "actions": {}},
         "reset_batch": {"worlds": [1]},
+        "act_batch": {"worlds": [1], "actions": {}},
+        "join_group": {"group": "g", "seats": "all"},
+        "bye": {},
     }
     for op, fields in requests.items():
         a.refused(op, NO_SESSION, "it carries no secret", session=False, **fields)
         a.refused(op, NO_SESSION, "its secret is not one the server issued", secret=wrong, **fields)
-        a.refused(op, NO_SESSION, "a secret is a string", secret=12345, **fields)
+        a.refused(
+            op, BAD_REQUEST, "a secret of another type than string is a field of the wrong type", secret=5, **fields
+        )
     listing = a.ok("list")
     private = [w for w in listing.get("worlds", []) if not w.get("public")]
     expect(not private, f"a create refused with no_session made a world this session sees: {short(private)}")
@@ -139,12 +160,15 @@ def check_no_session(ctx: Context) -> None:
 
 @check
 def check_bad_version(ctx: Context) -> None:
-    """a header whose v is not 2 (1, 3, true, "2") gets bad_version with the request's id"""
+    """a header whose v is not 2 (1, 3, true, "2", missing) gets bad_version with the request's id"""
     a = ctx.peer("a", hello=False)
     for version in (1, 3, True, "2", PROTOCOL_VERSION + 100):
         request_id = next(ctx.ids)
         a.send_header({"v": version, "op": "ping", "id": request_id}, what=f"ping with v={version!r}")
         a.refusal(f"ping with v={version!r}", request_id, BAD_VERSION)
+    request_id = next(ctx.ids)
+    a.send_header({"op": "ping", "id": request_id}, what="ping without v")
+    a.refusal("ping without v", request_id, BAD_VERSION, "a header without v")
     a.ok("ping")
 
 
@@ -186,10 +210,11 @@ def check_bad_message(ctx: Context) -> None:
 
 @check
 def check_unknown_op(ctx: Context) -> None:
-    """a request whose op names no operation (or names a reply) gets unknown_op"""
+    """a request whose op names no operation (or names a reply) gets unknown_op, with a secret or without"""
     a = ctx.peer("a")
     for op in ("frobnicate", "welcome", "step", ""):
         a.refused(op, UNKNOWN_OP)
+        a.refused(op, UNKNOWN_OP, "the op is checked before the session", session=False)
 
 
 @check
@@ -239,7 +264,8 @@ def check_unknown_world(ctx: Context) -> None:
 
 @check
 def check_too_large(ctx: Context) -> None:
-    """a message over limits.max_message_bytes gets too_large with its id (skipped if the limit is too large)"""
+    """a message over limits.max_message_bytes gets too_large with its id; one frame over it closes the connection
+    without a reply (skipped if the limit is too large)"""
     a = ctx.peer("a")
     limit = a.welcome["limits"]["max_message_bytes"]
     if limit > MAX_TESTED_MESSAGE_BYTES:
@@ -249,6 +275,10 @@ def check_too_large(ctx: Context) -> None:
     header = _with_arrays(request_id, [[["pad"], "uint8", [limit]]])
     a.send_frames([msgpack.packb(header), bytes(limit)], request_id, f"a message of {limit}+ bytes")
     a.refusal("an oversized message", request_id, TOO_LARGE, f"the limit is {limit} bytes")
+    request_id = next(ctx.ids)
+    header = _with_arrays(request_id, [[["pad"], "uint8", [limit + 1]]])
+    a.send_frames([msgpack.packb(header), bytes(limit + 1)], request_id, f"a frame of {limit + 1} bytes")
+    a.quiet(request_id, QUIET_S, "a single frame over the limit closes the connection without a reply")
     ctx.peer("b", hello=False).ok("ping")
 
 
@@ -288,3 +318,22 @@ def check_operator(ctx: Context) -> None:
     observed = op.ok("observe", world=world)
     expect(set(observed.get("obs", {})) == set(observed.get("agents", [])), "the operator should see every agent")
     op.ok("join", world=world, role="observer")
+
+
+@check
+def check_bye(ctx: Context) -> None:
+    """bye ends the session at once: its secret gets no_session, its seats are free, a world nobody else holds closes"""
+    a, b = ctx.peer("a"), ctx.peer("b")
+    alone = a.create(join=True, seed=0)["worlds"][0]
+    shared = a.create(join=True, seed=1, public=True)
+    world, seat = shared["worlds"][0], agents_of(shared["spec"], at_least=2)[0]
+    b.ok("join", world=world, tokens={seat: shared["tokens"][0][seat]})
+    a.ok("bye")
+    a.refused("list", NO_SESSION, "the session ended with bye")
+    b.refused("observe", UNKNOWN_WORLD, "a world nobody else held closed with bye", world=alone)
+    entry = next((w for w in b.ok("list").get("worlds", []) if w.get("world") == world), None)
+    expect(entry is not None, f"world {world}, where b holds a seat, should stay after a's bye")
+    others = [state for agent, state in entry.get("seats", {}).items() if agent != seat]
+    expect(others and all(state == "free" for state in others), f"a's seats should be free after bye: {short(entry)}")
+    b.ok("leave", world=world)  # the world has no owner and no holder now: it closes
+    a.created = []

@@ -13,10 +13,13 @@ holds the server's operator secret (``"operator"``) is made readable by its user
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import socket
+import stat
+import tempfile
 from pathlib import Path
 
 from agora_marl import __version__
@@ -35,18 +38,44 @@ def operator_file(address: str) -> Path:
 
 
 def _write_private(path: Path, text: str, private: bool) -> None:
-    """Write ``text`` to ``path`` atomically; ``private``: readable by this user only, from the first byte."""
+    """Write ``text`` to ``path`` atomically; ``private``: readable by this user only, from the first byte.
+
+    The text goes to a new file of a random name in the same folder, created exclusively with its mode (a file
+    planted under a predictable name could otherwise lend its own mode), then renamed over ``path``; the result is
+    checked.
+
+    Raises:
+        PermissionError: ``path`` did not end up ours with the mode asked for.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600 if private else 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-    tmp.replace(path)
+    mode = 0o600 if private else 0o644
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # O_EXCL, mode 0600
+    try:
+        os.fchmod(fd, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    info = os.stat(path, follow_symlinks=False)
+    if stat.S_IMODE(info.st_mode) != mode or info.st_uid != os.getuid() or not stat.S_ISREG(info.st_mode):
+        raise PermissionError(f"{path} is not a file of this user with mode {mode:o} after writing it")
 
 
 def write_operator_file(path: str | Path, secret: str) -> None:
     """Write an operator secret to ``path``, readable by this user only."""
     _write_private(Path(path), secret + "\n", private=True)
+
+
+def remove_operator_file(path: str | Path, secret: str) -> None:
+    """Remove the operator file a server wrote when it stops (if it still holds that server's secret), so that
+    files of servers on port 0 do not pile up."""
+    path = Path(path)
+    with contextlib.suppress(OSError):
+        if path.read_text().strip() == secret:
+            path.unlink()
 
 
 def reachable_address(address: str) -> str:

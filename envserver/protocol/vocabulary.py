@@ -28,6 +28,7 @@ REQUESTS: dict[str, str] = {
     "render": "frame",
     "act_batch": "batch",
     "join_group": "joined_group",
+    "bye": "bye",
 }
 #: The requests a client may send without a session: every other request carries ``welcome``'s ``secret``.
 SESSIONLESS = ("hello", "ping")

@@ -328,9 +328,10 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
         raise _fail("'id' must be an integer")
     version = header.get("v")
     if type(version) is not int or version != PROTOCOL_VERSION:  # `True == 1` in Python, not on the wire
+        what = "the header has no 'v'" if version is None else f"protocol version {version!r:.40} is not supported"
         raise ProtocolError(
             BAD_VERSION,
-            f"protocol version {version!r:.40} is not supported; this server speaks version {PROTOCOL_VERSION}",
+            f"{what}; this server speaks version {PROTOCOL_VERSION}",
             f'send "v": {PROTOCOL_VERSION} in every header, or upgrade the client',
             request_id,
         )
@@ -360,3 +361,14 @@ def unpack(frames: list, max_header_bytes: int = 1 << 20) -> dict:
         path, array = _check_array_entry(entry, frame, request_id)
         _insert(header, path, array, request_id)
     return header
+
+
+def peek_id(header_frame: Any) -> int:
+    """The request id of a message refused before decoding, so that even that refusal can be matched."""
+    if len(header_frame) > 1 << 16:
+        return 0
+    try:
+        request_id = msgpack.unpackb(getattr(header_frame, "buffer", header_frame), raw=False).get("id", 0)
+    except Exception:
+        return 0
+    return request_id if isinstance(request_id, int) and not isinstance(request_id, bool) else 0
