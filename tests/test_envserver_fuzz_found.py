@@ -57,19 +57,25 @@ def small_messages():
 def test_an_unfinished_multipart_message_is_cut_off_at_the_message_limit(small_messages) -> None:
     """libzmq keeps the frames of a message still arriving out of every count: 2 MiB of empty frames cost a server
     64 MiB, and more for as long as they came. A connection holding more than max_message_bytes of a message still
-    arriving is now closed (empty frames cost libzmq 32 bytes of memory per byte on the wire: here 64 KiB, so a few
-    MiB at the peak; with the default 16 MiB, up to 512 MiB: see docs/security.md)."""
+    arriving is now closed. The server looks every 10 ms, so what arrives between two looks counts too: empty frames
+    cost libzmq 32 bytes of memory per byte on the wire, 16 MiB per half-MiB chunk here, and one to three chunks land
+    between looks on a busy machine (CI once saw +45 MiB). 8 MiB would cost 256 MiB: the peak must stay under half of
+    that, and the memory must be given back (see docs/security.md)."""
     address, pid = small_messages
     before = peak = _rss_mib(pid)
     peer = ZmtpPeer(address, timeout_s=2.0)
     peer.send(msgpack.packb({"v": vocabulary.PROTOCOL_VERSION, "op": "ping", "id": 1}), more=True)
+    sent = 0
     with pytest.raises(OSError):  # the server closed the connection (its kernel stops taking the bytes)
-        for _ in range(16):  # up to 8 MiB of empty frames, never the last one
+        for _ in range(32):  # up to 16 MiB of empty frames, never the last one
             peer.send_raw(ZmtpPeer.empty_frames(MIB // 2))
+            sent += 1
             peak = max(peak, _rss_mib(pid))
     peer.close()
+    # the kernel's buffers take a few chunks more after the close (4 to 5 sent in all, seen under load)
+    assert sent < 16, f"the connection was closed only after {sent / 2:.1f} MiB of a 64 KiB-limited message"
     assert RawClient(address).request({"op": "ping"})["op"] == "pong"  # meanwhile the server serves everyone else
-    assert peak - before < 32, f"an unfinished message made the server's RSS grow by {peak - before:.0f} MiB"
+    assert peak - before < 128, f"an unfinished message made the server's RSS grow by {peak - before:.0f} MiB"
     grown = _settled_rss_mib(pid) - before
     assert grown < 8, f"the closed connection's frames were not given back: {grown:.0f} MiB"
 
