@@ -79,7 +79,10 @@ class HeldSeats:
     def _explained(self, exc: ServerError) -> ServerError:
         seats, world = sorted(self.tokens), self.world
         moved = f"seats {seats} of world {world} moved to another connection that brought their tokens"
-        why = "pickling or copying an env in a shared world moves its seats to the copy"
+        # A copy of an env that created its world creates a world of its own: only someone given the tokens moves in.
+        why = "a copy of this env: pickling or copying an env in a shared world moves its seats to the copy"
+        if self.owns_world:
+            why = "someone given this env's tokens"
         if exc.code == UNKNOWN_WORLD and self.owns_world:
             granted = (self.client.welcome or {}).get("keep_alive_s")
             return ServerError(
@@ -90,11 +93,16 @@ class HeldSeats:
                 exc.op,
             )
         if exc.code == SEAT_TAKEN:
-            return ServerError(exc.code, f"{moved}: a copy of this env ({why})", "use the copy", exc.op)
+            return ServerError(
+                exc.code,
+                f"{moved} ({why})",
+                "this env holds no seat any more" if self.owns_world else "use the copy",
+                exc.op,
+            )
         if exc.code == BAD_TOKEN:
             return ServerError(
                 exc.code,
-                f"{moved} (a copy of this env: {why}), which has left them since: leaving voids a seat's token",
+                f"{moved} ({why}), which has left them since: leaving voids a seat's token",
                 f"this env holds no seat any more; take free seats with a new env: {self.again}",
                 exc.op,
             )
