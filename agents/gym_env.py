@@ -7,10 +7,11 @@ from typing import Any
 
 import gymnasium
 
-from agora_marl.agents.client import AgentClient, ServerError
+from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient, ServerError
+from agora_marl.agents.reclaim import HeldSeats
 from agora_marl.agents.types import StepResult
 from agora_marl.envserver.protocol import noop_value
-from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED, NO_SESSION, NOT_YOUR_SEAT
+from agora_marl.envserver.protocol.vocabulary import EPISODE_OVER, INTERRUPTED
 
 
 class SeatEnv(gymnasium.Env):
@@ -24,7 +25,9 @@ class SeatEnv(gymnasium.Env):
     - ``SeatEnv(address, world=W, seat="agent_1", token=T)`` takes (or with ``token`` reclaims) a seat of a shared
       world. ``reset`` cannot reset a world this env does not own: it waits for the seat's next episode instead.
 
-    If the connection loses the seat (silent past the server's heartbeat timeout), the env reclaims it with its token.
+    The env asks the server for a keep-alive (``keep_alive_s``), so that a library's long update between two steps
+    costs it neither its seat nor its world; if the seat is lost all the same, the next step takes it back with its
+    token. A copy of the env (pickled into a worker, or ``copy.deepcopy``) connects again: see :meth:`__getstate__`.
 
     Args:
         address: the server's endpoint.
@@ -38,6 +41,8 @@ class SeatEnv(gymnasium.Env):
         deadline_ms: a created world's lockstep deadline.
         timeout_s: how long to wait for a reply (and for a shared world's next episode).
         client: an existing client to use (kept open on :meth:`close`).
+        keep_alive_s: how long the env may go without a call and keep its seat and world; the server grants at
+            most its ``max_keep_alive_s``. Only for the env's own client (a given ``client`` keeps its own).
     """
 
     metadata = {"render_modes": []}
@@ -55,6 +60,7 @@ class SeatEnv(gymnasium.Env):
         deadline_ms: int | None = None,
         timeout_s: float = 30.0,
         client: AgentClient | None = None,
+        keep_alive_s: float | None = 300.0,
     ):
         if (scenario is None) == (world is None):
             raise ValueError("give exactly one of scenario= (create a world) or world= (join an existing one)")
@@ -69,17 +75,21 @@ class SeatEnv(gymnasium.Env):
             "fill": fill,
             "deadline_ms": deadline_ms,
             "timeout_s": timeout_s,
+            "keep_alive_s": keep_alive_s,
         }
-        self.client = client or AgentClient(address, timeout_s=timeout_s)
+        self.client = client or AgentClient(address, timeout_s=timeout_s, name="SeatEnv")
         self._owns_client = client is None
         self._closed = False
+        if self._owns_client:
+            self.client.hello(keep_alive_s=keep_alive_s, timeout_s=min(timeout_s, HELLO_TIMEOUT_S))
         self.timeout_s = timeout_s
         self.owns_world = scenario is not None
+        owner_token = None
         if scenario is not None:
             created = self.client.create(
                 scenario, config, seed=seed, fill=fill, deadline_ms=deadline_ms, auto_reset=False, wait_for_seats=False
             )
-            world = created.worlds[0]
+            world, owner_token = created.worlds[0], created.owner_token
         self.world = int(world)
         spec = self.client.spec(self.world) if scenario is not None else None
         self.seat = seat or (spec.possible_agents[0] if spec else None)
@@ -89,6 +99,9 @@ class SeatEnv(gymnasium.Env):
             if len(joined.seats) > 1:
                 self.client.leave(self.world, [a for a in joined.seats if a != self.seat])
         self.token = joined.seats[self.seat]
+        # If the server gives the seat up (a silence past the keep-alive), the next request takes it back.
+        again = f"SeatEnv({address!r}, world={self.world}, seat={self.seat!r})"
+        self._seats = HeldSeats(self.client, self.world, {self.seat: self.token}, owner_token, self.owns_world, again)
         self.world_spec = joined.spec
         self.observation_space = joined.spec.observation_spaces[self.seat]
         self.action_space = joined.spec.action_spaces[self.seat]
@@ -122,7 +135,7 @@ class SeatEnv(gymnasium.Env):
         """Start an episode: reset the world if this env owns it, else wait for the seat's next episode."""
         super().reset(seed=seed)
         if self.owns_world:
-            observation = self.client.reset(self.world, seed=seed, options=options)
+            observation = self._seats.call(lambda: self.client.reset(self.world, seed=seed, options=options))
             self._episode = observation.episode
             self._next_obs = None
             return observation.obs[self.seat], dict(observation.infos.get(self.seat, {}))
@@ -178,15 +191,7 @@ class SeatEnv(gymnasium.Env):
         return obs, float(result.rewards.get(seat, 0.0)), bool(terminated), bool(truncated), result.infos.get(seat, {})
 
     def _act(self, action: Any) -> StepResult:
-        try:
-            return self.client.act(self.world, {self.seat: action})
-        except ServerError as exc:
-            if exc.code not in (NOT_YOUR_SEAT, NO_SESSION):
-                raise
-            # The server gave the seat up (this connection was silent too long): reclaim it with its token, unless
-            # someone took it over with the token meanwhile (then the join fails with seat_taken).
-            self.client.join(self.world, tokens={self.seat: self.token}, takeover=False)
-            return self.client.act(self.world, {self.seat: action})
+        return self._seats.call(lambda: self.client.act(self.world, {self.seat: action}))
 
     def render(self) -> None:
         """Nothing to render over the wire: warns and returns None, as gymnasium does without a render mode."""

@@ -9,10 +9,10 @@ import numpy as np
 from gymnasium import spaces
 from pettingzoo import ParallelEnv
 
-from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient, ServerError
+from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient
+from agora_marl.agents.reclaim import HeldSeats
 from agora_marl.agents.types import Observation
 from agora_marl.envserver.protocol import WorldSpec
-from agora_marl.envserver.protocol.vocabulary import NO_SESSION, NOT_YOUR_SEAT
 
 
 class RemoteParallelEnv(ParallelEnv):
@@ -124,6 +124,9 @@ class RemoteParallelEnv(ParallelEnv):
         self.tokens = dict(tokens)
         self.owner_token = owner_token
         self._owns_world = owns_world
+        # If the server gives the seats up (a silence past the keep-alive), the next request takes them back.
+        again = f"RemoteParallelEnv.attach({self.client.address!r}, {world})"
+        self._seats = HeldSeats(self.client, world, self.tokens, owner_token, owns_world, again)
         self._next_episode: Observation | None = None  # set when an auto-resetting world started a new episode
         self.possible_agents = list(spec.possible_agents)
         self.observation_spaces = spec.observation_spaces
@@ -131,17 +134,6 @@ class RemoteParallelEnv(ParallelEnv):
         self.state_space = spec.state_space
         self.render_mode = None
         self.metadata = {**type(self).metadata, "name": spec.scenario}
-
-    def _act(self, actions: dict[str, Any]):
-        try:
-            return self.client.act(self.world, actions)
-        except ServerError as exc:
-            if exc.code not in (NOT_YOUR_SEAT, NO_SESSION):
-                raise
-        # The server gave the seats up (this env was silent past its keep-alive): take them back with their tokens,
-        # and the ownership with the owner token, then act again. A seat someone else holds now fails the join.
-        self.client.join(self.world, tokens=self.tokens, owner_token=self.owner_token, takeover=False)
-        return self.client.act(self.world, actions)
 
     def __getstate__(self) -> dict:
         """What a copy needs to connect again (vectorising wrappers pickle their envs into worker processes).
@@ -179,9 +171,9 @@ class RemoteParallelEnv(ParallelEnv):
         if self._next_episode is not None and seed is None and not options:
             observation = self._next_episode
         elif self.owner_token is not None:
-            observation = self.client.reset(self.world, seed=seed, options=options)
+            observation = self._seats.call(lambda: self.client.reset(self.world, seed=seed, options=options))
         elif seed is None and not options:
-            observation = self.client.observe(self.world)
+            observation = self._seats.call(lambda: self.client.observe(self.world))
         else:
             raise ValueError(
                 f"only the owner of world {self.world} can reset it with a seed or options; attach with its owner_token"
@@ -198,7 +190,7 @@ class RemoteParallelEnv(ParallelEnv):
         missing = [a for a in self.agents if a not in actions]
         if missing:
             raise ValueError(f"step() needs an action for every live agent; missing {missing}")
-        result = self._act({a: actions[a] for a in self.agents})
+        result = self._seats.call(lambda: self.client.act(self.world, {a: actions[a] for a in self.agents}))
         obs = result.obs
         if result.final_obs is not None:
             # The world auto-reset (an attached shared world): end this episode here and start the next on reset().

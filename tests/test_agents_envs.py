@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 import time
 import warnings
@@ -233,3 +234,83 @@ def test_a_quiet_env_keeps_its_world_and_takes_lost_seats_back(make_server):
             assert set(owner.list_worlds()[0]["seats"].values()) == {"held"}
         finally:
             attached.close()
+
+
+def test_a_seat_env_keeps_its_world_through_a_long_pause(make_server):
+    """SB3 on a SeatEnv pauses for its update between two steps: the env's keep-alive must outlast it."""
+    server = make_server(heartbeat_timeout_s=0.5)
+    env = SeatEnv(server.address, scenario="gymnasium:CartPole-v1", seed=1, timeout_s=10.0)
+    try:
+        assert env.client.welcome["keep_alive_s"] == 300.0  # asked for by default
+        env.reset(seed=1)
+        time.sleep(1.5)  # three heartbeat timeouts without a word
+        obs, *_ = env.step(0)
+        assert obs in env.observation_space
+        env.reset()  # still the owner
+    finally:
+        env.close()
+    short = SeatEnv(server.address, scenario="gymnasium:CartPole-v1", seed=1, timeout_s=10.0, keep_alive_s=0.5)
+    try:
+        short.reset(seed=1)
+        time.sleep(1.5)  # past its keep-alive: the world closes, and the env says why
+        with pytest.raises(ServerError, match="unknown_world.*silent for longer than its keep-alive"):
+            short.step(0)
+    finally:
+        with pytest.warns(UserWarning, match="could not release"):  # the world is gone
+            short.close()
+
+
+def test_a_seat_env_takes_a_lost_seat_back(make_server):
+    server = make_server(heartbeat_timeout_s=0.5)
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        owner.hello(keep_alive_s=30.0)
+        (world,) = owner.create(SPREAD, wait_for_seats=False, fill="noop").worlds
+        env = SeatEnv(server.address, world=world, seat="agent_1", timeout_s=10.0, keep_alive_s=None)
+        try:
+            env.reset()
+            deadline = time.monotonic() + 10.0
+            while owner.list_worlds()[0]["seats"]["agent_1"] == "held":  # the server gives the silent seat up
+                assert time.monotonic() < deadline, "the silent env kept its seat"
+                time.sleep(0.1)
+            obs, *_ = env.step(0)  # ... and the env takes it back with its token
+            assert obs in env.observation_space
+            assert owner.list_worlds()[0]["seats"]["agent_1"] == "held"
+        finally:
+            env.close()
+
+
+def _attached_seat_env(address, world):
+    return SeatEnv(address, world=world, seat="agent_1", timeout_s=10.0)
+
+
+def _attached_parallel_env(address, world):
+    return RemoteParallelEnv.attach(address, world, timeout_s=10.0)
+
+
+def _step(env):
+    if isinstance(env, SeatEnv):
+        return env.step(0)
+    return env.step({a: 0 for a in env.agents})
+
+
+@pytest.mark.parametrize("attach", [_attached_seat_env, _attached_parallel_env])
+def test_a_copy_of_an_attached_env_takes_its_seats_and_the_original_says_so(server, attach):
+    """A copy of an env in a shared world takes its seats over with their tokens; the original must say that, also
+    once the copy has left the seats (voiding their tokens), instead of a hint to join without a token."""
+    with AgentClient(server.address, timeout_s=10.0) as owner:
+        (world,) = owner.create(SPREAD, wait_for_seats=False, fill="noop").worlds
+        env = attach(server.address, world)
+        try:
+            env.reset()
+            copied = copy.deepcopy(env)
+            copied.reset()
+            _step(copied)  # the copy holds the seats
+            with pytest.raises(ServerError, match="seat_taken.*copy of this env") as taken:
+                _step(env)
+            assert taken.value.hint == "use the copy"
+            copied.close()  # leaving voids the seats' tokens
+            with pytest.raises(ServerError, match="bad_token.*copy of this env.*left them since") as left:
+                _step(env)
+            assert "join without a token" not in left.value.hint and "new env" in left.value.hint
+        finally:
+            env.client.close()
