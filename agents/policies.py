@@ -4,7 +4,7 @@
 predator_prey_v0, homing_v0), ``module:callable`` (the callable gets the two spaces and returns a policy; the module is found as scenario modules
 are, on ``sys.path``, then in the current directory, or given as a ``FILE.py``), or a directory holding a trained run.
 Trained runs need torch, which a client never imports: the caller passes the loader (``agora play`` passes
-``agora_marl.learners.policy.load_run_policy``; see agora_marl.launch.policies).
+``agora_marl.learners.trained.load_run_policy``; see agora_marl.launch.policies).
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ def named_policy(
         if run_loader is None:
             raise ValueError(
                 f"{name} is a directory: playing a trained run needs torch and a run loader "
-                "(agora play has one; in code pass run_loader=agora_marl.learners.policy.load_run_policy)"
+                "(agora play has one; in code pass run_loader=agora_marl.learners.trained.load_run_policy)"
             )
         return run_loader(name, observation_space, action_space, agent)
     if ":" in name:

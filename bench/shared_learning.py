@@ -25,8 +25,8 @@ import numpy as np
 
 from agora_marl.agents.policies import named_policy
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners.policy import load_trained_policy
 from agora_marl.learners.run import read_metrics
+from agora_marl.learners.trained import load_trained_policy
 from agora_marl.scenarios import make_env
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -68,8 +68,7 @@ def pipelining(worlds: int, rounds: int, parts: int = 2) -> tuple[float, float]:
     whole, and with ``parts`` parts in flight (``step_async``/``step_wait``), alternated rollout by rollout."""
     import torch
 
-    from agora_marl.learners.config import Config
-    from agora_marl.learners.policy import MultiAgentPolicy
+    from agora_marl.learners.algorithms.ppo import MAPPO, Settings
 
     torch.set_num_threads(1)
     with (
@@ -78,9 +77,7 @@ def pipelining(worlds: int, rounds: int, parts: int = 2) -> tuple[float, float]:
             servers.addresses, DEFAULT_SCENARIO, DEFAULT_SCENARIO_CONFIG, worlds, seed=0, state=True
         ) as batch,
     ):
-        policy = MultiAgentPolicy(
-            batch.possible_agents, batch.observation_spaces, batch.action_spaces, Config().algo_settings
-        )
+        policy = MAPPO().make_policy(batch.spec, batch.possible_agents, Settings())
         split = [slice(int(r[0]), int(r[-1]) + 1) for r in np.array_split(np.arange(worlds), parts)]
         obs = batch.reset().obs
         times = {1: 0.0, parts: 0.0}

@@ -18,7 +18,7 @@ from agora_marl.agents.policies import random_policy
 from agora_marl.envserver.protocol import WorldSpec
 from agora_marl.launch.policies import seat_policy
 from agora_marl.learners.config import Config
-from agora_marl.learners.policy import load_run, load_trained_policy
+from agora_marl.learners.trained import load_run, load_trained_policy
 
 
 @dataclass

@@ -15,7 +15,7 @@ def load_run_policy(
     run_dir: str, observation_space: spaces.Space, action_space: spaces.Space, agent: str | None
 ) -> Policy:
     """A trained run's greedy policy for one seat (imports torch only when a run is asked for)."""
-    from agora_marl.learners.policy import load_run_policy as load
+    from agora_marl.learners.trained import load_run_policy as load
 
     return load(run_dir, observation_space, action_space, agent=agent)
 

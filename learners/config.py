@@ -2,7 +2,7 @@
 
 A config file has top-level ``algo`` and four tables::
 
-    algo = "mappo"                      # a key of ALGORITHMS
+    algo = "mappo"                      # a built-in name, MODULE:ATTR, path/to/file.py:ATTR or an entry point
 
     [env]                               # EnvSettings: which worlds, how many, where
     scenario = "mpe2.simple_spread_v3:parallel_env"
@@ -12,7 +12,7 @@ A config file has top-level ``algo`` and four tables::
     [run]                               # RunSettings: budget, seed, device, logging, checkpoints
     total_steps = 3_000_000
 
-    [ppo]                               # the algorithm's own table (ALGORITHMS names it)
+    [ppo]                               # the algorithm's own table (its ``settings_table()``)
     lr = 7e-4
 
     [selfplay]                          # SelfPlaySettings: the snapshot pool, with env.opponent = "self-play"
@@ -21,25 +21,14 @@ A config file has top-level ``algo`` and four tables::
 Overrides use dotted keys with TOML values (``ppo.lr=3e-4``, ``env.config.N=4``, ``algo=ippo``); a value that
 is not valid TOML is taken as a string (``env.scenario=gymnasium:CartPole-v1``). ``env.config`` of the default
 scenario is merged onto its default config; any other scenario's config starts empty. Unknown keys are errors that
-list the valid ones. :func:`to_toml` writes the resolved config, which :func:`load_config` reads back unchanged.
-
-An algorithm is a module named in :data:`ALGORITHMS` (with the name of its TOML table: ``ppo`` for both IPPO
-and MAPPO) that exposes:
-
-- ``Settings``: a dataclass of its settings, each field documented;
-- ``train(config: Config, run: learners.run.Run, addresses: list[str]) -> dict[str, float]``: train until
-  ``config.run.total_steps`` through the env servers at ``addresses`` (this rank's share), resuming from ``run``'s
-  latest checkpoint when there is one, and ending every update with ``run.end_update`` on every rank (it logs, and
-  says when to checkpoint and when to stop: then raise ``learners.run.TrainingStopped`` after the checkpoint);
-  return the final metrics. ``learners.training.train_in_worlds`` does all of this around the algorithm's loop;
-- ``policy_from_checkpoint(config: Config, state: dict) -> policy``: the acting policy of a checkpoint's ``state``
-  (see learners.policy), built without a server.
+list the valid ones, in a plugin's table as in the built-ins'. :func:`to_toml` writes the resolved config, which
+:func:`load_config` reads back unchanged; its ``algo`` is the algorithm's resolved reference (learners.registry), so
+that every process that reads the run's config loads the same algorithm.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import math
 import sys
 import types
@@ -48,17 +37,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agora_marl.learners.api import Algorithm
+from agora_marl.learners.registry import AlgorithmError, builtin_tables, resolve
+
 if sys.version_info >= (3, 11):
     import tomllib
 else:  # Python 3.10: the same parser, from PyPI
     import tomli as tomllib
 
-#: Algorithm name -> (module implementing it, the TOML table of its settings). See the module docstring.
-ALGORITHMS: dict[str, tuple[str, str]] = {
-    "mappo": ("agora_marl.learners.ppo", "ppo"),
-    "ippo": ("agora_marl.learners.ppo", "ppo"),
-    "idqn": ("agora_marl.learners.idqn", "idqn"),
-}
 #: The embedded default world: mpe2's simple_spread with 3 agents, 25-step episodes, discrete actions.
 DEFAULT_SCENARIO = "mpe2.simple_spread_v3:parallel_env"
 DEFAULT_SCENARIO_CONFIG: dict[str, Any] = {"N": 3, "max_cycles": 25, "continuous_actions": False}
@@ -181,7 +167,8 @@ class Config:
     """Everything a run needs; ``algo_settings`` is the chosen algorithm's ``Settings``."""
 
     algo: str = "mappo"
-    """Algorithm: a key of ALGORITHMS (mappo, ippo, idqn)."""
+    """The algorithm: a built-in name (mappo, ippo, idqn), ``MODULE:ATTR``, ``path/to/file.py:ATTR`` or an installed
+    entry point (learners.registry); once built, its resolved reference."""
     env: EnvSettings = field(default_factory=EnvSettings)
     run: RunSettings = field(default_factory=RunSettings)
     algo_settings: Any = None
@@ -189,24 +176,30 @@ class Config:
     selfplay: SelfPlaySettings = field(default_factory=SelfPlaySettings)
 
     def __post_init__(self) -> None:
+        cls, self.algo = _resolve(self.algo)
         if self.algo_settings is None:
-            self.algo_settings = algorithm_module(self.algo).Settings()
+            self.algo_settings = cls.Settings()
+
+    @property
+    def algorithm(self) -> type[Algorithm]:
+        """The algorithm's class."""
+        return _resolve(self.algo)[0]
 
     @property
     def section(self) -> str:
         """The TOML table of the algorithm's settings."""
-        return ALGORITHMS[self.algo][1]
+        return self.algorithm.settings_table()
 
 
 class ConfigError(ValueError):
     """A config file or override names an unknown key or holds a value of the wrong type."""
 
 
-def algorithm_module(algo: str) -> types.ModuleType:
-    """The module implementing ``algo``."""
-    if algo not in ALGORITHMS:
-        raise ConfigError(f"unknown algo {algo!r}; choose one of {', '.join(sorted(ALGORITHMS))}")
-    return importlib.import_module(ALGORITHMS[algo][0])
+def _resolve(algo: str) -> tuple[type[Algorithm], str]:
+    try:
+        return resolve(algo)
+    except AlgorithmError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -249,12 +242,13 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
 def from_table(table: dict) -> Config:
     """Build a Config from a raw TOML table, checking every key and type.
 
-    Tables of other algorithms are ignored, so one file can carry settings for several.
+    The built-in algorithms' tables are ignored when another algorithm trains, so one file can carry settings for
+    several.
     """
-    algo = table.get("algo", Config.algo)
-    module = algorithm_module(algo)
-    section = ALGORITHMS[algo][1]
-    unknown = sorted(set(table) - {"algo", "env", "run", "selfplay"} - {sec for _, sec in ALGORITHMS.values()})
+    cls, reference = _resolve(table.get("algo", Config.algo))
+    section = cls.settings_table()
+    known = {"algo", "env", "run", "selfplay", section} | builtin_tables()
+    unknown = sorted(set(table) - known)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; top-level keys are algo, env, run, {section} and selfplay")
     env = dict(table.get("env", {}))
@@ -265,10 +259,10 @@ def from_table(table: dict) -> Config:
     elif "config" not in env:
         env["config"] = {}
     return Config(
-        algo=algo,
+        algo=reference,
         env=_fill(EnvSettings, env, "env"),
         run=_fill(RunSettings, table.get("run", {}), "run"),
-        algo_settings=_fill(module.Settings, table.get(section, {}), section),
+        algo_settings=_fill(cls.Settings, table.get(section, {}), section),
         selfplay=_fill(SelfPlaySettings, table.get("selfplay", {}), "selfplay"),
     )
 
@@ -296,6 +290,11 @@ def to_toml(config: Config) -> str:
 def save_config(config: Config, path: str | Path) -> None:
     """Write the resolved config as TOML."""
     Path(path).write_text(to_toml(config))
+
+
+def settings_from_table(algorithm: type[Algorithm], values: dict) -> Any:
+    """The algorithm's ``Settings`` from a raw table (as in its TOML table or a checkpoint), checked as the config's."""
+    return _fill(algorithm.Settings, values, algorithm.settings_table())
 
 
 def _fill(cls: type, values: dict, where: str) -> Any:

@@ -1,5 +1,5 @@
-"""Rollout storage for one team, the team while training (PPO), and generalized advantage estimation that tells
-termination from truncation.
+"""Rollout storage for one team, the team while training an actor-critic (PPO's), and generalized advantage
+estimation that tells termination from truncation (building blocks of the learners).
 
 Shapes: T steps × K worlds × n agents of the team. Inputs are stored as the networks will read them (observation
 features followed by the agent-id one-hot, which is written once), so that a step's actor input is a view of the
@@ -17,6 +17,7 @@ Episode ends, per agent and step ``t``:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -106,29 +107,43 @@ class TeamRollout:
 
 
 class Team:
-    """One team while training: its columns in the batch, actor, critic, value normaliser and rollout storage.
+    """One team while training an actor-critic: its columns in the batch, actor, critic, value normaliser and
+    rollout storage.
 
     Args:
         name, actor: the team's name and actor (learners.policy.TeamActor).
         columns: the team's agents' columns in the worlds' batch.
-        critic_dim: the width of a centralized critic's input; None: the critic reads the actor's inputs (IPPO).
-        settings: PPO's settings (the critic's shape, value normalisation, rollout length, critic_obs).
-        num_worlds: K.
+        critic_dim: the width of a centralized critic's input; None: the critic reads the actor's inputs.
+        num_worlds, steps: K and T of the rollout storage.
+        hidden, activation, input_norm: the critic's trunk (learners.networks.mlp).
+        value_norm: learn values of normalised returns (a :class:`~agora_marl.learners.networks.RunningNorm`).
+        critic_obs: a centralized critic also reads the agent's own observation after the state.
     """
 
     def __init__(
-        self, name: str, actor: TeamActor, columns: list[int], critic_dim: int | None, settings: Any, num_worlds: int
+        self,
+        name: str,
+        actor: TeamActor,
+        columns: list[int],
+        critic_dim: int | None,
+        num_worlds: int,
+        steps: int,
+        *,
+        hidden: Sequence[int] = (64, 64),
+        activation: str = "relu",
+        input_norm: bool = False,
+        value_norm: bool = True,
+        critic_obs: bool = False,
     ):
-        s = settings
         self.name, self.actor, self.agents = name, actor, actor.agents
         self.columns = np.asarray(columns)
         contiguous = columns == list(range(columns[0], columns[0] + len(columns)))
         self.cols = slice(columns[0], columns[-1] + 1) if contiguous else self.columns
-        self.critic = Critic(critic_dim or actor.in_dim, s.hidden, s.activation, s.input_norm)
-        self.norm = RunningNorm() if s.value_norm else None
-        self.centralized, self.critic_obs = critic_dim is not None, s.critic_obs
+        self.critic = Critic(critic_dim or actor.in_dim, hidden, activation, input_norm)
+        self.norm = RunningNorm() if value_norm else None
+        self.centralized, self.critic_obs = critic_dim is not None, critic_obs
         self.buf = TeamRollout(
-            s.rollout_steps,
+            steps,
             num_worlds,
             len(columns),
             actor.in_dim,

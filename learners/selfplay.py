@@ -8,7 +8,8 @@ one snapshot of the pool for a whole episode, and a step runs one forward pass p
 assigned to it. A world's next opponent is drawn from the pool when its episode ends.
 
 The i-th seat of the other side plays as the i-th seat of the learner's side would (the same spaces, checked), so
-a snapshot is a copy of the learner's actors and nothing else. The outcome of an episode compares the two sides'
+a snapshot is the parameters of the learner's acting policy and nothing else; it plays through a policy that the
+algorithm's ``make_policy`` builds (any algorithm that declares ``self_play``). The outcome of an episode compares the two sides'
 returns (the sum of their seats' rewards): higher wins, equal draws. In a zero-sum world such as coin_duel_v0 that
 is the sign of the learner's return.
 
@@ -19,9 +20,9 @@ and the sampling of opponents (``latest``, ``uniform``, or ``prioritised`` by th
 against each, weight ``(1 - p) ** priority_power``, as prioritised fictitious self-play does).
 
 Resume is exact: the pool (snapshots, results, counters and its generator) goes into every checkpoint, and a reset
-of the worlds with a seed (PPO resets at every checkpoint boundary, with a seed of the rank and the update) reseeds
-the opponent sampler from that seed and draws every world's opponent anew. The snapshots' own actions come from
-torch's generator, which PPO reseeds at the same boundaries.
+of the worlds with a seed (the harness resets at every checkpoint boundary, with a seed of the rank and the update)
+reseeds the opponent sampler from that seed and draws every world's opponent anew. The snapshots' own actions come
+from torch's generator, which the harness reseeds at the same boundaries.
 
 Every ``eval_every`` updates (and before training) the learner plays ``eval_opponent`` greedily in worlds of its own,
 reset with the same seed every time: ``selfplay/eval_win_rate`` is the measure of progress that self-play's own
@@ -30,9 +31,9 @@ win rate (against ever stronger snapshots) cannot be.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +45,7 @@ from agora_marl.agents.policies import named_policy
 from agora_marl.envserver.protocol.vocabulary import LAYOUT_STACKED
 from agora_marl.learners import mpi
 from agora_marl.learners.config import Config, SelfPlaySettings
-from agora_marl.learners.policy import load_run_policy
+from agora_marl.learners.trained import load_run_policy
 
 if TYPE_CHECKING:
     from agora_marl.agents.batched import PendingStep
@@ -175,13 +176,11 @@ class SelfPlayWorlds:
 
     Raises:
         ValueError: no ``env.seats``, sides that differ in size or spaces, a bad ``[selfplay]`` setting or
-            evaluation opponent, or a learner other than PPO's.
+            evaluation opponent.
     """
 
     def __init__(self, worlds: BatchedWorlds, config: Config, addresses: list[str]):
         env, s = config.env, config.selfplay
-        if config.section != "ppo":
-            raise ValueError(f"self-play trains algo=ippo or algo=mappo (the pool keeps PPO actors), not {config.algo}")
         if not env.seats:
             raise ValueError("self-play needs env.seats: the learner's side, e.g. env.seats=player_0")
         self.inner = worlds
@@ -215,7 +214,8 @@ class SelfPlayWorlds:
         self.opponents = np.zeros(self.num_worlds, np.int64)
         """The snapshot id playing the other side of each world's current episode."""
         self._policy: nn.Module | None = None
-        self._players: dict[int, nn.Module] = {}  # snapshot id -> a copy of the learner's actors with its weights
+        self._make_player: Callable[[], nn.Module] | None = None
+        self._players: dict[int, nn.Module] = {}  # snapshot id -> a policy of the learner's kind with its weights
         self._obs: Any = None  # every seat's latest observations, in the worlds' layout: the snapshots' inputs
         self._returns = np.zeros((self.num_worlds, 2))  # each side's return in the current episodes
         self._results = np.zeros(3)  # wins, draws, games against the pool since the last end of update
@@ -251,11 +251,18 @@ class SelfPlayWorlds:
 
     # -- the algorithm's side ------------------------------------------------------------------------------
 
-    def start(self, policy: nn.Module, state: dict[str, Any] | None) -> dict[str, float]:
+    def start(
+        self, policy: nn.Module, state: dict[str, Any] | None, make_player: Callable[[], nn.Module]
+    ) -> dict[str, float]:
         """Begin with the learner's acting ``policy`` (its parameters are what snapshots copy): restore the pool
         from a checkpoint's ``state``, or, for a fresh run, add the untrained learner and evaluate it. Returns the
-        metrics of that first evaluation (empty when resumed or without evaluations)."""
-        self._policy = policy
+        metrics of that first evaluation (empty when resumed or without evaluations).
+
+        Args:
+            make_player: builds an untrained policy of the learner's kind (the algorithm's ``make_policy``), which a
+                snapshot's parameters are loaded into.
+        """
+        self._policy, self._make_player = policy, make_player
         if state is not None:
             self.pool.load_state_dict(state)
             return {}
@@ -343,8 +350,11 @@ class SelfPlayWorlds:
 
     def _player(self, snapshot: int) -> nn.Module:
         if snapshot not in self._players:
-            assert self._policy is not None, "start() gives the learner's policy before the first reset"
-            player = copy.deepcopy(self._policy).requires_grad_(False)
+            assert self._make_player is not None, "start() gives the learner's policy before the first reset"
+            device = next(self._policy.parameters(), torch.zeros(())).device
+            with torch.random.fork_rng(devices=[]):  # building one draws initial weights: not from the run's stream
+                player = self._make_player()
+            player = player.to(device).requires_grad_(False)
             player.load_state_dict(self.pool.actors[self.pool.ids.index(snapshot)])
             self._players[snapshot] = player
         return self._players[snapshot]

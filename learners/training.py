@@ -1,11 +1,12 @@
-"""What every algorithm's ``train`` shares: threads and device, the worlds, resuming, the progress bar, and the end
-of each update (log, checkpoint, stop).
+"""Training a run: :func:`train` runs the config's algorithm on this rank, with everything around its loop.
 
-An algorithm's ``train(config, run, addresses)`` is :func:`train_in_worlds` around its own loop, which receives a
-:class:`Training` and, after every update, calls :meth:`Training.end_update`: that writes the metrics when the update
-is a logged one, checkpoints when the run says so (every ``run.checkpoint_every`` updates, the last, and before a
-stop), and raises :class:`~agora_marl.learners.run.TrainingStopped` when the ranks agreed to stop
-(:meth:`Run.stop_on <agora_marl.learners.run.Run.stop_on>`).
+It checks the algorithm's declarations against the run (partial seats, self-play, the global state, action kinds),
+sets the rank's threads and device, opens the worlds (:func:`open_worlds`), starts the opponents of the seats the
+learner leaves to others (:func:`start_opponents`) or self-play's pool, restores the latest checkpoint (checked
+against the schema and the worlds), and hands the algorithm a :class:`~agora_marl.learners.session.TrainingSession`;
+the worlds, opponents and progress bar are closed however it ends. A stop that the ranks agreed on raises
+:class:`~agora_marl.learners.run.TrainingStopped` after the checkpoint (:meth:`Run.stop_on
+<agora_marl.learners.run.Run.stop_on>`).
 """
 
 from __future__ import annotations
@@ -13,9 +14,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Sequence
 
 import torch
 
@@ -23,9 +22,10 @@ from agora_marl.agents.batched import BatchedWorlds
 from agora_marl.agents.client import ServerError
 from agora_marl.agents.policies import named_policy
 from agora_marl.learners import mpi
+from agora_marl.learners.api import Algorithm, action_kind
+from agora_marl.learners.checkpoints import check, check_resumable
 from agora_marl.learners.config import Config
 from agora_marl.learners.mpi.cuda import select_device
-from agora_marl.learners.policy import load_run_policy
 from agora_marl.learners.rendezvous import (
     EXTERNAL,
     WORLDS_GONE,
@@ -35,8 +35,10 @@ from agora_marl.learners.rendezvous import (
     join_group_worlds,
     wait_for_external,
 )
-from agora_marl.learners.run import Run, TrainingStopped, UpdateEnd
+from agora_marl.learners.run import Run
 from agora_marl.learners.selfplay import SELF_PLAY, SelfPlayWorlds
+from agora_marl.learners.session import TrainingSession
+from agora_marl.learners.trained import load_run_policy
 
 
 def torch_threads(config: Config) -> int:
@@ -69,7 +71,8 @@ def open_worlds(
     the world allows (``"stacked"`` needs every agent to share its spaces). With ``env.seats``, only those seats of
     each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others. In
     self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay). The worlds are
-    created in ``parts`` parts of rows, which a pipelined rollout steps one at a time (``BatchedWorlds``' ``parts``)."""
+    created in ``parts`` parts of rows, which a pipelined rollout steps one at a time (``BatchedWorlds``' ``parts``).
+    """
     env = config.env
     check_rendezvous(env)
     partial = bool(env.seats) and env.opponent != SELF_PLAY
@@ -159,120 +162,87 @@ def stop_opponents(opponents: list[subprocess.Popen], grace_s: float = 5.0) -> N
             process.wait(timeout=grace_s)
 
 
-@dataclass
-class Training:
-    """One rank's training in progress, as :func:`train_in_worlds` hands it to an algorithm's loop."""
+def check_declarations(algorithm: type[Algorithm], config: Config) -> None:
+    """Refuse a run that asks of ``algorithm`` what it does not declare (before any world opens).
 
-    config: Config
-    run: Run
-    worlds: BatchedWorlds | SelfPlayWorlds
-    device: torch.device
-    resumed: dict[str, Any] | None
-    """The state of the run's latest checkpoint (loaded onto ``device``), or None for a fresh run."""
-    progress_metric: str = "return"
-    """The metric the progress bar shows next to the steps."""
-    opponents: list[subprocess.Popen] = field(default_factory=list)
-    """The processes playing the seats the learner leaves to others (:func:`start_opponents`)."""
-    selfplay: SelfPlayWorlds | None = None
-    """In self-play (``env.opponent = "self-play"``): the worlds, which hold the pool of snapshots (= ``worlds``)."""
-    last_metrics: dict[str, float] = field(default_factory=dict, init=False)
-    """The metrics of the last update that ended (what a run cut short by its worlds' owner returns)."""
-    _bar: Any = field(default=None, init=False, repr=False)
+    Raises:
+        ValueError: partial seats, self-play or the global state asked of an algorithm that does not declare them.
+    """
+    env, name = config.env, algorithm.name
+    self_play = env.opponent == SELF_PLAY
+    if self_play and not algorithm.self_play:
+        raise ValueError(
+            f"self-play (env.opponent = self-play) needs an algorithm that declares self_play = True, such as "
+            f"algo=ippo or algo=mappo; {name} does not"
+        )
+    if env.seats and not self_play and not algorithm.partial_seats:
+        raise ValueError(
+            f"{name} cannot train some seats (env.seats = {env.seats}) beside other clients: it does not declare "
+            "partial_seats = True; train every seat, or choose an algorithm that does (ippo, mappo, idqn)"
+        )
+    if env.seats and not self_play and algorithm.state == "required":
+        raise ValueError(
+            f"{name} requires the world's global state, which a learner holding some seats (env.seats) is not "
+            "granted; train every seat, or use self-play"
+        )
 
-    def __post_init__(self) -> None:
-        if self.config.run.progress and mpi.is_root():
-            from tqdm import tqdm
 
-            total = self.config.run.total_steps
-            start = int(self.resumed["step"]) if self.resumed is not None else 0
-            self._bar = tqdm(
-                total=total, initial=min(start, total), unit="step", unit_scale=True, dynamic_ncols=True, smoothing=0.1
+def _check_worlds(algorithm: type[Algorithm], worlds: BatchedWorlds | SelfPlayWorlds) -> None:
+    for agent in worlds.possible_agents:
+        space = worlds.action_spaces[agent]
+        if action_kind(space) not in algorithm.actions:
+            raise ValueError(
+                f"{algorithm.name} acts in {sorted(algorithm.actions)} action spaces; {agent} of "
+                f"{worlds.spec.scenario} acts in {space} ({action_kind(space)}): choose an algorithm that handles it"
             )
-
-    def track(self, policy: torch.nn.Module) -> None:
-        """The algorithm's acting policy, once built (and restored): self-play's snapshots are copies of it. A fresh
-        self-play run logs its first evaluation at step 0. Collective."""
-        if self.selfplay is not None:
-            first = self.selfplay.start(policy, None if self.resumed is None else self.resumed.get("selfplay"))
-            if first:
-                self.run.log(0, 0, first)
-
-    def end_update(
-        self, step: int, update: int, metrics: dict[str, float], checkpoint: Callable[[], dict[str, Any]]
-    ) -> UpdateEnd:
-        """End ``update`` (``step`` environment steps done) on every rank: log, checkpoint and stop as the run says.
-
-        ``metrics`` are written at logged updates (:meth:`Run.logs_at`); ``checkpoint()`` builds the checkpoint's
-        state (with its ``step`` and ``update``) only when one is due.
-
-        Raises:
-            TrainingStopped: on every rank, after the checkpoint, when the ranks agreed to stop.
-        """
-        for process in self.opponents:
-            if process.poll() is not None:
-                raise RuntimeError(
-                    f"the opponent process ({self.config.env.opponent} in {self.worlds.other_agents}) exited with "
-                    f"status {process.returncode}: see its error above; the worlds would go on with its seats filled"
-                )
-        if self.selfplay is not None:
-            metrics.update(self.selfplay.end_update(update))
-        self.last_metrics = metrics
-        end = self.run.end_update(step, update, metrics)
-        if self._bar is not None:
-            self._bar.update(min(step, self._bar.total) - self._bar.n)
-            if self.progress_metric in metrics:
-                self._bar.set_postfix_str(f"{self.progress_metric} {metrics[self.progress_metric]:.1f}", refresh=False)
-        if end.checkpoint:
-            state = checkpoint()
-            if self.selfplay is not None:
-                state["selfplay"] = self.selfplay.state_dict()
-            self.run.save_checkpoint(state)
-        if end.stop:
-            raise TrainingStopped(step, update, end.reason)
-        return end
-
-    def close(self) -> None:
-        """Close the progress bar (the worlds are closed by :func:`train_in_worlds`)."""
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
+    if algorithm.state == "required" and worlds.state_space is None:
+        raise ValueError(f"{algorithm.name} requires the world's global state; {worlds.spec.scenario} has none")
 
 
-def train_in_worlds(
-    config: Config,
-    run: Run,
-    addresses: list[str],
-    loop: Callable[[Training], dict[str, float]],
-    state: bool = False,
-    layouts: Sequence[str] = ("agents",),
-    progress_metric: str = "return",
-    parts: int = 1,
-) -> dict[str, float]:
-    """Set this rank's threads and device, open its worlds (:func:`open_worlds`), restore the run's latest
-    checkpoint, and run ``loop``; the worlds and the progress bar are closed however it ends. Returns what ``loop``
-    returns (the final metrics). With ``env.seats``, the opponents of the other seats run as processes for as long
-    (:func:`start_opponents`), or in self-play the learner's snapshots play them in process (learners.selfplay).
-    Collective: every rank calls it."""
+def train(config: Config, run: Run, addresses: list[str], check_actions: bool = False) -> dict[str, float]:
+    """Train ``config.algo`` until ``config.run.total_steps`` through the env servers at ``addresses`` (this rank's
+    share), resuming from ``run``'s latest checkpoint when there is one. Returns the metrics of the last logged
+    update. Collective: every rank calls it.
+
+    Args:
+        check_actions: check every action the algorithm sends against its space (``agora learners check``).
+
+    Raises:
+        TrainingStopped: on every rank, after the checkpoint, when the ranks agreed to stop early.
+        ValueError: the run asks of the algorithm what it does not declare, or bad settings.
+        CheckpointError: the latest checkpoint belongs to another algorithm or world.
+    """
+    cls = config.algorithm
+    check_declarations(cls, config)
+    algorithm = cls()
     torch.set_num_threads(torch_threads(config))
     device = select_device(config.run.device)
-    worlds = open_worlds(config, addresses, state, layouts, parts)
-    training, opponents, selfplay = None, [], None
+    parts = algorithm.world_parts(config.algo_settings)
+    worlds = open_worlds(config, addresses, cls.state != "never", cls.layouts, parts)
+    session, opponents, selfplay = None, [], None
     try:
+        _check_worlds(cls, worlds)
         if config.env.opponent == SELF_PLAY:
             worlds = selfplay = SelfPlayWorlds(worlds, config, addresses)
         opponents = start_opponents(config, worlds)
         resumed = run.restore(device)
-        training = Training(config, run, worlds, device, resumed, progress_metric, opponents, selfplay)
-        return loop(training)
+        if resumed is not None:
+            check(resumed, str(run.checkpoints()[-1]))
+            check_resumable(resumed, cls.name, worlds.spec.to_wire(), list(worlds.possible_agents))
+        torch.manual_seed(config.run.seed)  # the initial parameters (rank 0's are broadcast to all)
+        session = TrainingSession(algorithm, config, run, worlds, device, resumed, selfplay, opponents, check_actions)
+        algorithm.train(session)
+        session.finished()
+        return session.last_metrics
     except ServerError as exc:
         if not (config.env.join and exc.code in WORLDS_GONE):
             raise
         # The worlds are the other learner's: it finished and closed them. This run ends with what it has.
         if mpi.is_root():
             print(f"stopping: the owner of group {config.env.join!r} closed its worlds ({exc.code})", flush=True)
-        return training.last_metrics if training is not None else {}
+        return session.last_metrics if session is not None else {}
     finally:
-        if training is not None:
-            training.close()
+        if session is not None:
+            session.close()
         worlds.close()
         stop_opponents(opponents)

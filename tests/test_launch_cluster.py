@@ -198,7 +198,7 @@ def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_p
 
 
 def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:
-    from agora_marl.learners import ppo
+    from agora_marl.learners.training import train
 
     overrides = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false", "run.total_steps=2000"]
     config = load_config(None, [*overrides, "run.checkpoint_every=100"])
@@ -206,14 +206,14 @@ def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) ->
     polls = iter(range(100))
     run.stop_on(lambda: 15 if next(polls) >= 2 else 0)  # a SIGTERM seen at the third logged update
     with cluster.training_servers(config.env, report=False) as addresses, pytest.raises(TrainingStopped) as stopped:
-        ppo.train(config, run, addresses)
+        train(config, run, addresses)
     run.close()
     assert (stopped.value.update, stopped.value.step, stopped.value.reason) == (3, 300, 15)
     assert [p.name for p in run.checkpoints()] == ["update_0000003.pt"]
     resumed = Run.open(tmp_path / "run", ["run.total_steps=500"])
     assert resumed.config.run.checkpoint_every == 100  # the stop changed nothing on disk
     with cluster.training_servers(resumed.config.env, report=False) as addresses:
-        ppo.train(resumed.config, resumed, addresses)
+        train(resumed.config, resumed, addresses)
     resumed.close()
     assert [int(r["update"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")] == [1, 2, 3, 4, 5]
 

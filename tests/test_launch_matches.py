@@ -11,9 +11,9 @@ import pytest
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.launch.cli import main
 from agora_marl.launch.commands.plot import run_label
-from agora_marl.learners import idqn, ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run
+from agora_marl.learners.training import train
 
 WORLD = ["run.progress=false", "env.scenario=predator_prey_v0", "env.num_worlds=8"]
 PREDATORS = "predator_0, predator_1, predator_2"
@@ -30,15 +30,15 @@ def runs(servers, tmp_path_factory) -> dict[str, str]:
     """IDQN predators (against random prey), IPPO prey (against random predators), IPPO on every seat: tiny runs."""
     root = tmp_path_factory.mktemp("runs")
     made = {}
-    for name, module, overrides in [
-        ("predators", idqn, ["algo=idqn", "env.seats=predator_*", "run.total_steps=1024", "idqn.learning_starts=256"]),
-        ("prey", ppo, ["algo=ippo", "env.seats=prey_*", "run.total_steps=960", "ppo.rollout_steps=60", "ppo.epochs=1"]),
-        ("both", ppo, ["algo=ippo", "run.total_steps=480", "ppo.rollout_steps=60", "ppo.epochs=1"]),
+    for name, overrides in [
+        ("predators", ["algo=idqn", "env.seats=predator_*", "run.total_steps=1024", "idqn.learning_starts=256"]),
+        ("prey", ["algo=ippo", "env.seats=prey_*", "run.total_steps=960", "ppo.rollout_steps=60", "ppo.epochs=1"]),
+        ("both", ["algo=ippo", "run.total_steps=480", "ppo.rollout_steps=60", "ppo.epochs=1"]),
     ]:
         config = load_config(None, [*WORLD, *overrides])
         run = Run.create(config, root / name)
         try:
-            module.train(config, run, servers)
+            train(config, run, servers)
         finally:
             run.close()
         made[name] = str(run.directory)

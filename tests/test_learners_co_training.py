@@ -15,11 +15,10 @@ import numpy as np
 import pytest
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.rendezvous import GroupMismatch
 from agora_marl.learners.run import Run, read_metrics
-from agora_marl.learners.training import open_worlds
+from agora_marl.learners.training import open_worlds, train
 
 ROOT = Path(__file__).resolve().parent.parent
 COMMON = [
@@ -123,7 +122,7 @@ def test_an_external_opponent_that_never_comes_costs_a_clear_timeout(tmp_path, a
     run = Run.create(config, tmp_path / "run")
     try:
         with pytest.raises(TimeoutError, match=r"(?s)nobody took .*prey_0.* env\.join=lonely"):
-            ppo.train(config, run, [address])
+            train(config, run, [address])
     finally:
         run.close()
 

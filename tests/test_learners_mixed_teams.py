@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, load_checkpoint, read_metrics
+from agora_marl.learners.training import train
 from tests.shared_worlds import random_seat_returns
 
 # Measured on 2 cores (60k steps, about 45 s): the learners' return rises from about -38 (random, as the baseline)
@@ -45,7 +45,7 @@ def test_ippo_learners_beside_a_scripted_agent_beat_random_learners(tmp_path, se
     config = load_config(None, [*MIXED, "run.total_steps=60000"])
     run = Run.create(config, tmp_path / "run")
     try:
-        metrics = ppo.train(config, run, servers)
+        metrics = train(config, run, servers)
     finally:
         run.close()
     rows = read_metrics(run.directory / "metrics.csv")

@@ -8,12 +8,13 @@ import torch
 from gymnasium import spaces
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import RunningNorm, make_head
-from agora_marl.learners.policy import evaluate, group_agents, load_run_policy, load_trained_policy
+from agora_marl.learners.policy import group_agents
 from agora_marl.learners.rollout import gae
 from agora_marl.learners.run import Run, read_metrics
+from agora_marl.learners.trained import evaluate, load_run_policy, load_trained_policy
+from agora_marl.learners.training import train
 
 SPREAD_RANDOM_RETURN = -81.0  # mean team return of uniformly random play (REFERENCE-FIGURES.md)
 
@@ -28,7 +29,7 @@ def _train(tmp_path, addresses, *overrides):
     config = load_config(None, ["run.progress=false", *overrides])
     run = Run.create(config, tmp_path / "run")
     try:
-        metrics = ppo.train(config, run, addresses)
+        metrics = train(config, run, addresses)
     finally:
         run.close()
     return run, metrics

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import ppo
 from agora_marl.learners.config import ConfigError, load_config, save_config, to_toml
 from agora_marl.learners.run import Run, RunDirError, load_checkpoint, read_metrics
+from agora_marl.learners.training import train
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -100,22 +100,24 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path, rollout) -> No
     with ServerProcesses(count=1) as servers:
         straight = load_config(None, [*common, "run.total_steps=400"])
         run = Run.create(straight, tmp_path / "straight")
-        ppo.train(straight, run, servers.addresses)
+        train(straight, run, servers.addresses)
         run.close()
         first = load_config(None, [*common, "run.total_steps=200"])
         part = Run.create(first, tmp_path / "resumed")
-        ppo.train(first, part, servers.addresses)
+        train(first, part, servers.addresses)
         part.close()
         resumed = Run.open(tmp_path / "resumed", ["run.total_steps=400"])
-        ppo.train(resumed.config, resumed, servers.addresses)
+        train(resumed.config, resumed, servers.addresses)
         resumed.close()
     a = load_checkpoint(run.checkpoints()[-1])
     b = load_checkpoint(resumed.checkpoints()[-1])
     assert a["update"] == b["update"] == 4
-    for key in ("actors", "critics", "value_norms"):
-        for name, tensor in a[key].items():
-            assert torch.equal(tensor, b[key][name]), f"{key}.{name} differs after resume"
-    assert torch.equal(a["optimizer"]["state"][0]["exp_avg"], b["optimizer"]["state"][0]["exp_avg"])
+    for key in ("policy", "critics", "value_norms"):
+        saved_a, saved_b = (a["policy"], b["policy"]) if key == "policy" else (a["state"][key], b["state"][key])
+        for name, tensor in saved_a.items():
+            assert torch.equal(tensor, saved_b[name]), f"{key}.{name} differs after resume"
+    adam_a, adam_b = a["state"]["optimizer"]["state"][0], b["state"]["optimizer"]["state"][0]
+    assert torch.equal(adam_a["exp_avg"], adam_b["exp_avg"])
     straight_rows = read_metrics(run.directory / "metrics.csv")
     resumed_rows = read_metrics(resumed.directory / "metrics.csv")
     assert [r["return"] for r in straight_rows] == [r["return"] for r in resumed_rows]

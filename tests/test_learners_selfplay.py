@@ -10,10 +10,10 @@ import torch
 from agora_marl.agents.batched import BatchedWorlds
 from agora_marl.agents.policies import named_policy
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import ppo
 from agora_marl.learners.config import SelfPlaySettings, load_config
 from agora_marl.learners.run import Run, load_checkpoint, read_metrics
 from agora_marl.learners.selfplay import SnapshotPool
+from agora_marl.learners.training import train
 
 DUEL = [
     "run.progress=false",
@@ -91,7 +91,7 @@ def test_bad_self_play_settings_are_refused_with_the_fix(tmp_path, servers, over
     config = load_config(None, [*DUEL, "env.num_worlds=2", *overrides])
     run = Run.create(config, tmp_path / "run")
     with pytest.raises(ValueError, match=message):
-        ppo.train(config, run, servers)
+        train(config, run, servers)
     run.close()
 
 
@@ -132,7 +132,7 @@ def test_self_play_raises_the_win_rate_against_the_scripted_player(tmp_path, ser
     )
     run = Run.create(config, tmp_path / "run")
     try:
-        ppo.train(config, run, servers)
+        train(config, run, servers)
     finally:
         run.close()
     rows = read_metrics(run.directory / "metrics.csv")
@@ -175,11 +175,11 @@ def test_self_play_resume_is_exact(tmp_path, servers, monkeypatch):
         drawn.append([])
         config = load_config(None, [*common, *parts])
         runs[name] = Run.create(config, tmp_path / name)
-        ppo.train(config, runs[name], servers)
+        train(config, runs[name], servers)
         runs[name].close()
     resumed = Run.open(tmp_path / "resumed", ["run.total_steps=640"])
     drawn.append([])
-    ppo.train(resumed.config, resumed, servers)
+    train(resumed.config, resumed, servers)
     resumed.close()
     assert drawn[0] == drawn[1] + drawn[2] and len(set(drawn[0])) >= 3, drawn
     a, b = load_checkpoint(runs["straight"].checkpoints()[-1]), load_checkpoint(resumed.checkpoints()[-1])
@@ -189,8 +189,8 @@ def test_self_play_resume_is_exact(tmp_path, servers, monkeypatch):
     assert (pool_a["games"], pool_a["points"], pool_a["rng"]) == (pool_b["games"], pool_b["points"], pool_b["rng"])
     for snapshot_a, snapshot_b in zip(pool_a["actors"], pool_b["actors"], strict=True):
         assert all(torch.equal(snapshot_a[k], snapshot_b[k]) for k in snapshot_a)
-    for name, tensor in a["actors"].items():
-        assert torch.equal(tensor, b["actors"][name]), f"actors.{name} differs after resume"
+    for name, tensor in a["policy"].items():
+        assert torch.equal(tensor, b["policy"][name]), f"policy.{name} differs after resume"
     columns = ("return", "selfplay/win_rate", "selfplay/eval_win_rate", "selfplay/pool_size")
     rows_a = read_metrics(runs["straight"].directory / "metrics.csv")
     rows_b = read_metrics(resumed.directory / "metrics.csv")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import idqn, ppo
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, load_checkpoint, read_metrics
+from agora_marl.learners.trained import policy_from_checkpoint
+from agora_marl.learners.training import train
 from tests.shared_worlds import random_seat_returns
 
 PREDATORS = [
@@ -28,11 +29,11 @@ def servers() -> list[str]:
         yield local.addresses
 
 
-def _train(tmp_path, addresses, module, *overrides):
+def _train(tmp_path, addresses, *overrides):
     config = load_config(None, [*PREDATORS, *overrides])
     run = Run.create(config, tmp_path / "run")
     try:
-        metrics = module.train(config, run, addresses)
+        metrics = train(config, run, addresses)
     finally:
         run.close()
     return run, metrics
@@ -54,7 +55,7 @@ def test_seats_parse_from_the_command_line():
 def test_ippo_predators_beat_random_predators_against_a_random_prey(tmp_path, servers):
     config = load_config(None, [*PREDATORS, "algo=ippo"])
     baseline = _random_predators_return(config, servers)
-    run, metrics = _train(tmp_path, servers, ppo, "algo=ippo", "run.total_steps=30000")
+    run, metrics = _train(tmp_path, servers, "algo=ippo", "run.total_steps=30000")
     rows = read_metrics(run.directory / "metrics.csv")
     late = [float(r["opponent_late"]) for r in rows]
     last = np.mean([float(r["return"]) for r in rows[-3:]])
@@ -62,12 +63,12 @@ def test_ippo_predators_beat_random_predators_against_a_random_prey(tmp_path, se
     assert max(late) < 0.1 and metrics["own_late"] == 0.0
     state = load_checkpoint(run.checkpoints()[-1])
     assert state["seats"] == ["predator_0", "predator_1", "predator_2"]
-    policy = ppo.policy_from_checkpoint(run.config, state)
+    policy = policy_from_checkpoint(state)
     assert sorted(policy.teams) and all(a.startswith("predator_") for t in policy.teams.values() for a in t.agents)
 
 
 def test_mappo_critic_reads_the_team_joint_observation_without_a_global_state(tmp_path, servers, capsys):
-    _, metrics = _train(tmp_path, servers, ppo, "algo=mappo", "run.total_steps=2000", "env.num_worlds=8")
+    _, metrics = _train(tmp_path, servers, "algo=mappo", "run.total_steps=2000", "env.num_worlds=8")
     assert "critic reads their joint observation" in capsys.readouterr().out
     assert np.isfinite(metrics["loss/value"]) and "opponent_late" in metrics
 
@@ -81,43 +82,44 @@ IDQN_PREDATORS = ["algo=idqn", "idqn.gamma=0.95", "idqn.hidden=[128,128]", "idqn
 def test_idqn_predators_beat_random_predators_against_a_random_prey(tmp_path, servers):
     config = load_config(None, [*PREDATORS, *IDQN_PREDATORS])
     baseline = _random_predators_return(config, servers)
-    run, metrics = _train(tmp_path, servers, idqn, *IDQN_PREDATORS, "run.total_steps=20000")
+    run, metrics = _train(tmp_path, servers, *IDQN_PREDATORS, "run.total_steps=20000")
     assert metrics["return_recent"] > baseline + 1.5, f"trained {metrics['return_recent']:.2f} vs random {baseline:.2f}"
     rows = read_metrics(run.directory / "metrics.csv")
     assert max(float(r["opponent_late"]) for r in rows) < 0.1 and metrics["own_late"] == 0.0
     state = load_checkpoint(run.checkpoints()[-1])
     assert state["seats"] == ["predator_0", "predator_1", "predator_2"]
-    policy = idqn.policy_from_checkpoint(run.config, state)  # Q-networks for the predators only (prey act in a Box)
+    policy = policy_from_checkpoint(state)  # Q-networks for the predators only (prey act in a Box)
     assert policy.possible_agents == state["seats"] and [team for team, _ in policy.teams] == ["predator"]
 
 
 def test_idqn_with_partial_seats_resumes_its_counters_and_experience(tmp_path, servers):
     overrides = ["algo=idqn", "env.num_worlds=8", "run.total_steps=512", "idqn.learning_starts=256"]
-    run, _ = _train(tmp_path, servers, idqn, *overrides)
+    run, _ = _train(tmp_path, servers, *overrides)
     resumed = Run.open(run.directory, ["run.total_steps=1024"])
     try:
-        metrics = idqn.train(resumed.config, resumed, servers)
+        metrics = train(resumed.config, resumed, servers)
     finally:
         resumed.close()
     state = load_checkpoint(resumed.checkpoints()[-1])
-    assert state["step"] == 1024 and state["buffers"]["predator"]["size"] == 3 * 1024  # three predators per step
+    assert (
+        state["step"] == 1024 and state["per_rank"][0]["replay/predator"]["size"] == 3 * 1024
+    )  # three predators per step
     assert state["seats"] == ["predator_0", "predator_1", "predator_2"] and metrics["opponent_late"] < 0.1
 
 
 def test_an_unknown_opponent_policy_is_refused_before_anything_starts(tmp_path, servers):
     with pytest.raises(ValueError, match="unknown policy"):
-        _train(tmp_path, servers, ppo, "algo=ippo", "env.opponent=nobody", "run.total_steps=1000")
+        _train(tmp_path, servers, "algo=ippo", "env.opponent=nobody", "run.total_steps=1000")
 
 
 def test_a_trained_run_is_the_opponent_of_the_next(tmp_path, servers):
     """The prey trained first (against random predators) holds the prey seats while new predators train."""
     prey_run, _ = _train(
-        tmp_path / "prey", servers, ppo, "algo=ippo", "env.seats=prey_*", "run.total_steps=2000", "ppo.epochs=1"
+        tmp_path / "prey", servers, "algo=ippo", "env.seats=prey_*", "run.total_steps=2000", "ppo.epochs=1"
     )
     run, metrics = _train(
         tmp_path / "predators",
         servers,
-        ppo,
         "algo=ippo",
         f"env.opponent={prey_run.directory}",
         "run.total_steps=2000",

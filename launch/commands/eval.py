@@ -97,7 +97,7 @@ def _whole_worlds(args: argparse.Namespace, run_, names: list[str]):
     import numpy as np
 
     from agora_marl.launch.matches import side_policy
-    from agora_marl.learners.policy import evaluate
+    from agora_marl.learners.trained import evaluate
 
     config, spec = run_.config, run_.spec
     policies = {}

@@ -29,7 +29,7 @@ Then: agora eval RUN_DIR, agora plot RUN_DIR.
 def register(subparsers) -> None:
     parser = subparsers.add_parser(
         "train",
-        help="train IPPO, MAPPO or IDQN in agora worlds",
+        help="train a learner (mappo, ippo, idqn, or your own: algo=FILE.py:CLASS) in agora worlds",
         description="Train a learner through agora env servers (its own, or running ones with --connect).",
         epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -76,8 +76,9 @@ def run(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace, mpi, stop) -> int:
     from agora_marl.launch.cluster import EXIT_STOPPED, training_servers
     from agora_marl.launch.commands.watch import watching_run
-    from agora_marl.learners.config import algorithm_module, load_config
+    from agora_marl.learners.config import load_config
     from agora_marl.learners.run import Run, TrainingStopped, default_run_dir
+    from agora_marl.learners.training import train
 
     writer = mpi.is_root()
     overrides = list(args.overrides)
@@ -103,7 +104,7 @@ def _train(args: argparse.Namespace, mpi, stop) -> int:
             watching_run(addresses, run_dir.directory, args.watch, writer),
         ):
             try:
-                metrics = algorithm_module(config.algo).train(config, run_dir, addresses)
+                metrics = train(config, run_dir, addresses)
             except TrainingStopped as exc:  # every rank, after the same update
                 stopped = exc
     finally:

@@ -199,6 +199,12 @@ def allgather_object(obj: Any) -> list[Any]:
     return [obj] if state.size == 1 else state.comm.allgather(obj)
 
 
+def gather_object(obj: Any, root: int = 0) -> list[Any] | None:
+    """Every rank's ``obj``, in rank order, on rank ``root`` (None elsewhere); pickled, between our own ranks."""
+    state = _state()
+    return [obj] if state.size == 1 else state.comm.gather(obj, root=root)
+
+
 def node_broadcast_object(obj: Any) -> Any:
     """The ``obj`` of this node's local rank 0, on every rank of the node."""
     state = _state()

@@ -9,9 +9,10 @@ from __future__ import annotations
 import tempfile
 
 from agora_marl.envserver.process import ServerProcesses
-from agora_marl.learners import idqn, mpi
+from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run
+from agora_marl.learners.training import train
 
 
 def main() -> None:
@@ -21,7 +22,7 @@ def main() -> None:
     with mpi.abort_on_exception(), ServerProcesses(count=1) as servers, tempfile.TemporaryDirectory() as tmp:
         directory = mpi.broadcast_object(tmp)  # rank 0's: only rank 0 writes
         run = Run.create(config, directory, writer=mpi.is_root())
-        metrics = idqn.train(config, run, servers.addresses)
+        metrics = train(config, run, servers.addresses)
         run.close()
         mpi.barrier()  # rank 0 removes the directory when it leaves the block
     print(f"RANK {mpi.rank()} OK gradient_steps={metrics['gradient_steps']:.0f}", flush=True)

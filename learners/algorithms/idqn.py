@@ -18,16 +18,15 @@ holder gets no global state, which IDQN never reads, and logs ``opponent_late`` 
 other seats, and of its own, that the worlds filled at their deadline.
 
 One *update* of the loop below is ``steps_per_update`` environment steps per rank followed by ``gradient_steps``
-gradient steps; logging and checkpoints count these updates. A resumed run restores the networks, optimizer, replay
-buffers, counters and random streams, but its worlds start fresh episodes, so it does not repeat the uninterrupted
-run bit for bit.
+gradient steps; logging and checkpoints count these updates. Resume is exact: the networks, target, optimizer and
+the gradient-step counter are registered with the session, each rank's replay buffers per rank, and the harness
+reseeds torch (exploration) and the session's generator (replay sampling) and resets the worlds at every checkpoint
+boundary. The epsilon schedule is a function of the step (learners.schedules). Written on the learner API only
+(learners.api): this file is a worked example of an off-policy algorithm.
 """
 
 from __future__ import annotations
 
-import copy
-import time
-from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,15 +36,12 @@ from gymnasium import spaces
 from torch import nn
 from torch.nn import functional as F
 
-from agora_marl.envserver.protocol import WorldSpec
-from agora_marl.learners import mpi
-from agora_marl.learners.config import Config
-from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
-from agora_marl.learners.mpi.tensors import check_in_sync
+from agora_marl.learners import api
+from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import flat_dim, init_linear, mlp
 from agora_marl.learners.policy import group_agents
-from agora_marl.learners.run import Run, rng_state, set_rng_state
-from agora_marl.learners.training import Training, train_in_worlds
+from agora_marl.learners.schedules import linear
+from agora_marl.learners.targets import make_target, update_target
 
 
 @dataclass
@@ -109,14 +105,13 @@ class QPolicy(nn.Module):
             (``env.seats``) has Q-networks for those only, so the other seats' spaces may be anything.
     """
 
-    def __init__(self, spec: WorldSpec, settings: Settings, seats: list[str] | None = None):
+    def __init__(self, spec: api.WorldSpec, settings: Settings, seats: list[str] | None = None):
         super().__init__()
         self.spec = spec
         self.possible_agents = list(spec.possible_agents if seats is None else seats)
         self.observation_spaces = {a: spec.observation_spaces[a] for a in self.possible_agents}
         self.action_spaces = {a: spec.action_spaces[a] for a in self.possible_agents}
         self.epsilon = settings.eps_end
-        self.rng = np.random.default_rng()  # exploration draws; the learner swaps in its seeded generator
         self.teams: list[tuple[str, list[str]]] = group_agents(
             self.possible_agents, self.observation_spaces, self.action_spaces, settings.share
         )
@@ -154,10 +149,12 @@ class QPolicy(nn.Module):
             if not present:
                 continue
             x = torch.from_numpy(self.inputs(name, present, obs)).to(device)
-            chosen = self.nets[name](x).argmax(-1).cpu().numpy()
-            if not greedy:
-                explore = self.rng.random(chosen.shape) < self.epsilon
-                chosen[explore] = self.rng.integers(0, self.nets[name][-1].out_features, int(explore.sum()))
+            q = self.nets[name](x)
+            chosen = q.argmax(-1)
+            if not greedy:  # torch's generator, which the harness reseeds: exploration repeats on resume
+                explore = torch.rand(chosen.shape, device=device) < self.epsilon
+                chosen = torch.where(explore, torch.randint_like(chosen, q.shape[-1]), chosen)
+            chosen = chosen.cpu().numpy()
             for j, agent in enumerate(present):
                 actions[agent] = chosen[:, j] + self.layout[name][2]
         return actions
@@ -220,100 +217,57 @@ def _td_loss(policy: QPolicy, target: QPolicy, team: str, batch: list[torch.Tens
     return loss, q.detach().mean()
 
 
-def _update_target(policy: QPolicy, target: QPolicy, tau: float) -> None:
-    with torch.no_grad():
-        online, offline = list(policy.parameters()), list(target.parameters())
-        if tau >= 1.0:
-            torch._foreach_copy_(offline, online)
-        else:
-            torch._foreach_lerp_(offline, online, tau)
+class IDQN(api.Algorithm):
+    """Independent deep Q-learning (see the module docstring)."""
+
+    name = "idqn"
+    Settings = Settings
+    actions = frozenset({"discrete"})
+    state = "never"
+    partial_seats = True
+    self_play = False
+    on_policy = False
+
+    def make_policy(self, spec: api.WorldSpec, seats: list[str], settings: Settings) -> QPolicy:
+        return QPolicy(spec, settings, seats)
+
+    def train(self, session: api.Session) -> None:
+        _train(self, session)
 
 
-def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
-    """Train IDQN for ``config.run.total_steps`` environment steps through the servers at ``addresses``."""
-    return train_in_worlds(config, run, addresses, _train, progress_metric="return_recent")
-
-
-def _train(training: Training) -> dict[str, float]:
-    config, run, worlds, device = training.config, training.run, training.worlds, training.device
-    s: Settings = config.algo_settings
-    seed = mpi.seed_for_rank(config.run.seed)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
+def _train(algorithm: IDQN, session: api.Session) -> None:
+    s: Settings = session.settings
+    worlds, device, rng = session.worlds, session.device, session.rng
     # -- networks, optimizer, buffers ------------------------------------------------------------------------
-    policy = QPolicy(worlds.spec, s, worlds.possible_agents).to(device)  # the learner's seats (env.seats)
-    broadcast_parameters(policy)
-    target = copy.deepcopy(policy).requires_grad_(False)
+    policy = algorithm.make_policy(session.spec, worlds.possible_agents, s).to(device)  # the learner's seats
+    target = make_target(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.lr)
-    reducer = GradientAllreducer(policy.parameters(), mpi_cuda=config.run.mpi_cuda)
-    columns = {a: i for i, a in enumerate(worlds.possible_agents)}
+    counters = api.Counters(gradient_steps=0)
     buffers = {team: ReplayBuffer(s.buffer_size, sum(policy.layout[team][:2])) for team, _ in policy.teams}
-    K, ranks = worlds.num_worlds, mpi.size()
-    batched_steps = -(-s.steps_per_update // K)
-    step = update = gradient_steps = episodes = 0
-    policy.rng = rng
-
-    # -- resume ---------------------------------------------------------------------------------------------
-    state = training.resumed
-    if state is not None:
-        policy.load_state_dict(state["policy"])
-        target.load_state_dict(state["target"])
-        optimizer.load_state_dict(state["optimizer"])
-        for team, saved in state.get("buffers", {}).items():
-            buffers[team].load_state_dict(saved)
-        step, update, gradient_steps = int(state["step"]), int(state["update"]), int(state["gradient_steps"])
-        episodes = int(state["episodes"])
-        if mpi.rank() == 0:  # the checkpoint holds rank 0's random streams; other ranks derive fresh ones
-            set_rng_state(state["rng"])
-            rng.bit_generator.state = state["numpy_rng"]
-        else:
-            rng = policy.rng = np.random.default_rng([config.run.seed, mpi.rank(), update])
-
-    def checkpoint() -> dict[str, Any]:
-        return {
-            "step": step,
-            "update": update,
-            "gradient_steps": gradient_steps,
-            "episodes": episodes,
-            "spec": worlds.spec.to_wire(),
-            "seats": policy.possible_agents,
-            "policy": policy.state_dict(),
-            "target": target.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "buffers": {t: b.state_dict() for t, b in buffers.items()} if s.checkpoint_buffer else {},
-            "rng": rng_state(),
-            "numpy_rng": rng.bit_generator.state,
-        }
+    per_rank = {f"replay/{team}": buffer for team, buffer in buffers.items()} if s.checkpoint_buffer else {}
+    session.register(policy, target=target, optimizer=optimizer, counters=counters, per_rank=per_rank)
+    reducer = GradientAllreducer(policy.parameters(), mpi_cuda=session.config.run.mpi_cuda)
+    columns = {a: i for i, a in enumerate(worlds.possible_agents)}
+    batched_steps = -(-s.steps_per_update // worlds.num_worlds)
+    decay = max(1.0, s.eps_fraction * session.total_steps)
 
     # -- the loop -------------------------------------------------------------------------------------------
-    result = worlds.reset()
-    running = np.zeros(K)  # team return of each world's current episode
-    finished: list[float] = []  # team returns of episodes ended since the last log
-    recent: deque[float] = deque(maxlen=100)  # and of the last 100 episodes
     sums = torch.zeros(2, device=device)  # loss and mean-Q sums since the last log (read only when logging)
     count = 0  # gradient steps since the last log
-    late = np.zeros(3)  # partial seats: opponent_late and own_late summed over the batched steps since the last log
-    metrics: dict[str, float] = {}
-    started, start_step = time.monotonic(), step
-    while step < config.run.total_steps:
+    result: api.BatchResult | None = None
+    while not session.done:
+        reset = session.begin_update()
+        result = reset if reset is not None else result
         # Collect: steps_per_update environment steps, epsilon-greedy, into the replay buffers.
-        policy.epsilon = _epsilon(s, step, config.run.total_steps)
+        policy.epsilon = linear(session.step, s.eps_start, s.eps_end, decay)
         for _ in range(batched_steps):
             alive_before, obs_before = result.alive, result.obs
             actions = _noop_for_dead(policy.act(obs_before, greedy=False), alive_before, columns, policy)
             result = worlds.step(actions)
-            if result.opponent_late is not None:
-                late += (result.opponent_late, result.own_late, 1)
             _store(policy, buffers, columns, obs_before, actions, alive_before, result)
-            running += result.rewards.sum(axis=1)
-            finished += running[result.episode_over].tolist()
-            recent.extend(running[result.episode_over].tolist())
-            running[result.episode_over] = 0.0
-            step += K * ranks
-        update += 1
 
         # Learn: gradient steps on replayed batches, averaged over ranks.
-        if step >= s.learning_starts:
+        if session.step >= s.learning_starts:
             for _ in range(s.gradient_steps):
                 reducer.zero_grad()
                 total, q_sum = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -330,42 +284,17 @@ def _train(training: Training) -> dict[str, float]:
                 if s.max_grad_norm > 0:
                     reducer.clip_grad_norm_(s.max_grad_norm)
                 optimizer.step()
-                gradient_steps += 1
-                if gradient_steps % s.target_every == 0:
-                    _update_target(policy, target, s.tau)
-            worlds.heartbeat()
+                counters["gradient_steps"] += 1
+                if counters["gradient_steps"] % s.target_every == 0:
+                    update_target(target, policy, s.tau)
 
-        # Check, log, checkpoint (the last update is always checked).
-        if update % config.run.sync_every == 0 or step >= config.run.total_steps:
-            check_in_sync(policy)
-        if run.logs_at(step, update):  # the metrics are an allreduce: only when they are written
-            local = [sum(finished), len(finished), sum(recent), len(recent), *sums.tolist(), count, *late]
-            totals = [float(v) for v in mpi.allreduce_sum(np.array(local))]
-            metrics = {
-                "epsilon": policy.epsilon,
-                "steps_per_s": (step - start_step) / max(time.monotonic() - started, 1e-9),
-                "gradient_steps": float(gradient_steps),
-            }
-            episodes += int(totals[1])
-            metrics["episodes"] = float(episodes)
-            if totals[1]:
-                metrics["return"] = totals[0] / totals[1]
-            if totals[3]:
-                metrics["return_recent"] = totals[2] / totals[3]
-            if totals[6]:
-                metrics.update(loss=totals[4] / totals[6], q_mean=totals[5] / totals[6])
-            if worlds.partial and totals[9]:
-                metrics.update(opponent_late=totals[7] / totals[9], own_late=totals[8] / totals[9])
-            finished, count = [], 0
-            late[:] = 0.0
+        metrics = {"epsilon": policy.epsilon, "gradient_steps": float(counters["gradient_steps"])}
+        if session.logs() and count:  # the losses since the last logged update
+            loss_sum, q_total = sums.tolist()
+            metrics.update(loss=loss_sum / count, q_mean=q_total / count)
             sums.zero_()
-        training.end_update(step, update, metrics, checkpoint)
-    return metrics
-
-
-def _epsilon(s: Settings, step: int, total_steps: int) -> float:
-    decay_steps = max(1.0, s.eps_fraction * total_steps)
-    return float(max(s.eps_end, s.eps_start + (s.eps_end - s.eps_start) * step / decay_steps))
+            count = 0
+        session.end_update(metrics)
 
 
 def _noop_for_dead(actions: dict, alive: np.ndarray, columns: dict[str, int], policy: QPolicy) -> dict:
@@ -406,10 +335,3 @@ def _store(
 
 def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
     return rows.reshape(-1, *([1] * (np.ndim(like) - 1)))
-
-
-def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> QPolicy:
-    """The trained Q-policy of a checkpoint (for evaluation and ``agora play``), on the CPU."""
-    policy = QPolicy(WorldSpec.from_wire(state["spec"]), config.algo_settings, state.get("seats"))
-    policy.load_state_dict(state["policy"])
-    return policy

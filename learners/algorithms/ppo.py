@@ -1,23 +1,25 @@
 """IPPO and MAPPO: PPO with one actor and one critic per team, trained through the env server's batched path.
 
 The two differ only in the critic's input: IPPO's critic reads the agent's own observation, MAPPO's the world's
-global state (``BatchedWorlds(state=True)``, plus optionally the agent's observation). Agents of a team share both
-networks, told apart by an agent-id one-hot in their inputs (see learners.policy).
+global state (plus optionally the agent's observation; where no state is granted, a learner holding some seats,
+the team's joint observation). Agents of a team share both networks, told apart by an agent-id one-hot in their
+inputs (see learners.policy). Both are written on the learner API only (learners.api): this file is a worked example
+of an on-policy algorithm.
 
-One update: reset the worlds if this is the first update after a checkpoint boundary; step every world
-``rollout_steps`` times, sampling all agents of a team in one forward pass, with ``pipeline`` parts of the worlds in
-flight (the servers step one part while the learner samples for the next); compute every value in one pass of the
-critic; GAE per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of
-``minibatches`` minibatches whose gradients are averaged over ranks with one Allreduce and clipped per actor and
-per critic; then the end of the update (learners.training: log, checkpoint, stop). With ``overlap`` (the default)
-the passes run in a thread beside the next rollout, which samples from a copy of the actors as they were when the
-update began (one update of policy lag); every collective call stays in one thread at a time.
+One update: begin it (the harness resets the worlds at checkpoint boundaries); step every world ``rollout_steps``
+times, sampling all agents of a team in one forward pass, with ``pipeline`` parts of the worlds in flight (the
+servers step one part while the learner samples for the next); compute every value in one pass of the critic; GAE
+per team; advantage and value-target statistics reduced over ranks; ``epochs`` passes of ``minibatches``
+minibatches whose gradients are averaged over ranks with one Allreduce and clipped per actor and per critic; then
+end it (the harness logs, checks, checkpoints). With ``overlap`` (the default) the passes run in a thread beside the
+next rollout, which samples from a copy of the actors as they were when the update began (one update of policy
+lag); every collective call stays in the main thread.
 
-Resume is exact: at each checkpoint boundary the worlds are reset and torch's generators re-seeded from
-(seed, rank, update), so a run resumed from a checkpoint makes the same draws as one that never stopped. The parts
-of a pipelined rollout are fixed row ranges, sampled in a fixed order; the update shuffles with a generator of its
-own; the update that ends at a checkpoint, and the last, run alone. A different ``pipeline`` samples the parts in
-another order, so it draws different (equally distributed) actions.
+Resume is exact: the harness reseeds torch and the session's generator at every checkpoint boundary and resets the
+worlds there; the update's shuffling generator is seeded from the session's at each reset. The parts of a
+pipelined rollout are fixed row ranges, sampled in a fixed order; the update that ends at a checkpoint, and the
+last, run alone (``session.ends_at_boundary``). A different ``pipeline`` samples the parts in another order, so it
+draws different (equally distributed) actions.
 """
 
 from __future__ import annotations
@@ -27,29 +29,25 @@ import math
 import threading
 import time
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
-from agora_marl.agents.batched import BatchedWorlds, BatchResult
-from agora_marl.envserver.protocol import WorldSpec
-from agora_marl.learners import mpi
-from agora_marl.learners.config import Config
-from agora_marl.learners.mpi.gradients import GradientAllreducer, broadcast_parameters
-from agora_marl.learners.mpi.tensors import check_in_sync
+from agora_marl.learners import api, mpi
+from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import flat_dim
 from agora_marl.learners.policy import MultiAgentPolicy, TeamActor
 from agora_marl.learners.rollout import Team, gae
-from agora_marl.learners.run import Run
-from agora_marl.learners.training import Training, train_in_worlds
+from agora_marl.learners.schedules import linear, set_lr
+
+STATS = ("loss/policy", "loss/value", "entropy", "approx_kl", "clip_frac", "explained_variance")
 
 
 @dataclass
 class Settings:
-    """PPO settings (the ``[ppo]`` table). Defaults: the MAPPO paper's MPE settings, tuned for simple_spread on a
+    """PPO settings (the ``[ppo]`` table, shared by ``ippo`` and ``mappo``). Defaults: the MAPPO paper's MPE settings, tuned for simple_spread on a
     small budget (gamma 0.95, 15 epochs of 4 minibatches; see docs/learners.md)."""
 
     rollout_steps: int = 25
@@ -112,32 +110,66 @@ class Settings:
     """Initial log standard deviation of Box actions."""
 
 
-def train(config: Config, run: Run, addresses: list[str]) -> dict[str, float]:
-    """Train IPPO or MAPPO (``config.algo``) until ``config.run.total_steps``; see learners.config for the contract.
+class IPPO(api.Algorithm):
+    """PPO with decentralized critics: each agent's critic reads its own observation."""
 
-    The worlds are stacked (one array with an agent axis) when every agent shares its spaces, else per agent.
-    """
-    centralized = config.algo == "mappo"
-    loop = partial(_train, centralized=centralized)
-    # One part of the worlds per request: a rollout keeps ppo.pipeline parts in flight, and a vector-backed part
-    # steps only whole.
-    parts = config.algo_settings.pipeline if isinstance(config.algo_settings, Settings) else 1
-    return train_in_worlds(config, run, addresses, loop, state=centralized, layouts=("stacked", "agents"), parts=parts)
+    name = "ippo"
+    Settings = Settings
+    table = "ppo"
+    actions = frozenset({"discrete", "multi_discrete", "box"})
+    state = "never"
+    partial_seats = True
+    self_play = True
+    on_policy = True
+    layouts = ("stacked", "agents")
+    centralized: ClassVar[bool] = False
+
+    def world_parts(self, settings: Settings) -> int:
+        # One part of the worlds per request: a rollout keeps ppo.pipeline parts in flight, and a vector-backed part
+        # steps only whole.
+        if settings.pipeline < 1:
+            raise ValueError(f"ppo.pipeline = {settings.pipeline}: use 1 (no pipelining) or more parts in flight")
+        return settings.pipeline
+
+    def make_policy(self, spec: api.WorldSpec, seats: list[str], settings: Settings) -> MultiAgentPolicy:
+        return MultiAgentPolicy(
+            seats,
+            spec.observation_spaces,
+            spec.action_spaces,
+            share=settings.share,
+            agent_id=settings.agent_id,
+            hidden=settings.hidden,
+            activation=settings.activation,
+            input_norm=settings.input_norm,
+            box_bounds=settings.box_bounds,
+            log_std_init=settings.log_std_init,
+        )
+
+    def train(self, session: api.Session) -> None:
+        _train(self, session)
 
 
-def _train(training: Training, centralized: bool) -> dict[str, float]:
-    config, worlds, device = training.config, training.worlds, training.device
-    s, rs = config.algo_settings, config.run
-    K, T = config.env.num_worlds, s.rollout_steps
+class MAPPO(IPPO):
+    """PPO with a centralized critic on the world's global state; a learner granted none (it holds some seats of
+    its worlds) falls back to the team's joint observation."""
+
+    name = "mappo"
+    state = "optional"
+    centralized = True
+
+
+def _train(algorithm: IPPO, session: api.Session) -> None:
+    s, worlds, device = session.settings, session.worlds, session.device
+    K, T = worlds.num_worlds, s.rollout_steps
     agents = worlds.possible_agents
-    torch.manual_seed(rs.seed)  # the initial parameters (rank 0's are broadcast to all)
-    policy = MultiAgentPolicy(agents, worlds.observation_spaces, worlds.action_spaces, s)
+    centralized = algorithm.centralized
+    policy = algorithm.make_policy(session.spec, agents, s)
     # A client holding some seats gets no global state: MAPPO's critic then reads its own team's joint observation.
     joint = centralized and worlds.partial
-    if joint and mpi.is_root():
+    if joint and session.rank == 0:
         print(f"mappo: the worlds grant {agents} no global state; the critic reads their joint observation")
     if centralized and not joint and worlds.state_space is None:
-        raise ValueError(f"{config.env.scenario} has no global state (some observation is not a Box): use algo=ippo")
+        raise ValueError(f"{worlds.spec.scenario} has no global state (some observation is not a Box): use algo=ippo")
     if joint:
         state_dim = sum(flat_dim(worlds.observation_spaces[a]) for a in agents)
     else:
@@ -145,58 +177,34 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
     teams = []
     for name, actor in policy.teams.items():
         critic_dim = state_dim + actor.obs_dim * s.critic_obs + actor.id_dim if centralized else None
-        teams.append(Team(name, actor, [agents.index(a) for a in actor.agents], critic_dim, s, K))
+        columns = [agents.index(a) for a in actor.agents]
+        shape = dict(hidden=s.hidden, activation=s.activation, input_norm=s.input_norm)
+        teams.append(
+            Team(name, actor, columns, critic_dim, K, T, **shape, value_norm=s.value_norm, critic_obs=s.critic_obs)
+        )
     critics = nn.ModuleDict({t.name: t.critic for t in teams})
     norms = nn.ModuleDict({t.name: t.norm for t in teams if t.norm is not None})
     policy.to(device), critics.to(device), norms.to(device)
     params = [*policy.parameters(), *critics.parameters()]
     # fused: one kernel over all parameters per step, where foreach launches one per operation
     optimizer = torch.optim.Adam(params, lr=s.lr, eps=s.adam_eps, fused=True)
-
-    step, update, episodes = 0, 0, 0
-    state = training.resumed
-    if state is not None:
-        policy.load_state_dict(state["actors"]), critics.load_state_dict(state["critics"])
-        norms.load_state_dict(state["value_norms"]), optimizer.load_state_dict(state["optimizer"])
-        step, update, episodes = state["step"], state["update"], state["episodes"]
-    for module in (policy, critics, norms):
-        broadcast_parameters(module)
-    training.track(policy)  # self-play's snapshots copy it
-    reducer = GradientAllreducer(params, mpi_cuda=rs.mpi_cuda)
+    session.register(policy, critics=critics, value_norms=norms, optimizer=optimizer)
+    reducer = GradientAllreducer(params, mpi_cuda=session.config.run.mpi_cuda)
     # Actor and critic of each team are clipped separately: each is a run of consecutive parameters of the buffer.
     clip_parts = [reducer.part(net.parameters()) for net in [*(t.actor for t in teams), *(t.critic for t in teams)]]
     # The actors the rollouts sample from: the trained ones, or with overlap a copy that lags one update behind.
     behaviour = copy.deepcopy(policy) if s.overlap else policy
     actors = [behaviour.teams[t.name] for t in teams]
     shuffle = torch.Generator(device=device)  # the update's own: with overlap it runs beside the rollout's sampling
-    steps_per_update = K * T * mpi.size()
-    if s.pipeline < 1:
-        raise ValueError(f"ppo.pipeline = {s.pipeline}: use 1 (no pipelining) or more parts of the worlds in flight")
     split = np.array_split(np.arange(K), min(s.pipeline, K))
     parts = [slice(int(rows[0]), int(rows[-1]) + 1) for rows in split]
-    total_updates = math.ceil(rs.total_steps / steps_per_update)
-
-    def checkpoint(step: int, update: int) -> dict[str, Any]:
-        return {
-            "step": step,
-            "update": update,
-            "episodes": episodes,
-            "algo": config.algo,
-            "spec": worlds.spec.to_wire(),
-            "seats": agents,
-            "actors": policy.state_dict(),
-            "critics": critics.state_dict(),
-            "value_norms": norms.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "rng": {"seed": rs.seed, "reseeded_at_update": update},
-        }
+    total_updates = math.ceil(session.total_steps / (K * T * session.ranks))
 
     def learn(batches: list[dict[str, torch.Tensor]], lr: float) -> tuple[torch.Tensor, float]:
         """``epochs`` passes over the batches; returns the summed statistics of the last pass and the seconds taken."""
         began = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        sums = torch.zeros(6, device=device)
+        set_lr(optimizer, lr)
+        sums = torch.zeros(len(STATS), device=device)
         for epoch in range(s.epochs):
             last_epoch = epoch == s.epochs - 1  # statistics from the last pass only: they cost a sync per minibatch
             # One gather per tensor and epoch; the minibatches are then contiguous views of the shuffled batch.
@@ -221,99 +229,68 @@ def _train(training: Training, centralized: bool) -> dict[str, float]:
                 optimizer.step()
         return sums, time.perf_counter() - began
 
-    def end(done: _Done, sums: torch.Tensor, learn_s: float, update_s: float) -> dict[str, float]:
-        """Log, check and checkpoint update ``done.update`` (every rank, in the main thread: it is collective)."""
-        nonlocal episodes
-        metrics = _metrics(sums.cpu().numpy() / (s.minibatches * len(teams)), done.finished, done.lengths, teams)
-        episodes += int(metrics.pop("episodes"))
-        metrics.update(lr=done.lr, episodes=episodes, rollout_s=done.rollout_s, learn_s=learn_s, update_s=update_s)
-        metrics["steps_per_s"] = steps_per_update / update_s
-        if worlds.partial:
-            metrics["opponent_late"], metrics["own_late"] = (float(x) for x in mpi.allreduce_mean(done.late / T))
-        if done.update % rs.sync_every == 0:
-            check_in_sync([*params, *norms.buffers()])
-        training.end_update(done.step, done.update, metrics, partial(checkpoint, done.step, done.update))
-        return metrics
+    def end(done: _Done, sums: torch.Tensor, learn_s: float, update_s: float) -> None:
+        """End update ``done.update`` (every rank, in the main thread: the harness's end is collective)."""
+        stats = sums.cpu().numpy() / (s.minibatches * len(teams))
+        metrics = dict(zip(STATS, (float(x) for x in stats), strict=True))
+        metrics.update(lr=done.lr, rollout_s=done.rollout_s, learn_s=learn_s, update_s=update_s)
+        session.end_update(metrics, update=done.update)
 
     alive = np.ones((K, len(agents)), bool)
-    returns_k = np.zeros((K, 1 + len(teams)))
-    lengths_k = np.zeros(K)
-    metrics: dict[str, float] = {}
     behind: _Behind | None = None  # the update running beside this rollout (overlap)
-    first_update = update  # a run resumed off a checkpoint boundary (an early stop) also starts from a reset
     try:
-        while step < rs.total_steps:
+        while not session.done:
             started = time.perf_counter()
             # ---- rollout ----------------------------------------------------------------------------------
-            if update % rs.checkpoint_every == 0 or update == first_update:
-                seeds = np.random.SeedSequence([rs.seed, mpi.rank(), update]).generate_state(3)
-                torch.manual_seed(int(seeds[1])), shuffle.manual_seed(int(seeds[2]))
-                result = _with_joint_state(worlds.reset(seed=int(seeds[0]) & 0x3FFFFFFF), joint)
+            reset = session.begin_update()
+            if reset is not None:  # a checkpoint boundary: the worlds start afresh
+                shuffle.manual_seed(int(session.rng.integers(1 << 62)))
+                result = _with_joint_state(reset, joint)
                 for team in teams:
                     team.start(result.obs, result.state)
-                alive[:], returns_k[:], lengths_k[:] = result.alive, 0.0, 0.0
-            finished: list[np.ndarray] = []
-            finished_lengths: list[np.ndarray] = []
-            late = np.zeros(2)  # opponent_late, own_late summed over the rollout (partial seats)
+                alive[:] = result.alive
+            update = session.update
             # Pipelined: each part's next step goes out as soon as its actions are sampled, while the servers still
             # step the other parts (docs/learners.md, 'Speed').
             pending = [worlds.step_async(_act(teams, actors, worlds, 0, rows, device), rows) for rows in parts]
             for t in range(T):
                 for p, rows in enumerate(parts):
                     result = _with_joint_state(worlds.step_wait(pending[p]), joint)
-                    if result.opponent_late is not None:
-                        late += np.multiply((result.opponent_late, result.own_late), (rows.stop - rows.start) / K)
-                    returns_k[rows, 0] += result.rewards.sum(1)
-                    lengths_k[rows] += 1
-                    for i, team in enumerate(teams):
+                    for team in teams:
                         team.record(t, rows, alive[rows], result)
-                        returns_k[rows, 1 + i] += team.buf.rewards[t, rows].sum(1)
-                    ended = rows.start + np.flatnonzero(result.episode_over)
-                    if len(ended):
-                        finished.append(returns_k[ended].copy())
-                        finished_lengths.append(lengths_k[ended].copy())
-                        returns_k[ended], lengths_k[ended] = 0.0, 0.0
                     alive[rows] = result.alive
                     if t + 1 < T:
                         pending[p] = worlds.step_async(_act(teams, actors, worlds, t + 1, rows, device), rows)
-            step += steps_per_update
-            worlds.heartbeat()  # the servers hear nothing from us during the update: keep the seats from timing out
             rollout_s = time.perf_counter() - started
             if behind is not None:  # the update that ran beside this rollout ends now
                 sums, learn_s = behind.join()
-                metrics = end(behind.done, sums, learn_s, started - behind.started)
+                end(behind.done, sums, learn_s, started - behind.started)
                 behind = None
             # ---- advantages -------------------------------------------------------------------------------
             batches = [_prepare(team, s, device) for team in teams]
             # ---- update -----------------------------------------------------------------------------------
-            lr = s.lr * (1.0 - update / total_updates) if s.lr_anneal else s.lr
-            update += 1
-            done = _Done(step, update, lr, rollout_s, finished, finished_lengths, late)
-            if s.overlap and update % rs.checkpoint_every != 0 and step < rs.total_steps:
+            lr = linear(update - 1, s.lr, 0.0, total_updates) if s.lr_anneal else s.lr
+            done = _Done(update, lr, rollout_s)
+            if s.overlap and not session.ends_at_boundary(update):
                 behaviour.load_state_dict(policy.state_dict())  # the next rollout samples from these parameters
                 behind = _Behind(learn, batches, lr, done, started)
                 continue
             sums, learn_s = learn(batches, lr)
             if s.overlap:
                 behaviour.load_state_dict(policy.state_dict())
-            metrics = end(done, sums, learn_s, time.perf_counter() - started)
+            end(done, sums, learn_s, time.perf_counter() - started)
     finally:
         if behind is not None:  # the rollout failed: let the update finish before the worlds close
             behind.thread.join()
-    return metrics
 
 
 @dataclass
 class _Done:
-    """What the end of an update logs about it: its counters, learning rate and rollout."""
+    """What the end of an update logs about it: its number, learning rate and rollout time."""
 
-    step: int
     update: int
     lr: float
     rollout_s: float
-    finished: list[np.ndarray]
-    lengths: list[np.ndarray]
-    late: np.ndarray
 
 
 class _Behind:
@@ -340,7 +317,7 @@ class _Behind:
         return self._out
 
 
-def _with_joint_state(result: BatchResult, joint: bool) -> BatchResult:
+def _with_joint_state(result: api.BatchResult, joint: bool) -> api.BatchResult:
     """With ``joint``, the result's ``state`` (and ``final_state``) is the team's joint observation: (K, features)."""
     if joint:
         result.state = _joint(result.obs)
@@ -355,7 +332,7 @@ def _joint(obs: dict[str, np.ndarray] | np.ndarray) -> np.ndarray:
 
 @torch.no_grad()
 def _act(
-    teams: list[Team], actors: list[TeamActor], worlds: BatchedWorlds, t: int, rows: slice, device: torch.device
+    teams: list[Team], actors: list[TeamActor], worlds: api.Worlds, t: int, rows: slice, device: torch.device
 ) -> Any:
     """Sample the actions of every agent of worlds ``rows`` at step ``t`` from ``actors`` (one per team, one forward
     pass each), laid out as the worlds take them."""
@@ -459,30 +436,3 @@ def _value_error(error: torch.Tensor, delta: float) -> torch.Tensor:
     if delta <= 0:
         return 0.5 * error.square()
     return nn.functional.huber_loss(error, torch.zeros_like(error), reduction="none", delta=delta)
-
-
-def _metrics(
-    stats: np.ndarray, finished: list[np.ndarray], lengths: list[np.ndarray], teams: list[Team]
-) -> dict[str, float]:
-    """Loss statistics of the update and the returns of the episodes that ended in its rollout (over all ranks)."""
-    names = ("loss/policy", "loss/value", "entropy", "approx_kl", "clip_frac", "explained_variance")
-    metrics = dict(zip(names, (float(x) for x in mpi.allreduce_mean(stats)), strict=True))
-    done = np.concatenate(finished) if finished else np.zeros((0, 1 + len(teams)))
-    lens = np.concatenate(lengths) if lengths else np.zeros(0)
-    totals = mpi.allreduce_sum(np.concatenate([[len(done)], done.sum(0), [lens.sum()]]))
-    metrics["episodes"] = float(totals[0])
-    if totals[0] > 0:
-        metrics["return"] = float(totals[1] / totals[0])
-        if len(teams) > 1:
-            metrics.update({f"return/{team.name}": float(totals[2 + i] / totals[0]) for i, team in enumerate(teams)})
-        metrics["episode_length"] = float(totals[-1] / totals[0])
-    return metrics
-
-
-def policy_from_checkpoint(config: Config, state: dict[str, Any]) -> MultiAgentPolicy:
-    """The trained actors of a PPO checkpoint, rebuilt from the spec stored in it (no server needed)."""
-    spec = WorldSpec.from_wire(state["spec"])
-    seats = state.get("seats", spec.possible_agents)  # a run that trained some seats (env.seats) has their actors
-    policy = MultiAgentPolicy(seats, spec.observation_spaces, spec.action_spaces, config.algo_settings)
-    policy.load_state_dict(state["actors"])
-    return policy

@@ -1,0 +1,1 @@
+"""The built-in algorithms, written on the learner API (learners.api) and the public building blocks only."""
