@@ -3,17 +3,24 @@ Q(s, a) critic, and training through real servers: learning continuous simple_sp
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from gymnasium import spaces
 
+from agora_marl.envserver.process import ServerProcesses
+from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import (
     CentralQCritic,
     DeterministicHead,
     GumbelSoftmaxHead,
     make_differentiable_head,
 )
+from agora_marl.learners.run import Run, TrainingStopped, read_metrics
+from agora_marl.learners.trained import load_trained_policy
+from agora_marl.learners.training import train
 
 
 def test_the_gumbel_softmax_head_is_one_hot_forward_and_differentiable_backward() -> None:
@@ -75,3 +82,82 @@ def test_the_central_critic_reads_the_context_and_every_agents_action() -> None:
     assert q.shape == (16,)
     q.sum().backward()
     assert all(a.grad.abs().sum() > 0 for a in actions)
+
+
+@pytest.fixture(scope="module")
+def server() -> list[str]:
+    with ServerProcesses(count=1) as servers:
+        yield servers.addresses
+
+
+SPREAD = ["algo=maddpg", "env.config.continuous_actions=true", "run.progress=false"]
+
+
+def _train(directory: Path, server: list[str], overrides: list[str], stop_after: int = 0) -> Run:
+    """Train a new run; with ``stop_after``, stop it (as a SIGTERM would) after that many logged updates."""
+    run = Run.create(load_config(None, overrides), directory)
+    if stop_after:
+        polls = iter([0] * (stop_after - 1) + [1])
+        run.stop_on(lambda: next(polls))
+    try:
+        train(run.config, run, server)
+    except TrainingStopped:
+        assert stop_after, "the run stopped without being asked to"
+    run.close()
+    return run
+
+
+def test_maddpg_resumes_exactly_with_box_actions(tmp_path: Path, server: list[str]) -> None:
+    """4 updates straight equal 2, a stop and 2 more, bit for bit: actors, critics, their targets and optimizers,
+    the replay buffer, and the metrics (the exploration noise is drawn from torch's reseeded generator)."""
+    common = [*SPREAD, "env.num_worlds=8", "run.checkpoint_every=2", "run.total_steps=512", "maddpg.batch_size=32"]
+    common += ["maddpg.learning_starts=128", "maddpg.gradient_steps=2"]
+    straight = _train(tmp_path / "straight", server, common)
+    _train(tmp_path / "resumed", server, common, stop_after=2)
+    resumed = Run.open(tmp_path / "resumed")
+    train(resumed.config, resumed, server)
+    resumed.close()
+    a, b = (torch.load(r.checkpoints()[-1], weights_only=True) for r in (straight, resumed))
+    assert a["update"] == b["update"] == 4 and a["per_rank"][0]["replay"]["size"] == 512
+    assert a["state"]["counters"]["gradient_steps"] == 8  # learning from the first update on (its 128 steps)
+    _assert_equal(a["policy"], b["policy"], "policy")
+    _assert_equal(a["state"], b["state"], "state")
+    _assert_equal(a["per_rank"], b["per_rank"], "per_rank")
+    rows = [read_metrics(r.directory / "metrics.csv") for r in (straight, resumed)]
+    timing = ("time_s", "steps_per_s")
+    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
+        {k: v for k, v in r.items() if k not in timing} for r in rows[1]
+    ]
+    assert rows[0][-1]["loss_critic"] and rows[0][-1]["return"]
+
+
+def _assert_equal(left, right, where: str) -> None:
+    if isinstance(left, dict):
+        assert left.keys() == right.keys(), where
+        for key in left:
+            _assert_equal(left[key], right[key], f"{where}.{key}")
+    elif isinstance(left, list):
+        for i, (x, y) in enumerate(zip(left, right, strict=True)):
+            _assert_equal(x, y, f"{where}[{i}]")
+    elif isinstance(left, torch.Tensor):
+        assert torch.equal(left, right), f"{where} differs after resume"
+    else:
+        assert left == right, f"{where} differs after resume"
+
+
+def test_maddpg_predators_with_gumbel_actors_train_beside_a_prey_process(tmp_path: Path, server: list[str], capfd):
+    """Partial seats, discrete actions: the predators of predator_prey_v0 against a random prey process. No state
+    is granted: the team's critic reads the three predators' joint observation and their one-hot actions."""
+    overrides = ["algo=maddpg", "env.scenario=predator_prey_v0", "env.seats=predator_*", "env.num_worlds=8"]
+    overrides += ["run.total_steps=512", "run.progress=false", "maddpg.learning_starts=128", "maddpg.gradient_steps=2"]
+    overrides += ["maddpg.batch_size=32"]
+    run = _train(tmp_path / "predators", server, overrides)
+    assert "no global state; the critics read their joint observation" in capfd.readouterr().out
+    state = torch.load(run.checkpoints()[-1], weights_only=True)
+    assert state["seats"] == ["predator_0", "predator_1", "predator_2"]
+    assert state["state"]["counters"]["gradient_steps"] > 0
+    first_layer = state["state"]["critics"]["predator.trunk.0.weight"]
+    assert first_layer.shape[1] == 3 * 9 + 3 * 5  # joint observation + one-hot actions of the three predators
+    policy = load_trained_policy(tmp_path / "predators")
+    moves = policy.act({"predator_1": np.zeros((4, 9), np.float32)}, greedy=False)["predator_1"]
+    assert moves.shape == (4,) and moves.dtype == np.int64 and ((moves >= 0) & (moves < 5)).all()
