@@ -233,9 +233,10 @@ def _train(algorithm: MADDPG, session: api.Session) -> None:
             for _ in range(s.gradient_steps):
                 reducer.zero_grad()
                 batch = replay.sample(s.batch_size, rng, device)
-                critic_loss, q_mean = _critic_loss(policy, critics, target_policy, target_critics, teams, batch, s)
+                taken = _replayed(policy, batch)
+                critic_loss, q_mean = _critic_loss(critics, target_policy, target_critics, teams, batch, taken, s)
                 critic_loss.backward()
-                actor_loss = _actor_loss(policy, critics, teams, batch, s)
+                actor_loss = _actor_loss(policy, critics, teams, batch, taken, s)
                 grads = torch.autograd.grad(actor_loss, actor_params, allow_unused=True)
                 with torch.no_grad():
                     for p, g in zip(actor_params, grads, strict=True):
@@ -288,17 +289,17 @@ def _replayed(policy: ActorPolicy, batch: JointBatch) -> dict[str, torch.Tensor]
 
 
 def _critic_loss(
-    policy: ActorPolicy,
     critics: nn.ModuleDict,
     target_policy: ActorPolicy,
     target_critics: nn.ModuleDict,
     teams: list[tuple[str, list[str]]],
     batch: JointBatch,
+    taken: dict[str, torch.Tensor],
     s: Settings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The critics' summed squared TD error on sampled rows, and their mean Q of the taken actions (for logging)."""
+    """The critics' summed squared TD error on sampled rows whose replayed actions, encoded, are ``taken``, and
+    their mean Q of those actions (for logging)."""
     agents = batch.agents
-    taken = _replayed(policy, batch)
     continues = batch.continues().float()
     with torch.no_grad():
         params = target_policy.params(agents, batch.next_obs)
@@ -320,11 +321,16 @@ def _critic_loss(
 
 
 def _actor_loss(
-    policy: ActorPolicy, critics: nn.ModuleDict, teams: list[tuple[str, list[str]]], batch: JointBatch, s: Settings
+    policy: ActorPolicy,
+    critics: nn.ModuleDict,
+    teams: list[tuple[str, list[str]]],
+    batch: JointBatch,
+    taken: dict[str, torch.Tensor],
+    s: Settings,
 ) -> torch.Tensor:
-    """Minus each team's critic value of its actors' differentiable actions, the other seats' as replayed."""
+    """Minus each team's critic value of its actors' differentiable actions, the other seats' as replayed
+    (``taken``)."""
     agents = batch.agents
-    taken = _replayed(policy, batch)
     alive = batch.alive.float()
     loss = torch.zeros((), device=alive.device)
     for team, members in teams:
