@@ -27,6 +27,7 @@ COMMANDS = (
     "eval",
     "plot",
     "scenarios",
+    "learners",
     "record",
     "doctor",
     "keys",
@@ -40,10 +41,11 @@ agora: shared multi-agent worlds behind a ZeroMQ server, and learners that train
 
   agora serve                 host worlds for agent clients and learners
   agora play                  join a world as a client and play a policy in a seat
-  agora train                 train MAPPO, IPPO or IDQN (default: MAPPO on simple_spread, own servers)
+  agora train                 train a learner: mappo, ippo, idqn or your own (default: MAPPO on simple_spread)
   agora eval RUN_DIR          play a trained run greedily and print its mean and std return
   agora plot RUN_DIR          write the learning curve PNG of one or more runs
   agora scenarios list|check|new   see, check and author worlds
+  agora learners list|check|new    see, check and author learning algorithms
   agora record                render an episode played by given policies into a GIF
   agora doctor                check MPI, GPUs, threads and env servers (run it as the job runs: mpirun -n R ...)
   agora keys new NAME         make CurveZMQ keys for a server and the clients it lets in

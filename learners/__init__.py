@@ -10,6 +10,8 @@
   :mod:`learners.session` (the ``Session``: reseeding, statistics, the end of each update, checkpoints),
   :mod:`learners.episodes` (return metrics), :mod:`learners.checkpoints` (the checked schema),
   :mod:`learners.selfplay`, :mod:`learners.rendezvous`.
+- :mod:`learners.check` (``agora learners check``: the contract run on any algorithm) and :mod:`learners.new`
+  (``agora learners new``: a one-file algorithm from learners/templates/).
 - :mod:`learners.config`: settings dataclasses, TOML and ``key=value`` overrides; :mod:`learners.run`: the run
   directory (config, metrics, checkpoints) and the end of each update; :mod:`learners.trained`: a trained run's
   policy rebuilt from its checkpoint, and evaluation.

@@ -271,6 +271,9 @@ class Algorithm:
     with ``per_rank`` so that resume is exact)."""
     layouts: ClassVar[tuple[str, ...]] = ("agents",)
     """The worlds' layouts it reads, preferred first (``"stacked"`` where every agent shares its spaces)."""
+    check_settings: ClassVar[dict[str, Any]] = {}
+    """Settings that ``agora learners check`` trains with: small updates that take a fraction of a second on a tiny
+    world and still learn in the first four (a replay learner's ``learning_starts`` within them)."""
 
     @classmethod
     def settings_table(cls) -> str:

@@ -82,7 +82,7 @@ def default_run_dir(config: Config, root: str | Path = "runs") -> Path:
     """``runs/<algo>-<scenario>-<YYYYmmdd-HHMMSS>``: a fresh name for a run without ``run.dir``."""
     scenario = config.env.scenario.rsplit(":", 1)[-1] if config.env.scenario.startswith("gymnasium:") else None
     scenario = scenario or config.env.scenario.split(":")[0].rsplit(".", 1)[-1]
-    return Path(root) / f"{config.algo}-{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(root) / f"{config.algorithm.name}-{scenario}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
 class Run:

@@ -84,30 +84,27 @@ class TrainingWorlds:
     def _checked(self, actions: Any, rows: slice) -> None:
         if not self._check_actions:
             return
-        name, count = self._session.algorithm.name, rows.stop - rows.start
-        stacked = self.layout == "stacked"
-        if stacked:
+        name, count, seats = self._session.algorithm.name, rows.stop - rows.start, self.possible_agents
+        fix = (
+            f"fix: step the worlds with one value of each seat's action space per world: {{agent: ({count}, "
+            f"*space.shape)}} for every seat of {seats}"
+            + (f", or one ({count}, {len(seats)}, *space.shape) array" if self.layout == "stacked" else "")
+        )
+        if self.layout == "stacked":
             actions = np.asarray(actions)
-            if actions.shape[:2] != (count, len(self.possible_agents)):
-                raise ValueError(
-                    f"{name} sent stacked actions of shape {actions.shape} for {count} worlds of "
-                    f"{len(self.possible_agents)} seats: the stacked layout takes one ({count}, seats, ...) array"
-                )
-            actions = {a: actions[:, j] for j, a in enumerate(self.possible_agents)}
-        if not isinstance(actions, Mapping) or set(actions) != set(self.possible_agents):
+            if actions.shape[:2] != (count, len(seats)):
+                raise ValueError(f"{name} sent stacked actions of shape {actions.shape} for {count} worlds; {fix}")
+            actions = {a: actions[:, j] for j, a in enumerate(seats)}
+        if not isinstance(actions, Mapping) or set(actions) != set(seats):
             given = sorted(actions) if isinstance(actions, Mapping) else type(actions).__name__
-            raise ValueError(
-                f"{name} sent actions for {given}; the worlds take {{agent: ({count}, ...)}} for every "
-                f"seat of {self.possible_agents}"
-            )
+            raise ValueError(f"{name} sent actions for {given}; {fix}")
         for agent, value in actions.items():
             try:
                 check_value(self.action_spaces[agent], np.asarray(value), (count,), f"{agent}'s actions")
             except ValueError as exc:
                 raise ValueError(
                     f"{name} sent {agent} actions of shape {np.shape(value)} for {count} worlds in "
-                    f"{self.action_spaces[agent]}: {exc}. act() must return one value of the agent's action space "
-                    f"per world: shape ({count}, *space.shape)"
+                    f"{self.action_spaces[agent]} ({exc}); {fix}"
                 ) from None
 
 
@@ -236,7 +233,8 @@ class TrainingSession:
         if self.done:
             raise RuntimeError(f"{self.algorithm.name}: the run is done (session.done): begin no more updates")
         previous = self._update
-        self._closed.setdefault(previous, self._step)
+        if previous != self._ended:  # it ends later (an overlapped update): remember the steps its rollout made
+            self._closed[previous] = self._step
         boundary = self._fresh_process or previous % self.config.run.checkpoint_every == 0
         if boundary and self._ended != previous:
             raise RuntimeError(

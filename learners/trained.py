@@ -32,7 +32,12 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no {CONFIG_FILE})")
-    config = load_config(run_dir / CONFIG_FILE)
+    try:
+        config = load_config(run_dir / CONFIG_FILE)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"{run_dir / CONFIG_FILE}: {exc} (if the algorithm's file moved, set algo in that file to its new place)"
+        ) from None
     if checkpoint is None:
         found = Run(run_dir, config, writer=False).checkpoints()
         if not found:
@@ -41,9 +46,14 @@ def load_run(run_dir: str | Path, checkpoint: str | Path | None = None) -> tuple
     return config, dict(check(load_checkpoint(checkpoint), str(checkpoint)))
 
 
-def policy_from_checkpoint(state: Mapping[str, Any], where: str = "checkpoint") -> Policy:
+def policy_from_checkpoint(state: Mapping[str, Any], where: str = "checkpoint", algo: str | None = None) -> Policy:
     """The acting policy of a checkpoint's ``state``: its algorithm's ``make_policy`` with the checkpoint's settings,
     spec and seats, its parameters loaded (no server needed).
+
+    Args:
+        where: what to call the checkpoint in messages.
+        algo: the algorithm to load (the run's config.toml's ``algo``, which its owner may have edited after moving
+            the file); default the reference the checkpoint recorded. Its name must be the checkpoint's.
 
     Raises:
         CheckpointError: ``state`` does not follow the schema.
@@ -52,9 +62,11 @@ def policy_from_checkpoint(state: Mapping[str, Any], where: str = "checkpoint") 
     check(state, where)
     recorded = state["algorithm"]
     try:
-        cls, _ = resolve(recorded["reference"])
+        cls, _ = resolve(algo or recorded["reference"])
     except AlgorithmError as exc:
         raise ConfigError(f"{where} was trained by {recorded['name']!r}, which cannot be loaded now: {exc}") from None
+    if cls.name != recorded["name"]:
+        raise ConfigError(f"{where} was trained by {recorded['name']!r}, not by {algo!r} ({cls.name})")
     settings = settings_from_table(cls, dict(recorded["settings"]))
     policy = cls().make_policy(WorldSpec.from_wire(state["spec"]), list(state["seats"]), settings)
     try:
@@ -69,8 +81,8 @@ def policy_from_checkpoint(state: Mapping[str, Any], where: str = "checkpoint") 
 
 def load_trained_policy(run_dir: str | Path, checkpoint: str | Path | None = None) -> Policy:
     """The trained multi-agent policy of a run (:func:`policy_from_checkpoint`), on the CPU, in eval mode."""
-    _, state = load_run(run_dir, checkpoint)
-    policy = policy_from_checkpoint(state, str(checkpoint or run_dir))
+    config, state = load_run(run_dir, checkpoint)
+    policy = policy_from_checkpoint(state, str(checkpoint or run_dir), config.algo)
     policy.eval()
     return policy
 

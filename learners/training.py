@@ -70,7 +70,7 @@ def open_worlds(
     """This rank's ``env.num_worlds`` worlds of the run's scenario, seeded for the rank, in the first of ``layouts``
     the world allows (``"stacked"`` needs every agent to share its spaces). With ``env.seats``, only those seats of
     each world (no global state: ``state`` is not asked for); :func:`start_opponents` fills the others. In
-    self-play every seat: :func:`train_in_worlds` shows the learner its side (learners.selfplay). The worlds are
+    self-play every seat: :func:`train` shows the learner its side (learners.selfplay). The worlds are
     created in ``parts`` parts of rows, which a pipelined rollout steps one at a time (``BatchedWorlds``' ``parts``).
     """
     env = config.env

@@ -23,6 +23,9 @@ PACKAGE = "agora_marl"
 LAYERS = {"scenarios": 0, "envserver": 1, "agents": 2, "learners": 3, "launch": 4}
 #: Modules that sit above everything: entry points.
 ENTRY_POINTS = {f"{PACKAGE}.__main__": LAYERS["launch"]}
+#: What a built-in algorithm (learners/algorithms/) may import of agora: the learner API and the public building
+#: blocks, as a plugin would (docs/learners.md, 'Writing a learner').
+BUILDING_BLOCKS = ("api", "networks", "policy", "rollout", "replay", "targets", "schedules", "mpi")
 
 
 def _modules() -> dict[str, Path]:
@@ -132,6 +135,23 @@ def test_private_names_stay_inside_their_module(graph):
         if name.startswith("_") and not name.startswith("__")
     ]
     assert not leaks, "\n".join(leaks)
+
+
+def test_built_in_algorithms_use_only_the_public_learner_api(graph):
+    """If a built-in needs a private name or the harness, the public API is missing something."""
+    algorithms = [m for m in graph if m.startswith(f"{PACKAGE}.learners.algorithms.")]
+    assert {f"{PACKAGE}.learners.algorithms.ppo", f"{PACKAGE}.learners.algorithms.idqn"} <= set(algorithms)
+    allowed = tuple(f"{PACKAGE}.learners.{block}" for block in BUILDING_BLOCKS)
+    against = [
+        f"{module}:{line} imports {target}" + (f" ({', '.join(names)})" if names else "")
+        for module in algorithms
+        for target, names, line in graph[module]
+        if not any(target == a or target.startswith(a + ".") for a in allowed)
+    ]
+    assert not against, (
+        "built-in algorithms import only agora_marl.learners.api and the building blocks "
+        f"{', '.join(BUILDING_BLOCKS)}:\n" + "\n".join(against)
+    )
 
 
 def test_bare_top_level_names_are_not_importable(tmp_path):

@@ -73,7 +73,10 @@ def run(args: argparse.Namespace) -> int:
 
     if args.episodes < 1:
         raise SystemExit("agora eval: --episodes must be at least 1")
-    run_ = trained_run(args.run_dir, args.checkpoint)
+    try:
+        run_ = trained_run(args.run_dir, args.checkpoint)
+    except (ValueError, FileNotFoundError) as exc:  # not a run, a checkpoint of another format, a moved algorithm
+        raise SystemExit(f"agora eval: {exc}") from None
     config = run_.config
     opponents = list(dict.fromkeys(args.opponents or ([config.env.opponent] if run_.partial else [])))
     if args.seats and not opponents:
@@ -110,7 +113,7 @@ def _whole_worlds(args: argparse.Namespace, run_, names: list[str]):
     mode = "sampled" if args.sample else "greedy"
     if not args.json:
         print(
-            f"{args.run_dir}: {config.algo} on {config.env.scenario}, {args.episodes} episodes per policy "
+            f"{args.run_dir}: {config.algorithm.name} on {config.env.scenario}, {args.episodes} episodes per policy "
             f"(trained: {mode}), worlds seeded {args.seed}",
             flush=True,
         )
@@ -167,7 +170,7 @@ def _matches(args: argparse.Namespace, run_, names: list[str], opponents: list[s
     widths += [max(15, len(c)) for c in columns]
     if not args.json:
         print(
-            f"{args.run_dir}: {config.algo} on {config.env.scenario}, {args.episodes} episodes per match "
+            f"{args.run_dir}: {config.algorithm.name} on {config.env.scenario}, {args.episodes} episodes per match "
             f"(trained: {mode}), worlds seeded {args.seed}; the run's side plays {', '.join(seats)}, "
             f"the opponent {', '.join(others)}" + ("" if args.opponents else " (env.opponent, as it trained)"),
             flush=True,
@@ -217,7 +220,8 @@ def _header(args: argparse.Namespace, run_, mode: str) -> dict[str, Any]:
     config = run_.config
     return {
         "run": str(args.run_dir),
-        "algo": config.algo,
+        "algo": config.algorithm.name,
+        "algo_reference": config.algo,
         "scenario": config.env.scenario,
         "episodes": args.episodes,
         "seed": args.seed,

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from agora_marl.learners.config import load_config
+    from agora_marl.learners.config import ConfigError, load_config
     from agora_marl.learners.run import CONFIG_FILE, METRICS_FILE, read_metrics
 
     run_dirs = [Path(d) for d in args.run_dirs]
@@ -43,9 +43,12 @@ def run(args: argparse.Namespace) -> int:
         rows = [r for r in all_rows if r.get(args.metric, "") != ""]
         if not rows:
             raise SystemExit(f"agora plot: {run_dir / METRICS_FILE} has no values of {args.metric!r}")
-        config = load_config(run_dir / CONFIG_FILE)
+        try:
+            config = load_config(run_dir / CONFIG_FILE)
+        except ConfigError as exc:  # e.g. the algorithm's file moved: its config says where it was
+            raise SystemExit(f"agora plot: {run_dir / CONFIG_FILE}: {exc}") from None
         late = [r for r in all_rows if r.get(LATE, "") != ""]
-        curves.append((run_label(run_dir, config.algo, run_dirs, config.env.seats), rows, late))
+        curves.append((run_label(run_dir, config.algorithm.name, run_dirs, config.env.seats), rows, late))
     with_late = any(late for _, _, late in curves)
     fig, axes = plt.subplots(
         2 if with_late else 1, 2, figsize=(11, 6.5 if with_late else 4), sharex="col", sharey="row", squeeze=False

@@ -191,7 +191,10 @@ def _match(
 
     from agora_marl.launch.matches import run_side, team_of, trained_run
 
-    run_ = trained_run(args.run_dir)
+    try:
+        run_ = trained_run(args.run_dir)
+    except (ValueError, FileNotFoundError) as exc:  # not a run, a checkpoint of another format, a moved algorithm
+        raise SystemExit(f"agora record: {exc}") from None
     agents = list(run_.spec.possible_agents)
     opponent = args.opponent or (run_.config.env.opponent if run_.partial else None)
     try:

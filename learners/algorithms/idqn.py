@@ -199,7 +199,7 @@ def _inputs(policy: QPolicy, team: str, agents: list[str], obs: dict[str, torch.
 
 
 class IDQN(api.Algorithm):
-    """Independent deep Q-learning (see the module docstring)."""
+    """Independent deep Q-learning: a Q-network per team, replay, target network, double-DQN, epsilon-greedy."""
 
     name = "idqn"
     Settings = Settings
@@ -208,6 +208,7 @@ class IDQN(api.Algorithm):
     partial_seats = True
     self_play = False
     on_policy = False
+    check_settings = {"steps_per_update": 32, "learning_starts": 32, "gradient_steps": 2, "target_every": 2}
 
     def make_policy(self, spec: api.WorldSpec, seats: list[str], settings: Settings) -> QPolicy:
         return QPolicy(spec, settings, seats)

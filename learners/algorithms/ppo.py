@@ -122,6 +122,7 @@ class IPPO(api.Algorithm):
     self_play = True
     on_policy = True
     layouts = ("stacked", "agents")
+    check_settings = {"rollout_steps": 10, "epochs": 2, "minibatches": 2}
     centralized: ClassVar[bool] = False
 
     def world_parts(self, settings: Settings) -> int:
@@ -150,8 +151,10 @@ class IPPO(api.Algorithm):
 
 
 class MAPPO(IPPO):
-    """PPO with a centralized critic on the world's global state; a learner granted none (it holds some seats of
-    its worlds) falls back to the team's joint observation."""
+    """PPO with a centralized critic on the world's global state (or, where none is granted, the team's joint obs).
+
+    A learner granted no state (it holds some seats of its worlds beside other clients) gives its critic the joint
+    observation of its own seats instead."""
 
     name = "mappo"
     state = "optional"
