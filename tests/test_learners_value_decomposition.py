@@ -1,5 +1,6 @@
 """VDN and QMIX (learners/algorithms/value_decomposition.py): the monotonic mixer, the team TD target at episode
-ends, and training through real servers: beating IDQN on homing_v0, exact resume, partial seats."""
+ends, the mixer's fallback without a state, beating IDQN on homing_v0 through a real server, and two MPI ranks in
+sync. Exact resume, partial seats, self-play, eval and play: ``agora learners check`` (tests/test_learners_check.py)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ from agora_marl.learners.algorithms import value_decomposition as vd
 from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import QMixer
 from agora_marl.learners.replay import JointBatch
-from agora_marl.learners.run import Run, TrainingStopped, read_metrics
+from agora_marl.learners.run import Run
 from agora_marl.learners.trained import evaluate, load_trained_policy
 from agora_marl.learners.training import train
 
@@ -112,11 +114,10 @@ def server() -> list[str]:
         yield servers.addresses
 
 
-def _train(tmp: Path, name: str, server: list[str], overrides: list[str]) -> tuple[Run, dict[str, float]]:
+def _train(tmp: Path, name: str, server: list[str], overrides: list[str]) -> None:
     run = Run.create(load_config(None, overrides), tmp / name)
-    metrics = train(run.config, run, server)
+    train(run.config, run, server)
     run.close()
-    return run, metrics
 
 
 #: Settings every learner of the comparison shares, so that only the decomposition differs: IDQN samples 4 seats'
@@ -142,64 +143,21 @@ def test_vdn_and_qmix_beat_idqn_where_the_team_is_paid_one_pooled_reward(tmp_pat
     assert greedy["vdn"] > -55 and greedy["qmix"] > -55, greedy  # most of the way from random play (-96) to -28
 
 
-def test_qmix_resumes_exactly(tmp_path: Path, server: list[str]) -> None:
-    """4 updates straight equal 2 updates, a stop and 2 more: utilities, mixers, targets, optimizer, replay and
-    metrics, bit for bit (the replay travels in the checkpoint; the harness reseeds at the boundary)."""
-    common = ["algo=qmix", *HOMING, "env.num_worlds=8", "run.checkpoint_every=2", "qmix.steps_per_update=128"]
-    common += ["qmix.learning_starts=128", "qmix.target_every=8", "qmix.gradient_steps=4", "qmix.batch_size=32"]
-    straight, _ = _train(tmp_path, "straight", server, [*common, "run.total_steps=512"])
-    _stopped_after_two_updates(tmp_path / "resumed", [*common, "run.total_steps=512"], server)
-    resumed = Run.open(tmp_path / "resumed")
-    train(resumed.config, resumed, server)
-    resumed.close()
-    a, b = (torch.load(r.checkpoints()[-1], weights_only=True) for r in (straight, resumed))
-    assert a["update"] == b["update"] == 4 and a["state"]["counters"] == b["state"]["counters"]
-    assert a["per_rank"][0]["replay"]["size"] == 512
-    for part in ("policy", "mixers", "target", "target_mixers", "optimizer", "replay"):
-        left = a["policy"] if part == "policy" else a["per_rank"][0][part] if part == "replay" else a["state"][part]
-        right = b["policy"] if part == "policy" else b["per_rank"][0][part] if part == "replay" else b["state"][part]
-        _assert_equal(left, right, part)
-    rows = [read_metrics(r.directory / "metrics.csv") for r in (straight, resumed)]
-    timing = ("time_s", "steps_per_s")
-    assert [{k: v for k, v in r.items() if k not in timing} for r in rows[0]] == [
-        {k: v for k, v in r.items() if k not in timing} for r in rows[1]
-    ]
-    assert rows[0][-1]["return"] and rows[0][-1]["loss"]  # episodes ended and the networks learned
-
-
-def _stopped_after_two_updates(directory: Path, overrides: list[str], server: list[str]) -> None:
-    """A run stopped (as by a SIGTERM) after its second update, checkpointed there; its schedules unchanged."""
-    run = Run.create(load_config(None, overrides), directory)
-    polls = iter([0, 1])
-    run.stop_on(lambda: next(polls))
-    with pytest.raises(TrainingStopped):
-        train(run.config, run, server)
-    run.close()
-
-
-def _assert_equal(left, right, where: str) -> None:
-    if isinstance(left, dict):
-        assert left.keys() == right.keys(), where
-        for key in left:
-            _assert_equal(left[key], right[key], f"{where}.{key}")
-    elif isinstance(left, torch.Tensor):
-        assert torch.equal(left, right), f"{where} differs after resume"
-    else:
-        assert left == right, f"{where} differs after resume"
-
-
-def test_qmix_in_partial_seats_mixes_on_the_joint_observation(tmp_path: Path, server: list[str], capfd) -> None:
-    """Two of homing's four seats against a random opponent process: no global state is granted, so the mixer
-    conditions on the two seats' joint observation (and says so); the run's policy acts for its seats alone."""
-    overrides = ["algo=qmix", *HOMING, "env.num_worlds=8", 'env.seats=["agent_0", "agent_1"]', "run.total_steps=512"]
-    overrides += ["qmix.steps_per_update=64", "qmix.learning_starts=128", "qmix.gradient_steps=2"]
-    _, metrics = _train(tmp_path, "partial", server, overrides)
-    assert "no global state; the mixers read their joint observation" in capfd.readouterr().out
-    state = torch.load(Run.open(tmp_path / "partial").checkpoints()[-1], weights_only=True)
-    assert state["seats"] == ["agent_0", "agent_1"] and metrics["gradient_steps"] > 0
-    assert state["state"]["mixers"]["agent.hyper_b1.weight"].shape == (32, 2 * 4)  # two seats' 4 features
-    policy = load_trained_policy(tmp_path / "partial")
-    assert set(policy.act({"agent_1": np.zeros((3, 4), np.float32)})) == {"agent_1"}
+def test_without_a_granted_state_the_qmix_mixer_reads_the_joint_observation() -> None:
+    """A partial holder (``env.seats`` beside an opponent) gets no global state: the mixers are sized for, and read,
+    the learner's seats' observations side by side (the check's partial-seats run trains such a QMIX)."""
+    box = spaces.Box(-1, 1, (2,), np.float32)
+    worlds = SimpleNamespace(possible_agents=AGENTS, observation_spaces=dict.fromkeys(AGENTS, box), state_space=None)
+    assert vd._context_dim(worlds) == 4
+    batch = _batch([[True, True]], [[False, False]], [[False, False]], [[0.0, 0.0]])
+    assert vd._context(batch, following=False).tolist() == [[1.0, 2.0, 1.0, 2.0]]
+    assert vd._context(batch, following=True).tolist() == [[3.0, 5.0, 3.0, 5.0]]
+    settings = vd.QMIXSettings(gamma=0.5)
+    mixers = vd.QMIX().make_mixers(TEAM, vd._context_dim(worlds), settings)
+    identity = _Identity()
+    loss, _ = vd._td_loss(identity, mixers, identity, mixers, TEAM, batch, settings)
+    loss.backward()
+    assert mixers["agent"].hyper_b1.weight.grad.abs().sum() > 0
 
 
 @pytest.mark.mpi

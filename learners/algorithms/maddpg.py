@@ -85,6 +85,8 @@ class Settings:
     """Hidden layer widths of the critics."""
     activation: str = "relu"
     """``relu`` or ``tanh``."""
+    input_norm: bool = False
+    """LayerNorm over the actors' and critics' inputs."""
     share: str = "team"
     """``team``: agents with the same spaces and name prefix share an actor; ``none``: one per agent."""
     agent_id: bool = True
@@ -99,8 +101,8 @@ class ActorPolicy(nn.Module):
     Args:
         spec: the world's spec.
         seats: the agents it acts for.
-        settings: the settings that shape the actors (``hidden``, ``activation``, ``share``, ``agent_id``,
-            ``noise_end``).
+        settings: the settings that shape the actors (``hidden``, ``activation``, ``input_norm``, ``share``,
+            ``agent_id``, ``noise_end``).
     """
 
     def __init__(self, spec: api.WorldSpec, seats: list[str], settings: Settings):
@@ -115,7 +117,7 @@ class ActorPolicy(nn.Module):
         for name, agents in self.groups:
             id_dim = len(agents) if settings.agent_id and len(agents) > 1 else 0
             in_dim = flat_dim(self.observation_spaces[agents[0]]) + id_dim
-            self.trunks[name] = mlp(in_dim, settings.hidden, settings.activation)
+            self.trunks[name] = mlp(in_dim, settings.hidden, settings.activation, settings.input_norm)
             self.heads[name] = make_differentiable_head(settings.hidden[-1], self.action_spaces[agents[0]])
             self.ids.update({a: (name, i, id_dim) for i, a in enumerate(agents)})
 
@@ -164,6 +166,7 @@ class MADDPG(api.Algorithm):
     partial_seats = True
     self_play = True
     on_policy = False
+    check_settings = {"steps_per_update": 32, "learning_starts": 32, "gradient_steps": 2, "batch_size": 32}
 
     def make_policy(self, spec: api.WorldSpec, seats: list[str], settings: Settings) -> ActorPolicy:
         return ActorPolicy(spec, seats, settings)
@@ -188,7 +191,10 @@ def _train(algorithm: MADDPG, session: api.Session) -> None:
     )
     action_dims = [policy.head(a).action_dim for a in seats]
     critics = nn.ModuleDict(
-        {name: CentralQCritic(context_dim, action_dims, s.critic_hidden, s.activation) for name, _ in teams}
+        {
+            name: CentralQCritic(context_dim, action_dims, s.critic_hidden, s.activation, s.input_norm)
+            for name, _ in teams
+        }
     ).to(device)
     target_policy, target_critics = make_target(policy), make_target(critics)
     actor_optimizer = torch.optim.Adam(policy.parameters(), lr=s.actor_lr, foreach=True)

@@ -183,6 +183,7 @@ class VDN(api.Algorithm):
     partial_seats = True
     self_play = True
     on_policy = False
+    check_settings = {"steps_per_update": 32, "learning_starts": 32, "gradient_steps": 2, "target_every": 2}
 
     def make_policy(self, spec: api.WorldSpec, seats: list[str], settings: Settings) -> AgentQPolicy:
         return AgentQPolicy(spec, seats, settings)
