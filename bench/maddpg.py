@@ -5,7 +5,8 @@
 Each learner is a real ``agora train`` (its own env server, the default threads) with its ready config
 (launch/configs/maddpg_simple_spread_continuous.toml, launch/configs/mappo_simple_spread_continuous.toml), stopped
 with SIGTERM after ``--minutes`` (it checkpoints and exits, as under a scheduler's time limit), then evaluated greedily
-with ``agora eval --baselines`` (random, noop and scripted in the same seeded worlds). It prints each learner's
+with ``agora eval --baselines`` (random, noop and scripted in the same seeded worlds); a learner that reaches its
+config's ``run.total_steps`` first ends there. It prints each learner's
 training return (mean of the updates around the mark) at fractions of the wall time, its steps, and the greedy
 return; ``--plot`` draws return against wall time and against steps. Figures, not assertions: the CI test
 (tests/test_learners_maddpg.py) asserts what must hold.
@@ -36,7 +37,7 @@ CONFIGS = {
 
 def _train(config: Path, directory: Path, seconds: float, seed: int) -> None:
     command = [sys.executable, "-m", "agora_marl", "train", "--config", str(config), f"run.dir={directory}"]
-    command += [f"run.seed={seed}", "run.progress=false", "run.total_steps=100000000"]
+    command += [f"run.seed={seed}", "run.progress=false"]  # its own run.total_steps: schedules as configured
     process = subprocess.Popen(command, cwd=ROOT, env={**os.environ, "AGORA_MPI": "off"})
     try:
         process.wait(timeout=seconds)

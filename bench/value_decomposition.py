@@ -64,8 +64,7 @@ def main() -> None:
 
     curves: dict[str, list] = {algo: [] for algo in ALGORITHMS}
     with ServerProcesses(count=1) as servers, tempfile.TemporaryDirectory() as tmp:
-        env_config = dict(load_config(None, [f"env.config.{c}" for c in args.config]).env.config)
-        print(f"{args.scenario} {env_config}: {args.steps} steps per run, {args.worlds} worlds, seeds {args.seeds}")
+        print(f"{args.scenario} {args.config}: {args.steps} steps per run, {args.worlds} worlds, seeds {args.seeds}")
         print(f"{'algo':<6} {'seed':>4}  {'training return at 1/4, 1/2, 3/4, 1 of the steps':<44} greedy   time")
         for seed in args.seeds:
             for algo in ALGORITHMS:
@@ -73,12 +72,13 @@ def main() -> None:
                 seconds = _train(algo, args.scenario, args.config, args.steps, seed, args.worlds, directory, servers)
                 steps, returns = _curve(directory)
                 curves[algo].append((steps, returns))
+                env_config = trained_run(directory).config.env.config
                 marks = [returns[np.searchsorted(steps, q * args.steps * 0.999)] for q in (0.25, 0.5, 0.75, 1.0)]
                 greedy = evaluate(
                     load_trained_policy(directory), servers.addresses, args.scenario, env_config, args.episodes
                 )
-                quarters = "  ".join(f"{m:7.1f}" for m in marks)
-                print(f"{algo:<6} {seed:>4}  {quarters:<44} {greedy.mean():7.1f}  {seconds:5.0f} s", flush=True)
+                quarters = "  ".join(f"{m:7.2f}" for m in marks)
+                print(f"{algo:<6} {seed:>4}  {quarters:<44} {greedy.mean():7.2f}  {seconds:5.0f} s", flush=True)
         spec = trained_run(Path(tmp) / f"vdn-{args.seeds[0]}").spec
         for name in ("random", "noop", "scripted"):
             try:
@@ -86,7 +86,7 @@ def main() -> None:
             except ValueError:
                 continue
             returns = evaluate(policy, servers.addresses, args.scenario, env_config, args.episodes)
-            print(f"{name:<11} {'':<44} {returns.mean():7.1f}")
+            print(f"{name:<11} {'':<44} {returns.mean():7.2f}")
     if args.plot:
         _plot(curves, args)
 
@@ -98,11 +98,12 @@ def _plot(curves: dict[str, list], args: argparse.Namespace) -> None:
     from matplotlib import pyplot as plt
 
     figure, axis = plt.subplots(figsize=(6.4, 3.8))
-    grid = np.linspace(0, args.steps, 60)
+    first = max(steps[0] for runs in curves.values() for steps, _ in runs)  # every run has a return from here on
+    grid = np.linspace(first, args.steps, 60)
     for algo, runs in curves.items():
-        ys = np.array([np.interp(grid, steps, returns, left=np.nan) for steps, returns in runs])
-        axis.plot(grid, np.nanmean(ys, axis=0), label=f"{algo} (mean of {len(runs)} seeds)")
-        axis.fill_between(grid, np.nanmin(ys, axis=0), np.nanmax(ys, axis=0), alpha=0.15)
+        ys = np.array([np.interp(grid, steps, returns) for steps, returns in runs])
+        axis.plot(grid, ys.mean(axis=0), label=f"{algo} (mean of {len(runs)} seeds)")
+        axis.fill_between(grid, ys.min(axis=0), ys.max(axis=0), alpha=0.15)
     axis.set_xlabel("world-steps")
     axis.set_ylabel("team return (last 100 episodes)")
     axis.set_title(f"{args.scenario}: value decomposition vs independent Q-learning")
