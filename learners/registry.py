@@ -50,7 +50,11 @@ def resolve(algo: str) -> tuple[type[Algorithm], str]:
     """
     if not isinstance(algo, str) or not algo.strip():
         raise AlgorithmError(f"algo must be a name or MODULE:ATTR, not {algo!r}")
-    return _resolve(_absolute(algo.strip()))
+    reference = _absolute(algo.strip())
+    module = reference.rpartition(":")[0]
+    if _is_path(module) and not os.path.isfile(module):  # checked before the cache: the file may have moved since
+        raise AlgorithmError(f"algo {algo!r}: no file {module!r}")
+    return _resolve(reference)
 
 
 def builtin_tables() -> set[str]:

@@ -216,3 +216,17 @@ def test_names_that_load_nothing_say_what_to_fix(plugin_dir: Path, monkeypatch, 
     monkeypatch.chdir(plugin_dir)
     with pytest.raises(AlgorithmError, match=re.escape(message)):
         resolve(algo)
+
+
+def test_an_installed_entry_point_names_an_algorithm(plugin_dir: Path, monkeypatch) -> None:
+    """A package that declares ``[project.entry-points."agora.learners"]`` makes ``algo=NAME`` work wherever it is
+    installed: here a distribution's metadata on sys.path, as pip would leave it."""
+    dist = plugin_dir / "lab_algos-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: lab-algos\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[agora.learners]\nreinforce = my_algo:Reinforce\n")
+    monkeypatch.syspath_prepend(str(plugin_dir))
+    monkeypatch.delitem(sys.modules, "my_algo", raising=False)
+    config = load_config(None, ["algo=reinforce", "reinforce.gamma=0.5"])
+    assert config.algo == "reinforce" and config.algorithm.name == "reinforce" and config.algo_settings.gamma == 0.5
+    assert resolve("reinforce")[1] == "reinforce"  # recorded by its name: installed, it loads anywhere

@@ -11,6 +11,7 @@ examples:
   agora train                                   # MAPPO on mpe2 simple_spread (N=3), own env server, one rank
   agora train algo=ippo run.total_steps=500000  # key=value overrides (see docs/learners.md for every key)
   agora train --config launch/configs/mappo_simple_tag.toml
+  agora train algo=./my_algo.py:MyAlgo          # your own algorithm class (agora learners new NAME writes one)
   agora train --connect tcp://10.0.0.5:5555,tcp://10.0.0.5:5556   # use running servers
   agora train --resume runs/mappo-simple_spread_v3-20261121-101500 run.total_steps=5000000
   mpirun -n 4 agora train env.num_worlds=32     # data parallel: each rank steps its own worlds on its node's servers
