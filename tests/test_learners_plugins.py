@@ -18,7 +18,7 @@ import pytest
 
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners.config import ConfigError, load_config, to_toml
-from agora_marl.learners.registry import AlgorithmError, resolve
+from agora_marl.learners.registry import BUILTIN, AlgorithmError, resolve
 from agora_marl.learners.run import load_checkpoint, read_metrics
 from agora_marl.learners.trained import load_trained_policy
 
@@ -201,7 +201,7 @@ def test_a_plugin_table_is_checked_as_the_built_ins_are(plugin_dir: Path, monkey
 @pytest.mark.parametrize(
     ("algo", "message"),
     [
-        ("sac", "unknown algo 'sac'; choose one of idqn, ippo, mappo"),
+        ("sac", f"unknown algo 'sac'; choose one of {', '.join(sorted(BUILTIN))}"),
         ("./missing.py:X", "no file"),
         ("my_algo.py:Nope", "has no 'Nope' (its algorithms: Reinforce)"),
         ("my_algo.py:SharedPolicy", "not a subclass of agora_marl.learners.api.Algorithm"),
