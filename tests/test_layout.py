@@ -204,15 +204,8 @@ def test_a_built_wheel_installs_the_one_namespace(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names}
     assert tops == {PACKAGE, f"agora_marl-{_version()}.dist-info"}, tops
-    for expected in (
-        "agora_marl/envserver/server.py",
-        "agora_marl/envserver/protocol/vocabulary.py",
-        "agora_marl/learners/mpi/__init__.py",
-        "agora_marl/scenarios/builtin/foraging.py",
-        "agora_marl/scenarios/templates/scenario.py.tmpl",
-        "agora_marl/launch/configs/ippo_simple_spread.toml",
-    ):
-        assert expected in names, f"{expected} is missing from the wheel"
+    missing = sorted(set(_source_files()) - set(names))
+    assert not missing, f"missing from the wheel (pyproject.toml's packages or package-data): {missing}"
     target = tmp_path / "site"
     with zipfile.ZipFile(wheel) as archive:
         archive.extractall(target)
@@ -224,6 +217,23 @@ def test_a_built_wheel_installs_the_one_namespace(tmp_path):
     )
     done = subprocess.run([sys.executable, "-I", "-c", code], cwd=tmp_path, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stdout + done.stderr
+
+
+def _source_files() -> list[str]:
+    """The wheel paths of every module of every package folder and of every package-data file pyproject.toml names."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    data = setuptools["package-data"]
+    files = []
+    for package, folder in setuptools["package-dir"].items():
+        for path in (ROOT / folder).rglob("*"):
+            inside = path.relative_to(ROOT / folder)
+            if not path.is_file() or "__pycache__" in inside.parts:
+                continue
+            if path.suffix == ".py" or any(path.match(str(ROOT / folder / glob)) for glob in data.get(package, [])):
+                files.append("/".join([*package.split("."), *inside.parts]))
+    return files
 
 
 def _version() -> str:
