@@ -447,9 +447,11 @@ class BatchedWorlds:
     def step_wait(self, pending: PendingStep) -> BatchResult:
         """The result of a step sent with :meth:`step_async`: its rows only, in world order."""
         replies = [client.reply(request_id) for client, request_id in pending.requests]
-        return self._act_result(replies) if self.partial else self._result(replies)
+        return self._result(replies)
 
     def _result(self, replies: list[dict]) -> BatchResult:
+        """The one decoder of ``batch`` replies (``step_batch``, ``reset_batch``, ``act_batch``): the chunks' rows
+        concatenated in world order, observations decoded and laid out, and, for an ``act_batch``, who was late."""
         fields: dict[str, Any] = {}
         for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over", "state"):
             if name in replies[0]:
@@ -457,12 +459,19 @@ class BatchedWorlds:
         for name, like in (("final_obs", "obs"), ("final_state", "state")):
             if any(name in r for r in replies):
                 fields[name] = _concat([r[name] if name in r else _zeros_like(r[like]) for r in replies])
-        if self.layout == LAYOUT_AGENTS:
+        if self.layout == LAYOUT_AGENTS or self.partial:  # per-agent maps on the wire (act_batch's always are)
             for name in ("obs", "final_obs"):
                 if name in fields:
-                    fields[name] = {
-                        a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents
-                    }
+                    fields[name] = self._laid_out(
+                        {a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents}
+                    )
+        if "late" in replies[0]:
+            late = _concat([r["late"] for r in replies])
+            columns = list(replies[0]["agents"])
+            mine = [columns.index(a) for a in self.possible_agents]
+            others = [columns.index(a) for a in self.other_agents]
+            fields["own_late"] = float(late[:, mine].mean())
+            fields["opponent_late"] = float(late[:, others].mean()) if others else 0.0
         return BatchResult(**fields)
 
     def _observe(self) -> BatchResult:
@@ -479,28 +488,6 @@ class BatchedWorlds:
                     alive[k, i] = True
                     _set_row(obs[agent], k, values[agent])
         return BatchResult(obs=self._laid_out(obs), alive=alive)
-
-    def _act_result(self, replies: list[dict]) -> BatchResult:
-        fields: dict[str, Any] = {
-            name: _concat([r[name] for r in replies])
-            for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over")
-        }
-        if any("final_obs" in r for r in replies):
-            fields["final_obs"] = _concat(
-                [r["final_obs"] if "final_obs" in r else _zeros_like(r["obs"]) for r in replies]
-            )
-        for name in ("obs", "final_obs"):
-            if name in fields:
-                fields[name] = self._laid_out(
-                    {a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents}
-                )
-        late = _concat([r["late"] for r in replies])
-        columns = list(replies[0]["agents"])
-        mine = [columns.index(a) for a in self.possible_agents]
-        others = [columns.index(a) for a in self.other_agents]
-        fields["own_late"] = float(late[:, mine].mean())
-        fields["opponent_late"] = float(late[:, others].mean()) if others else 0.0
-        return BatchResult(**fields)
 
     def _laid_out(self, obs: dict[str, Any]) -> dict[str, Any] | np.ndarray:
         if self.layout == LAYOUT_AGENTS:

@@ -48,6 +48,65 @@ def _as_action(space: spaces.Space, row: Any) -> Any:
     return row
 
 
+def batch_reply(
+    worlds: Any,
+    obs: Any,
+    alive: np.ndarray,
+    *,
+    rewards: np.ndarray | None = None,
+    terminated: np.ndarray | None = None,
+    truncated: np.ndarray | None = None,
+    episode_over: np.ndarray | None = None,
+    final_obs: Any = None,
+    state: np.ndarray | None = None,
+    final_state: np.ndarray | None = None,
+    seats: list[str] | None = None,
+    agents: list[str] | None = None,
+    active: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
+    late: np.ndarray | None = None,
+    tick: np.ndarray | None = None,
+    episode: np.ndarray | None = None,
+) -> dict:
+    """The one ``batch`` reply (docs/protocol.md, 'step_batch'), of ``step_batch``, ``reset_batch`` and ``act_batch``
+    alike: the fields given, the absent ones (None) left out.
+
+    A reset gives ``obs`` and ``alive`` (and ``state``); a step adds ``rewards``, ``terminated``, ``truncated`` and
+    ``episode_over`` (all four); ``act_batch`` adds the columns' ``seats``, every agent (``agents``) and what the
+    sender's batch learns of each world (``active``, ``filled``, ``late``, ``tick``, ``episode``). Columns follow
+    ``seats`` when given, else the worlds' agents.
+
+    Raises:
+        ValueError: a step's fields given in part, or a ``final_state`` without ``state`` (a server bug).
+    """
+    stepped = (rewards, terminated, truncated, episode_over)
+    if any(f is None for f in stepped) and any(f is not None for f in stepped):
+        raise ValueError("a batch step reply needs rewards, terminated, truncated and episode_over together")
+    if final_state is not None and state is None:
+        raise ValueError("a batch reply's final_state comes only with its state")
+    reply = {"op": "batch", "worlds": worlds}
+    if seats is not None:
+        reply["seats"], reply["agents"] = seats, agents
+    reply["obs"] = obs
+    if rewards is not None:
+        reply["rewards"], reply["terminated"], reply["truncated"] = rewards, terminated, truncated
+    if active is not None:
+        reply["active"] = active
+    reply["alive"] = alive
+    if episode_over is not None:
+        reply["episode_over"] = episode_over
+    if final_obs is not None:
+        reply["final_obs"] = final_obs
+    for name, value in (("filled", filled), ("late", late), ("tick", tick), ("episode", episode)):
+        if value is not None:
+            reply[name] = value
+    if state is not None:
+        reply["state"] = state
+        if final_state is not None:
+            reply["final_state"] = final_state
+    return reply
+
+
 def shared_spaces(world: World) -> tuple[spaces.Space, spaces.Space]:
     """The one observation and action space of a world whose agents all share them (stacked layout)."""
     first = world.agents[0]
@@ -137,10 +196,7 @@ class BatchStepper:
             if state is not None:
                 state[k] = world.state()
         self.current = None
-        reply = {"op": "batch", "worlds": [w.world_id for w in self.worlds], "obs": obs, "alive": alive}
-        if state is not None:
-            reply["state"] = state
-        return reply
+        return batch_reply([w.world_id for w in self.worlds], obs, alive, state=state)
 
     def _rows(self, actions: dict[str, Any]) -> dict[str, list]:
         """Per agent, the K actions as the objects the scenario gets: plain ints for Discrete, rows otherwise."""
@@ -191,20 +247,15 @@ class BatchStepper:
             if state is not None:
                 state[k] = world.state()
         self.current = None
-        reply = {
-            "op": "batch",
-            "worlds": [w.world_id for w in self.worlds],
-            "obs": obs,
-            "rewards": np.array(rewards, np.float32).reshape(n_worlds, n_agents),
-            "terminated": np.array(terminated, bool).reshape(n_worlds, n_agents),
-            "truncated": np.array(truncated, bool).reshape(n_worlds, n_agents),
-            "alive": alive,
-            "episode_over": over,
-        }
-        if final_obs is not None:
-            reply["final_obs"] = final_obs
-        if state is not None:
-            reply["state"] = state
-            if final_state is not None:
-                reply["final_state"] = final_state
-        return reply
+        return batch_reply(
+            [w.world_id for w in self.worlds],
+            obs,
+            alive,
+            rewards=np.array(rewards, np.float32).reshape(n_worlds, n_agents),
+            terminated=np.array(terminated, bool).reshape(n_worlds, n_agents),
+            truncated=np.array(truncated, bool).reshape(n_worlds, n_agents),
+            episode_over=over,
+            final_obs=final_obs,
+            state=state,
+            final_state=final_state,
+        )

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from agora_marl.envserver.batch import batch_reply
 from agora_marl.envserver.fields import field, strings
 from agora_marl.envserver.joining import may_read_state
 from agora_marl.envserver.protocol import check_value, from_wire, zeros_like_space
@@ -117,30 +118,26 @@ class BatchWaiter:
         return self.left == 0 and not self.failed
 
     def reply(self) -> dict:
-        reply = {
-            "op": "batch",
-            "id": self.request_id,
-            "worlds": self.world_ids,
-            "seats": self.seats,
-            "agents": self.agents,
-            "obs": self.obs,
-            "rewards": self.rewards,
-            "terminated": self.terminated,
-            "truncated": self.truncated,
-            "active": self.active,
-            "alive": self.alive,
-            "episode_over": self.episode_over,
-            "filled": self.filled,
-            "late": self.late,
-            "tick": self.ticks,
-            "episode": self.episodes,
-        }
-        if self.final_obs is not None:
-            reply["final_obs"] = self.final_obs
-        if self.state is not None:
-            reply["state"] = self.state
-            if self.final_state is not None:
-                reply["final_state"] = self.final_state
+        reply = batch_reply(
+            self.world_ids,
+            self.obs,
+            self.alive,
+            rewards=self.rewards,
+            terminated=self.terminated,
+            truncated=self.truncated,
+            episode_over=self.episode_over,
+            final_obs=self.final_obs,
+            state=self.state,
+            final_state=self.final_state,
+            seats=self.seats,
+            agents=self.agents,
+            active=self.active,
+            filled=self.filled,
+            late=self.late,
+            tick=self.ticks,
+            episode=self.episodes,
+        )
+        reply["id"] = self.request_id
         return reply
 
 

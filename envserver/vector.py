@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from agora_marl.envserver.batch import BatchStepper
+from agora_marl.envserver.batch import BatchStepper, batch_reply
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, LAYOUT_STACKED
 from agora_marl.envserver.protocol.wire import Packed, Stacked
@@ -173,10 +173,8 @@ class VectorStepper(BatchStepper):
         group.last_obs = group.vector.reset(seed=seed)
         group.ticks[:] = 0
         group.episodes += 1
-        reply = {"op": "batch", "worlds": self.world_ids, "obs": self._layout(group.last_obs), "alive": self.alive}
-        if self.with_state:
-            reply["state"] = self._state(group.last_obs)
-        return reply
+        state = self._state(group.last_obs) if self.with_state else None
+        return batch_reply(self.world_ids, self._layout(group.last_obs), self.alive, state=state)
 
     def _state(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The state the worlds' spec advertises: the scenario's ``state()``, else the copies' observations
@@ -195,24 +193,24 @@ class VectorStepper(BatchStepper):
         done = np.flatnonzero(over)
         group.ticks += 1
         group.record(rewards, done)
-        reply = {
-            "op": "batch",
-            "worlds": self.world_ids,
-            "rewards": np.asarray(rewards, np.float32),
-            "terminated": np.asarray(terminated, bool),
-            "truncated": np.asarray(truncated, bool),
-            "alive": self.alive,
-            "episode_over": over,
-        }
+        final_obs = final_state = None
         if done.size:
-            reply["final_obs"] = self._layout(obs, whole=True)  # the resets below may write obs's arrays in place
+            final_obs = self._layout(obs, whole=True)  # the resets below may write obs's arrays in place
             if self.with_state:
-                reply["final_state"] = self._state(obs)
+                final_state = self._state(obs)
             obs = group.vector.reset(copies=done)
             group.ticks[done] = 0
             group.episodes[done] += 1
         group.last_obs = obs
-        reply["obs"] = self._layout(obs)
-        if self.with_state:
-            reply["state"] = self._state(obs)
-        return reply
+        return batch_reply(
+            self.world_ids,
+            self._layout(obs),
+            self.alive,
+            rewards=np.asarray(rewards, np.float32),
+            terminated=np.asarray(terminated, bool),
+            truncated=np.asarray(truncated, bool),
+            episode_over=over,
+            final_obs=final_obs,
+            state=self._state(obs) if self.with_state else None,
+            final_state=final_state,
+        )
