@@ -190,7 +190,6 @@ class BatchStepper:
         for k, world in enumerate(self.worlds):
             self.current = world
             world.reset(seed=None if seed is None else seed + k)
-            world.episode += 1
             self._write_obs(obs, k, world.obs)
             alive[k] = [a in world.obs for a in self.agents]
             if state is not None:
@@ -222,14 +221,10 @@ class BatchStepper:
             env = world.env
             self.current = world
             result_obs, rew, term, trunc, _ = env.step({a: rows[a][k] for a in env.agents})
-            world.tick += 1
-            world.steps += 1
-            world.last_rewards = rew
-            world.episode_return += sum(rew.values())
+            world.record_step(result_obs, rew)
             rewards.append([rew.get(a, 0.0) for a in agents])
             terminated.append([term.get(a, False) for a in agents])
             truncated.append([trunc.get(a, False) for a in agents])
-            world.obs = result_obs
             if not env.agents:
                 over[k] = True
                 if final_obs is None:
@@ -238,9 +233,7 @@ class BatchStepper:
                 self._write_obs(final_obs, k, result_obs)
                 if final_state is not None:
                     final_state[k] = world.state()
-                world.end_episode()
                 world.reset()
-                world.episode += 1
             elif len(env.agents) < n_agents:
                 alive[k] = [a in env.agents for a in agents]
             self._write_obs(obs, k, world.obs)

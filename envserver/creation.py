@@ -307,12 +307,8 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: _Built) 
         "render": built.renders,
     }
     if c.join:
-        reply["tokens"] = [_take_all(world, session) for world in built.worlds]
+        reply["tokens"] = [
+            {a: server.seat_table.take(world, a, session.identity) for a in world.agents} for world in built.worlds
+        ]
         reply["obs"] = {str(i): obs for i, obs in zip(ids, built.first_obs, strict=True)}
     return reply
-
-
-def _take_all(world: World, session: Session) -> dict[str, str]:
-    tokens = {a: world.take_seat(a, session.identity) for a in world.agents}
-    session.seats.update((world.world_id, a) for a in world.agents)
-    return tokens

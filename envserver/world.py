@@ -166,11 +166,31 @@ class World:
 
     # ---- episodes -------------------------------------------------------------------------------------------
 
+    # A world's episode state (obs, infos, tick, episode, steps, returns) is written by the two methods below
+    # alone, whoever steps the world: its own step rule (:meth:`step`) or a batch (batch.py).
+
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        """Start the next episode (an explicit ``reset``, an auto-reset, a ``reset_batch``): ``episode`` advances,
+        ``tick`` starts again at 0, waiting actions are dropped."""
         self.obs, self.infos = self.env.reset(seed=seed, options=options)
         self.tick = 0
+        self.episode += 1
         self.pending.clear()
         self.deadline_at = None
+
+    def record_step(self, obs: dict, rewards: dict, infos: dict | None = None) -> None:
+        """Account one step of the scenario: its observations (and infos), counters and returns; an episode that
+        ended keeps its return for ``list``."""
+        self.tick += 1
+        self.steps += 1
+        self.last_rewards = rewards
+        self.episode_return += float(sum(rewards.values()))
+        self.obs = obs
+        if infos is not None:
+            self.infos = infos
+        if self.episode_over:
+            self.recent_returns.append(self.episode_return)
+            self.episode_return = 0.0
 
     @property
     def live_agents(self) -> list[str]:
@@ -283,21 +303,14 @@ class World:
         self.deadline_at = None
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), filled)
-        self.tick += 1
-        self.steps += 1
-        self.last_rewards = rewards
-        self.episode_return += float(sum(rewards.values()))
+        self.record_step(obs, rewards, infos)
         if filled:
             self.late_fills += sum(1 for why in filled.values() if why == LATE)
-        self.obs, self.infos = obs, infos
-        if self.episode_over:
-            self.end_episode()
         if self.episode_over and self.options.auto_reset:
             outcome.final_obs = obs
             if any(w.batch is not None and w.batch[0].state is not None for w in self.waiters):
                 outcome.final_state = self.state()
             self.reset()
-            self.episode += 1
         return outcome
 
     def replies(self, outcome: StepOutcome) -> list[tuple[bytes, dict]]:
@@ -365,11 +378,6 @@ class World:
                 batch.failed = True
             replies.append((waiter.identity, error.to_header(waiter.request_id)))
         return replies
-
-    def end_episode(self) -> None:
-        """Keep the finished episode's return for ``list``."""
-        self.recent_returns.append(self.episode_return)
-        self.episode_return = 0.0
 
     # ---- reading ----------------------------------------------------------------------------------------------
 
