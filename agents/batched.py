@@ -25,7 +25,7 @@ from gymnasium import spaces
 
 from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient
 from agora_marl.agents.types import encode_value
-from agora_marl.envserver.protocol import WorldSpec, from_wire, zeros_like_space
+from agora_marl.envserver.protocol import WorldSpec, from_wire, rows_of, write_row, zeros_like_space
 from agora_marl.envserver.protocol.vocabulary import LAYOUT_AGENTS, LAYOUT_STACKED, LAYOUTS
 
 
@@ -110,7 +110,7 @@ class BatchedWorlds:
         render: create the worlds to draw frames (``create``'s ``render``), for a watcher (``agora watch``): a world
             is drawn only when someone asks for a frame.
         parts: create the worlds in this many contiguous parts of rows (``numpy.array_split`` of the K rows), each
-            by requests of its own, so that :meth:`step_async` may step one part alone: a vector-backed group (one
+            by requests of its own, so that :meth:`step_async` may step one part alone: a vector block (one
             per ``create``) steps only whole. A learner that keeps P parts in flight asks for P. Copy k is seeded
             ``seed + k`` however the worlds are split.
 
@@ -434,7 +434,7 @@ class BatchedWorlds:
             if lo >= hi:
                 continue
             worlds = chunk.worlds[lo - chunk.rows.start : hi - chunk.rows.start]
-            part = _rows(wire, slice(lo - rows.start, hi - rows.start))
+            part = rows_of(wire, slice(lo - rows.start, hi - rows.start))
             if self.partial:
                 request = chunk.client.send("act_batch", worlds=worlds, actions=part)
             else:
@@ -486,7 +486,7 @@ class BatchedWorlds:
             for i, agent in enumerate(self.possible_agents):
                 if agent in values and agent in (reply.get("agents") or []):
                     alive[k, i] = True
-                    _set_row(obs[agent], k, values[agent])
+                    write_row(obs[agent], k, values[agent])
         return BatchResult(obs=self._laid_out(obs), alive=alive)
 
     def _laid_out(self, obs: dict[str, Any]) -> dict[str, Any] | np.ndarray:
@@ -536,20 +536,6 @@ def resolve_seats(agents: list[str], seats: str | list[str]) -> list[str]:
     if unmatched or not patterns:
         raise ValueError(f"seats {unmatched or patterns} match no agent of the world; its agents are {agents}")
     return [a for a in agents if any(fnmatchcase(a, p) for p in patterns)]
-
-
-def _set_row(out: Any, k: int, value: Any) -> None:
-    if isinstance(out, dict):
-        for key, sub in out.items():
-            _set_row(sub, k, value[key] if isinstance(value, dict) else value[int(key)])
-    else:
-        out[k] = value
-
-
-def _rows(value: Any, rows: slice) -> Any:
-    if isinstance(value, dict):
-        return {k: _rows(v, rows) for k, v in value.items()}
-    return value[rows]
 
 
 def _concat(parts: list[Any]) -> Any:

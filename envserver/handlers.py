@@ -85,7 +85,7 @@ def op_hello(server: EnvServer, session: Session | None, message: dict, origin: 
     session.name = name
     session.operator = session.operator or operator is not None
     if frames is not None:
-        session.joined = frames == FRAMES_JOINED
+        session.joined_frames = frames == FRAMES_JOINED
     if keep_alive is not None:
         # Never shorter than the server's own timeout, never longer than the operator allows.
         session.keep_alive_s = min(max(float(keep_alive), config.heartbeat_timeout_s), config.max_keep_alive_s)
@@ -160,8 +160,8 @@ def op_close(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
     world = _owned(server, session, message)
-    if world.group is not None:
-        raise world.group.refuse_single(world.world_id)
+    if world.block is not None:
+        raise world.block.refuse_single(world.world_id)
     seed = seed_field(message)
     options = plain_field(message, "options", None)
     server.send_to(world.cancel_waiters("the owner reset the world"))

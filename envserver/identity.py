@@ -49,7 +49,7 @@ class Session:
     owned: set[int] = field(default_factory=set)
     """The worlds it owns. The seats it holds are the server's seat table's (seats.py)."""
     name: str = ""
-    joined: bool = False
+    joined_frames: bool = False
     """Asked at ``hello`` for every reply's arrays in one frame (docs/protocol.md, 'Frames')."""
     keep_alive_s: float | None = None
     """How long this connection may be silent before it loses its seats (``hello``'s ``keep_alive_s``); None: the

@@ -245,7 +245,7 @@ class EnvServer:
         """Answer the request being served: through its session (unless the request ended it: then over its
         connection), or over the connection it came from."""
         if session is not None and not session.ended:
-            self.delivery.send(session, pack(message, session.joined))
+            self.delivery.send(session, pack(message, session.joined_frames))
         elif conn is not None:
             self.delivery.send(conn, pack(message))
         else:  # refused before the server serves its connection at all
@@ -292,7 +292,7 @@ class EnvServer:
         for identity, message in replies:
             session = self.sessions.get(identity)
             if session is not None:
-                self.delivery.send(session, pack(message, session.joined))
+                self.delivery.send(session, pack(message, session.joined_frames))
 
     def _session(self, message: dict, route: bytes, route_frame, conn: Connection, required: bool) -> Session | None:
         """The session whose secret the request carries (its replies now go over ``conn``), or None for a
@@ -416,8 +416,8 @@ class EnvServer:
 
     def close_world(self, world: World, reason: str) -> None:
         """Close a world: its waiters get ``interrupted``, its seats and ownership are released, its env closed."""
-        if world.group is not None:
-            world.group.intact = False
+        if world.block is not None:
+            world.block.intact = False
         self.send_to(world.cancel_waiters(f"world {world.world_id} was closed: {reason}"))
         self.seat_table.forget_world(world)
         owner = self.sessions.get(world.owner)

@@ -106,8 +106,8 @@ class World:
     pending: dict[str, Any] = field(default_factory=dict)
     waiters: list[Waiter] = field(default_factory=list)
     observers: set[bytes] = field(default_factory=set)
-    group: Any = None
-    """The :class:`agora_marl.envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
+    block: Any = None
+    """The :class:`agora_marl.envserver.vector.VectorBlock` this world is copy ``index`` of, if it is vector-backed."""
     index: int = 0
     deadline_at: float | None = None
     public: bool = False
@@ -159,10 +159,10 @@ class World:
         self.started = not self.options.wait_for_seats
 
     def refresh(self) -> None:
-        """Bring tick and episode up to date (a vector-backed world keeps them in its group's arrays)."""
-        if self.group is not None:
-            self.tick = int(self.group.ticks[self.index])
-            self.episode = int(self.group.episodes[self.index])
+        """Bring tick and episode up to date (a vector-backed world keeps them in its block's arrays)."""
+        if self.block is not None:
+            self.tick = int(self.block.ticks[self.index])
+            self.episode = int(self.block.episodes[self.index])
 
     # ---- episodes -------------------------------------------------------------------------------------------
 
@@ -218,8 +218,8 @@ class World:
 
     def _seats_changed(self) -> None:
         self._holder_dirty = True
-        if self.group is not None:
-            self.group.holders_dirty = True
+        if self.block is not None:
+            self.block.holders_dirty = True
 
     def sole_holder(self) -> bytes | None:
         """The connection holding every seat, if one does (the condition for batched stepping).
@@ -384,8 +384,8 @@ class World:
     def stats(self, now: float) -> dict:
         """What ``list`` shows of the world's activity: steps/s since the last look (at least 1 s apart), late
         fills, the last episodes' returns and the last step's rewards."""
-        if self.group is not None:
-            return self.group.stats(self.index, now)
+        if self.block is not None:
+            return self.block.stats(self.index, now)
         since, steps = self.rate_mark
         rate = (self.steps - steps) / (now - since) if since and now > since else 0.0
         if now - since >= 1.0:
@@ -405,7 +405,7 @@ class World:
                 f"world {self.world_id} does not render",
                 "create it with 'render': true (its scenario must support rgb_array)",
             )
-        frame = self.group.render(self.index) if self.group is not None else self.env.render()
+        frame = self.block.render(self.index) if self.block is not None else self.env.render()
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
             raise ValueError(f"render() gave a {frame.dtype} array of shape {frame.shape}, not (H, W, 3) uint8")
