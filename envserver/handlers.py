@@ -1,6 +1,5 @@
 """One function per protocol operation, ``handler(server, session, message) -> reply | None``, and the table of them.
-The sessionless ones (``hello``, ``ping``) are also given the request's :class:`~agora_marl.envserver.sessions.Origin`
-(``hello`` opens its session there).
+``hello`` is also given the request's :class:`~agora_marl.envserver.sessions.Origin` (it opens its session there).
 
 :data:`OPERATIONS` maps every request of the protocol (``vocabulary.REQUESTS``) to its handler; the server loop looks
 the ``op`` up there. Each handler checks everything before it changes anything, so a refused request (a raised
@@ -111,7 +110,7 @@ def op_hello(server: EnvServer, session: Session | None, message: dict, origin: 
     }
 
 
-def op_ping(server: EnvServer, session: Session | None, message: dict, origin: Origin) -> dict:
+def op_ping(server: EnvServer, session: Session | None, message: dict) -> dict:
     return {"op": "pong", "time": time.time()}
 
 

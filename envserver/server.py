@@ -24,7 +24,7 @@ from agora_marl.envserver.config import ServerConfig
 from agora_marl.envserver.connections import Connection, Connections
 from agora_marl.envserver.delivery import Delivery
 from agora_marl.envserver.groups import Groups
-from agora_marl.envserver.handlers import OPERATIONS
+from agora_marl.envserver.handlers import OPERATIONS, op_hello
 from agora_marl.envserver.identity import Session, allow_list, peer_key, secure_and_bind, unpredictable_routing_ids
 from agora_marl.envserver.protocol import pack, unpack
 from agora_marl.envserver.protocol.errors import ProtocolError
@@ -221,11 +221,10 @@ class EnvServer:
             handler = OPERATIONS.get(op)
             if handler is None:
                 raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r:.80}", f"use one of {sorted(OPERATIONS)}")
-            if op in SESSIONLESS:  # hello and ping are told where they come from: hello opens a session there
-                session = self._session(message, route, route_frame, conn, required=False)
-                reply = handler(self, session, message, Origin(route, route_frame, conn))
+            session = self._session(message, route, route_frame, conn, required=op not in SESSIONLESS)
+            if op == "hello":  # told where it comes from: a new session is opened there
+                reply = op_hello(self, session, message, Origin(route, route_frame, conn))
             else:
-                session = self._session(message, route, route_frame, conn, required=True)
                 reply = handler(self, session, message)
             if reply is not None:
                 reply["id"] = request_id

@@ -11,8 +11,7 @@ import os
 import secrets
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from agora_marl.envserver.identity import Session
 from agora_marl.envserver.protocol.errors import ProtocolError
@@ -23,8 +22,7 @@ from agora_marl.envserver.protocol.vocabulary import BUSY
 OPERATOR_SESSIONS = 8
 
 
-@dataclass(frozen=True)
-class Origin:
+class Origin(NamedTuple):
     """Where a request came from: the ROUTER routing id, its frame (CURVE's ``User-Id`` is read from it) and the
     connection (``connections.Connection``; None when refused before the server serves it)."""
 

@@ -166,12 +166,10 @@ class World:
 
     # ---- episodes -------------------------------------------------------------------------------------------
 
-    # A world's episode state (obs, infos, tick, episode, steps, returns) is written by the two methods below
-    # alone, whoever steps the world: its own step rule (:meth:`step`) or a batch (batch.py).
-
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
         """Start the next episode (an explicit ``reset``, an auto-reset, a ``reset_batch``): ``episode`` advances,
-        ``tick`` starts again at 0, waiting actions are dropped."""
+        ``tick`` starts again at 0, waiting actions are dropped. This and :meth:`record_step` alone write the
+        episode state (obs, infos, tick, episode, steps, returns), whoever steps the world (:meth:`step`, batch.py)."""
         self.obs, self.infos = self.env.reset(seed=seed, options=options)
         self.tick = 0
         self.episode += 1
