@@ -25,7 +25,7 @@ from gymnasium import spaces
 
 from agora_marl.agents.client import HELLO_TIMEOUT_S, AgentClient
 from agora_marl.agents.types import encode_value
-from agora_marl.envserver.protocol import WorldSpec, from_wire, zeros_like_space
+from agora_marl.envserver.protocol import WorldSpec, from_wire, rows_of, write_row, zeros_like_space
 from agora_marl.envserver.protocol.vocabulary import LAYOUT_AGENTS, LAYOUT_STACKED, LAYOUTS
 
 
@@ -110,7 +110,7 @@ class BatchedWorlds:
         render: create the worlds to draw frames (``create``'s ``render``), for a watcher (``agora watch``): a world
             is drawn only when someone asks for a frame.
         parts: create the worlds in this many contiguous parts of rows (``numpy.array_split`` of the K rows), each
-            by requests of its own, so that :meth:`step_async` may step one part alone: a vector-backed group (one
+            by requests of its own, so that :meth:`step_async` may step one part alone: a vector block (one
             per ``create``) steps only whole. A learner that keeps P parts in flight asks for P. Copy k is seeded
             ``seed + k`` however the worlds are split.
 
@@ -434,7 +434,7 @@ class BatchedWorlds:
             if lo >= hi:
                 continue
             worlds = chunk.worlds[lo - chunk.rows.start : hi - chunk.rows.start]
-            part = _rows(wire, slice(lo - rows.start, hi - rows.start))
+            part = rows_of(wire, slice(lo - rows.start, hi - rows.start))
             if self.partial:
                 request = chunk.client.send("act_batch", worlds=worlds, actions=part)
             else:
@@ -447,9 +447,11 @@ class BatchedWorlds:
     def step_wait(self, pending: PendingStep) -> BatchResult:
         """The result of a step sent with :meth:`step_async`: its rows only, in world order."""
         replies = [client.reply(request_id) for client, request_id in pending.requests]
-        return self._act_result(replies) if self.partial else self._result(replies)
+        return self._result(replies)
 
     def _result(self, replies: list[dict]) -> BatchResult:
+        """The one decoder of ``batch`` replies (``step_batch``, ``reset_batch``, ``act_batch``): the chunks' rows
+        concatenated in world order, observations decoded and laid out, and, for an ``act_batch``, who was late."""
         fields: dict[str, Any] = {}
         for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over", "state"):
             if name in replies[0]:
@@ -457,12 +459,19 @@ class BatchedWorlds:
         for name, like in (("final_obs", "obs"), ("final_state", "state")):
             if any(name in r for r in replies):
                 fields[name] = _concat([r[name] if name in r else _zeros_like(r[like]) for r in replies])
-        if self.layout == LAYOUT_AGENTS:
+        if self.layout == LAYOUT_AGENTS or self.partial:  # per-agent maps on the wire (act_batch's always are)
             for name in ("obs", "final_obs"):
                 if name in fields:
-                    fields[name] = {
-                        a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents
-                    }
+                    fields[name] = self._laid_out(
+                        {a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents}
+                    )
+        if "late" in replies[0]:
+            late = _concat([r["late"] for r in replies])
+            columns = list(replies[0]["agents"])
+            mine = [columns.index(a) for a in self.possible_agents]
+            others = [columns.index(a) for a in self.other_agents]
+            fields["own_late"] = float(late[:, mine].mean())
+            fields["opponent_late"] = float(late[:, others].mean()) if others else 0.0
         return BatchResult(**fields)
 
     def _observe(self) -> BatchResult:
@@ -477,30 +486,8 @@ class BatchedWorlds:
             for i, agent in enumerate(self.possible_agents):
                 if agent in values and agent in (reply.get("agents") or []):
                     alive[k, i] = True
-                    _set_row(obs[agent], k, values[agent])
+                    write_row(obs[agent], k, values[agent])
         return BatchResult(obs=self._laid_out(obs), alive=alive)
-
-    def _act_result(self, replies: list[dict]) -> BatchResult:
-        fields: dict[str, Any] = {
-            name: _concat([r[name] for r in replies])
-            for name in ("obs", "alive", "rewards", "terminated", "truncated", "episode_over")
-        }
-        if any("final_obs" in r for r in replies):
-            fields["final_obs"] = _concat(
-                [r["final_obs"] if "final_obs" in r else _zeros_like(r["obs"]) for r in replies]
-            )
-        for name in ("obs", "final_obs"):
-            if name in fields:
-                fields[name] = self._laid_out(
-                    {a: from_wire(self.observation_spaces[a], fields[name][a]) for a in self.possible_agents}
-                )
-        late = _concat([r["late"] for r in replies])
-        columns = list(replies[0]["agents"])
-        mine = [columns.index(a) for a in self.possible_agents]
-        others = [columns.index(a) for a in self.other_agents]
-        fields["own_late"] = float(late[:, mine].mean())
-        fields["opponent_late"] = float(late[:, others].mean()) if others else 0.0
-        return BatchResult(**fields)
 
     def _laid_out(self, obs: dict[str, Any]) -> dict[str, Any] | np.ndarray:
         if self.layout == LAYOUT_AGENTS:
@@ -549,20 +536,6 @@ def resolve_seats(agents: list[str], seats: str | list[str]) -> list[str]:
     if unmatched or not patterns:
         raise ValueError(f"seats {unmatched or patterns} match no agent of the world; its agents are {agents}")
     return [a for a in agents if any(fnmatchcase(a, p) for p in patterns)]
-
-
-def _set_row(out: Any, k: int, value: Any) -> None:
-    if isinstance(out, dict):
-        for key, sub in out.items():
-            _set_row(sub, k, value[key] if isinstance(value, dict) else value[int(key)])
-    else:
-        out[k] = value
-
-
-def _rows(value: Any, rows: slice) -> Any:
-    if isinstance(value, dict):
-        return {k: _rows(v, rows) for k, v in value.items()}
-    return value[rows]
 
 
 def _concat(parts: list[Any]) -> Any:

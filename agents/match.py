@@ -8,7 +8,7 @@ disjoint and cover the world. ``agora eval RUN_DIR --opponent ...`` plays one pe
 This client owns the worlds and holds every seat, so a world steps as soon as its actions arrive. It steps them with
 ``act``, one request per world and tick, all sent before any reply is read, rather than with ``step_batch``: only
 ``act`` replies carry the scenario's infos, which is where a world says who won. The worlds are created one by one,
-so a vectorised scenario serves them as plain worlds (its copies step only as a whole group).
+so a vectorised scenario serves them as plain worlds (its copies step only as a whole vector block).
 
 The winner of an episode is the side that the scenario's info names at its last step (``info["winner"]``: an agent
 or a team, the name prefix of ``predator_0``; ``None`` a draw), as predator_prey_v0 does. In a world whose infos name

@@ -15,27 +15,10 @@ from typing import Any
 import numpy as np
 from gymnasium import spaces
 
-from agora_marl.envserver.protocol import check_value, zeros_like_space
+from agora_marl.envserver.protocol import check_value, rows_of, write_row, zeros_like_space
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_ACTION, BAD_REQUEST, LAYOUT_STACKED
 from agora_marl.envserver.world import World
-
-
-def _leaf_rows(value: Any, k: int) -> Any:
-    if isinstance(value, dict):
-        return {key: _leaf_rows(v, k) for key, v in value.items()}
-    return value[k]
-
-
-def _write_row(out: Any, k: int, value: Any, space: spaces.Space) -> None:
-    if isinstance(space, spaces.Dict):
-        for key, sub in space.spaces.items():
-            _write_row(out[key], k, value[key], sub)
-    elif isinstance(space, spaces.Tuple):
-        for i, sub in enumerate(space.spaces):
-            _write_row(out[str(i)], k, value[i], sub)
-    else:
-        out[k] = value
 
 
 def _as_action(space: spaces.Space, row: Any) -> Any:
@@ -48,10 +31,69 @@ def _as_action(space: spaces.Space, row: Any) -> Any:
     return row
 
 
+def batch_reply(
+    worlds: Any,
+    obs: Any,
+    alive: np.ndarray,
+    *,
+    rewards: np.ndarray | None = None,
+    terminated: np.ndarray | None = None,
+    truncated: np.ndarray | None = None,
+    episode_over: np.ndarray | None = None,
+    final_obs: Any = None,
+    state: np.ndarray | None = None,
+    final_state: np.ndarray | None = None,
+    seats: list[str] | None = None,
+    agents: list[str] | None = None,
+    active: np.ndarray | None = None,
+    filled: np.ndarray | None = None,
+    late: np.ndarray | None = None,
+    tick: np.ndarray | None = None,
+    episode: np.ndarray | None = None,
+) -> dict:
+    """The one ``batch`` reply (docs/protocol.md, 'step_batch'), of ``step_batch``, ``reset_batch`` and ``act_batch``
+    alike: the fields given, the absent ones (None) left out.
+
+    A reset gives ``obs`` and ``alive`` (and ``state``); a step adds ``rewards``, ``terminated``, ``truncated`` and
+    ``episode_over`` (all four); ``act_batch`` adds the columns' ``seats``, every agent (``agents``) and what the
+    sender's batch learns of each world (``active``, ``filled``, ``late``, ``tick``, ``episode``). Columns follow
+    ``seats`` when given, else the worlds' agents.
+
+    Raises:
+        ValueError: a step's fields given in part, or a ``final_state`` without ``state`` (a server bug).
+    """
+    stepped = (rewards, terminated, truncated, episode_over)
+    if any(f is None for f in stepped) and any(f is not None for f in stepped):
+        raise ValueError("a batch step reply needs rewards, terminated, truncated and episode_over together")
+    if final_state is not None and state is None:
+        raise ValueError("a batch reply's final_state comes only with its state")
+    reply = {"op": "batch", "worlds": worlds}
+    if seats is not None:
+        reply["seats"], reply["agents"] = seats, agents
+    reply["obs"] = obs
+    if rewards is not None:
+        reply["rewards"], reply["terminated"], reply["truncated"] = rewards, terminated, truncated
+    if active is not None:
+        reply["active"] = active
+    reply["alive"] = alive
+    if episode_over is not None:
+        reply["episode_over"] = episode_over
+    if final_obs is not None:
+        reply["final_obs"] = final_obs
+    for name, value in (("filled", filled), ("late", late), ("tick", tick), ("episode", episode)):
+        if value is not None:
+            reply[name] = value
+    if state is not None:
+        reply["state"] = state
+        if final_state is not None:
+            reply["final_state"] = final_state
+    return reply
+
+
 def shared_spaces(world: World) -> tuple[spaces.Space, spaces.Space]:
     """The one observation and action space of a world whose agents all share them (stacked layout)."""
     first = world.agents[0]
-    # Compare the wire encodings: plain maps compare in microseconds, gymnasium Box.__eq__ takes ~65 µs.
+    # Compare the wire encodings: plain maps compare far faster than gymnasium's Box.__eq__ (docs/performance.md).
     obs_specs, act_specs = world.spec["observation_spaces"], world.spec["action_spaces"]
     if not all(obs_specs[a] == obs_specs[first] and act_specs[a] == act_specs[first] for a in world.agents):
         raise ProtocolError(
@@ -88,7 +130,7 @@ class BatchStepper:
         try:
             if self.layout == LAYOUT_STACKED:
                 array = check_value(self.act_space, actions, (k, len(self.agents)), "actions")
-                return {a: _leaf_rows(array, (slice(None), i)) for i, a in enumerate(self.agents)}
+                return {a: rows_of(array, (slice(None), i)) for i, a in enumerate(self.agents)}
             if not isinstance(actions, dict):
                 raise ValueError(
                     f"'actions' must be a map from agent to a (K, ...) array, got {type(actions).__name__}"
@@ -115,9 +157,9 @@ class BatchStepper:
         for i, agent in enumerate(self.agents):
             if agent in obs:
                 if self.layout == LAYOUT_STACKED:
-                    _write_row(buffers, (k, i), obs[agent], self.obs_space)
+                    write_row(buffers, (k, i), obs[agent])
                 else:
-                    _write_row(buffers[agent], k, obs[agent], self.template.obs_spaces[agent])
+                    write_row(buffers[agent], k, obs[agent])
 
     def _state_buffer(self) -> np.ndarray | None:
         if not self.with_state:
@@ -131,16 +173,12 @@ class BatchStepper:
         for k, world in enumerate(self.worlds):
             self.current = world
             world.reset(seed=None if seed is None else seed + k)
-            world.episode += 1
             self._write_obs(obs, k, world.obs)
             alive[k] = [a in world.obs for a in self.agents]
             if state is not None:
                 state[k] = world.state()
         self.current = None
-        reply = {"op": "batch", "worlds": [w.world_id for w in self.worlds], "obs": obs, "alive": alive}
-        if state is not None:
-            reply["state"] = state
-        return reply
+        return batch_reply([w.world_id for w in self.worlds], obs, alive, state=state)
 
     def _rows(self, actions: dict[str, Any]) -> dict[str, list]:
         """Per agent, the K actions as the objects the scenario gets: plain ints for Discrete, rows otherwise."""
@@ -148,7 +186,7 @@ class BatchStepper:
         return {
             a: actions[a].tolist()
             if isinstance(spaces_[a], spaces.Discrete)
-            else [_as_action(spaces_[a], _leaf_rows(actions[a], k)) for k in range(len(self.worlds))]
+            else [_as_action(spaces_[a], rows_of(actions[a], k)) for k in range(len(self.worlds))]
             for a in self.agents
         }
 
@@ -166,14 +204,10 @@ class BatchStepper:
             env = world.env
             self.current = world
             result_obs, rew, term, trunc, _ = env.step({a: rows[a][k] for a in env.agents})
-            world.tick += 1
-            world.steps += 1
-            world.last_rewards = rew
-            world.episode_return += sum(rew.values())
+            world.record_step(result_obs, rew)
             rewards.append([rew.get(a, 0.0) for a in agents])
             terminated.append([term.get(a, False) for a in agents])
             truncated.append([trunc.get(a, False) for a in agents])
-            world.obs = result_obs
             if not env.agents:
                 over[k] = True
                 if final_obs is None:
@@ -182,29 +216,22 @@ class BatchStepper:
                 self._write_obs(final_obs, k, result_obs)
                 if final_state is not None:
                     final_state[k] = world.state()
-                world.end_episode()
                 world.reset()
-                world.episode += 1
             elif len(env.agents) < n_agents:
                 alive[k] = [a in env.agents for a in agents]
             self._write_obs(obs, k, world.obs)
             if state is not None:
                 state[k] = world.state()
         self.current = None
-        reply = {
-            "op": "batch",
-            "worlds": [w.world_id for w in self.worlds],
-            "obs": obs,
-            "rewards": np.array(rewards, np.float32).reshape(n_worlds, n_agents),
-            "terminated": np.array(terminated, bool).reshape(n_worlds, n_agents),
-            "truncated": np.array(truncated, bool).reshape(n_worlds, n_agents),
-            "alive": alive,
-            "episode_over": over,
-        }
-        if final_obs is not None:
-            reply["final_obs"] = final_obs
-        if state is not None:
-            reply["state"] = state
-            if final_state is not None:
-                reply["final_state"] = final_state
-        return reply
+        return batch_reply(
+            [w.world_id for w in self.worlds],
+            obs,
+            alive,
+            rewards=np.array(rewards, np.float32).reshape(n_worlds, n_agents),
+            terminated=np.array(terminated, bool).reshape(n_worlds, n_agents),
+            truncated=np.array(truncated, bool).reshape(n_worlds, n_agents),
+            episode_over=over,
+            final_obs=final_obs,
+            state=state,
+            final_state=final_state,
+        )

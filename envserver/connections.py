@@ -52,7 +52,8 @@ DEAD_ROUTE_S = 10.0
 #: Descriptors kept free for the server's own files and the worlds' (of the soft limit, at least this many).
 DESCRIPTOR_RESERVE = 32
 #: How often the unfinished bytes of every TCP connection are read from the kernel: every UNFINISHED_CHECK_S, or less
-#: often with many connections (UNFINISHED_CHECK_PER_CONNECTION_S each), so that the checks cost about 1% of a core.
+#: often with many connections (UNFINISHED_CHECK_PER_CONNECTION_S each), so that the checks cost little
+#: (docs/performance.md, 'Figures behind the code').
 UNFINISHED_CHECK_S, UNFINISHED_CHECK_PER_CONNECTION_S = 0.01, 0.0003
 #: Wire bytes a connection may have received beyond its whole messages for reasons other than an unfinished one: the
 #: ZMTP greeting and handshake, and ZMTP commands (a peer's heartbeats).

@@ -28,14 +28,15 @@ from agora_marl.envserver.protocol.vocabulary import (
     SCENARIO_NOT_ALLOWED,
     TOO_MANY_WORLDS,
 )
-from agora_marl.envserver.vector import CopyObs, CopyView, VectorGroup
+from agora_marl.envserver.vector import CopyObs, CopyView, VectorBlock
 from agora_marl.envserver.world import World, WorldOptions
 
 if TYPE_CHECKING:
     from agora_marl.envserver.identity import Session
     from agora_marl.envserver.server import EnvServer
 
-#: Per-copy envs a large ``create`` builds before the loop serves others again (mpe2 spread: ~1 ms each).
+#: Per-copy envs a large ``create`` builds before the loop serves others again (what one costs: docs/performance.md,
+#: 'Figures behind the code').
 CREATE_CHUNK = 16
 
 #: The render modes a client may ask a served world for: none, or frames as arrays (never a window on the server).
@@ -174,7 +175,7 @@ class _Built:
     """What a create built: every world ready, none registered yet (no id, no owner, no tokens)."""
 
     worlds: list[World]
-    group: VectorGroup | None
+    block: VectorBlock | None
     spec: WorldSpec
     wire_spec: dict
     spec_key: bytes
@@ -193,19 +194,19 @@ def _build(server: EnvServer, c: _Creation) -> Generator[None, None, _Built]:
     """Build the worlds, pausing (``yield``) after every CREATE_CHUNK of them: each env, its first reset, its spaces
     and its World. Nothing is registered here: a build that raises leaves the server as it was, and the turn that
     registers the worlds has little left to do."""
-    group = None
+    block = None
     vectorise = c.join and c.copies >= 2 and c.options.auto_reset  # the batched training path; see vector.py
     vector = scenarios.make_vector(c.name, c.copies, c.scenario_config) if vectorise else None
     if vector is not None:
-        group = VectorGroup(vector)
-        group.rate_mark = (time.monotonic(), 0)
-        group.last_obs = vector.reset(seed=c.seed)
+        block = VectorBlock(vector)
+        block.rate_mark = (time.monotonic(), 0)
+        block.last_obs = vector.reset(seed=c.seed)
     envs: list = []  # made so far: closed if the build fails
     built: _Built | None = None
     try:
         for i in range(c.copies):
-            if group is not None:
-                env, first = CopyView(group, i), (CopyObs(group, i), {})
+            if block is not None:
+                env, first = CopyView(block, i), (CopyObs(block, i), {})
             else:
                 env = scenarios.make_env(c.name, c.scenario_config, server.config.allowed_packages)
                 envs.append(env)
@@ -213,8 +214,8 @@ def _build(server: EnvServer, c: _Creation) -> Generator[None, None, _Built]:
             if built is None:
                 spec = WorldSpec.of_env(c.name, c.scenario_config, env)
                 wire_spec = spec.to_wire()
-                renders = group.renders if group is not None else getattr(env, "render_mode", None) == "rgb_array"
-                built = _Built([], group, spec, wire_spec, server.spec_key(wire_spec), renders, [])
+                renders = block.renders if block is not None else getattr(env, "render_mode", None) == "rgb_array"
+                built = _Built([], block, spec, wire_spec, server.spec_key(wire_spec), renders, [])
             built.worlds.append(_world(built, c, env, i, first))
             if (i + 1) % CREATE_CHUNK == 0 and i + 1 < c.copies:
                 yield
@@ -288,9 +289,9 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: _Built) 
         world.owner, world.owner_token = session.identity, owner_token
         world.observer_token, world.invite_token = observer_token, invite_token
         world.rate_mark = (now, 0)
-        if built.group is not None:
-            world.group, world.index = built.group, i
-            built.group.add(world)
+        if built.block is not None:
+            world.block, world.index = built.block, i
+            built.block.add(world)
         server.worlds[world.world_id] = world
         session.owned.add(world.world_id)
     ids = [w.world_id for w in built.worlds]
@@ -307,12 +308,8 @@ def _register(server: EnvServer, session: Session, c: _Creation, built: _Built) 
         "render": built.renders,
     }
     if c.join:
-        reply["tokens"] = [_take_all(world, session) for world in built.worlds]
+        reply["tokens"] = [
+            {a: server.seat_table.take(world, a, session.identity) for a in world.agents} for world in built.worlds
+        ]
         reply["obs"] = {str(i): obs for i, obs in zip(ids, built.first_obs, strict=True)}
     return reply
-
-
-def _take_all(world: World, session: Session) -> dict[str, str]:
-    tokens = {a: world.take_seat(a, session.identity) for a in world.agents}
-    session.seats.update((world.world_id, a) for a in world.agents)
-    return tokens

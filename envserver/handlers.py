@@ -1,4 +1,5 @@
 """One function per protocol operation, ``handler(server, session, message) -> reply | None``, and the table of them.
+``hello`` is also given the request's :class:`~agora_marl.envserver.sessions.Origin` (it opens its session there).
 
 :data:`OPERATIONS` maps every request of the protocol (``vocabulary.REQUESTS``) to its handler; the server loop looks
 the ``op`` up there. Each handler checks everything before it changes anything, so a refused request (a raised
@@ -41,6 +42,7 @@ from agora_marl.envserver.world import World
 if TYPE_CHECKING:
     from agora_marl.envserver.identity import Session
     from agora_marl.envserver.server import EnvServer
+    from agora_marl.envserver.sessions import Origin
 
 log = logging.getLogger("agora.server")
 
@@ -52,15 +54,15 @@ def _owned(server: EnvServer, session: Session, message: dict) -> World:
     return world
 
 
-def _visible(world: World, session: Session) -> bool:
+def _visible(server: EnvServer, world: World, session: Session) -> bool:
     """Whether ``list`` shows the world to the session."""
-    return may_watch(world, session) or is_member(world, session)
+    return may_watch(world, session) or is_member(server, world, session)
 
 
 # ---- connection ---------------------------------------------------------------------------------------------
 
 
-def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
+def op_hello(server: EnvServer, session: Session | None, message: dict, origin: Origin) -> dict:
     """Open a session (or, with its ``secret``, renew one): the secret it returns authorises every later request."""
     name = str(field(message, "name", str, ""))[:200]
     config = server.config
@@ -78,11 +80,11 @@ def op_hello(server: EnvServer, session: Session | None, message: dict) -> dict:
             NOT_ALLOWED, "that is not this server's operator secret", "read it from the server's operator file"
         )
     if session is None:
-        session = server.new_session(operator=operator is not None)
+        session = server.open_session(origin, operator=operator is not None)
     session.name = name
     session.operator = session.operator or operator is not None
     if frames is not None:
-        session.joined = frames == FRAMES_JOINED
+        session.joined_frames = frames == FRAMES_JOINED
     if keep_alive is not None:
         # Never shorter than the server's own timeout, never longer than the operator allows.
         session.keep_alive_s = min(max(float(keep_alive), config.heartbeat_timeout_s), config.max_keep_alive_s)
@@ -124,7 +126,7 @@ def op_list(server: EnvServer, session: Session, message: dict) -> dict:
     now = time.monotonic()
     worlds = []
     for w in server.worlds.values():
-        if not _visible(w, session):
+        if not _visible(server, w, session):
             continue
         w.refresh()
         holders = {a: server.holder_name(s.holder) for a, s in w.seats.items()}
@@ -157,8 +159,8 @@ def op_close(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
     world = _owned(server, session, message)
-    if world.group is not None:
-        raise world.group.refuse_single(world.world_id)
+    if world.block is not None:
+        raise world.block.refuse_single(world.world_id)
     seed = seed_field(message)
     options = plain_field(message, "options", None)
     server.send_to(world.cancel_waiters("the owner reset the world"))
@@ -170,7 +172,6 @@ def op_reset(server: EnvServer, session: Session, message: dict) -> dict:
         raise ProtocolError(
             SCENARIO_ERROR, f"reset raised {type(exc).__name__}: {exc}", "check the seed/options"
         ) from None
-    world.episode += 1
     return world.observation_reply(world.live_agents)
 
 
@@ -187,7 +188,7 @@ def op_observe(server: EnvServer, session: Session, message: dict) -> dict:
 def op_state(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
     if not may_read_state(world, session):
-        if is_member(world, session):
+        if is_member(server, world, session):
             raise ProtocolError(
                 NOT_ALLOWED,
                 f"world {world.world_id} keeps its global state from seat holders",
@@ -210,7 +211,7 @@ def op_state(server: EnvServer, session: Session, message: dict) -> dict:
 
 def op_render(server: EnvServer, session: Session, message: dict) -> dict:
     world = server.world(message.get("world"))
-    if not (is_member(world, session) or may_watch(world, session)):
+    if not (is_member(server, world, session) or may_watch(world, session)):
         raise ProtocolError(NOT_YOUR_SEAT, f"you are not in world {world.world_id}", "join it (as an observer) first")
     world.refresh()
     if world.frame_tick != (world.episode, world.tick) or world.frame is None:
@@ -229,7 +230,7 @@ def op_render(server: EnvServer, session: Session, message: dict) -> dict:
 
 
 #: Every operation's handler, by the ``op`` of its request.
-OPERATIONS: dict[str, Callable[[EnvServer, Session, dict], dict | None]] = {
+OPERATIONS: dict[str, Callable[..., dict | None]] = {
     "hello": op_hello,
     "ping": op_ping,
     "list": op_list,

@@ -1,7 +1,7 @@
 """Who a request comes from, and who may connect at all: sessions proved by their secret, CurveZMQ's allow-list, and
 the transport details that must never carry authority (routing ids, exposed binds).
 
-A :class:`Session` is made by ``hello`` and proved by its secret in every later request (the server keeps them,
+A :class:`Session` is made by ``hello`` and proved by its secret in every later request (sessions.py keeps them,
 ``EnvServer.sessions``); a ZeroMQ routing id only says where replies go.
 """
 
@@ -47,9 +47,9 @@ class Session:
     """The CURVE public key the session was made over (the ZAP ``User-Id``), when the server has an allow-list: a
     secret shown over another key's connection is refused."""
     owned: set[int] = field(default_factory=set)
-    seats: set[tuple[int, str]] = field(default_factory=set)
+    """The worlds it owns. The seats it holds are the server's seat table's (seats.py)."""
     name: str = ""
-    joined: bool = False
+    joined_frames: bool = False
     """Asked at ``hello`` for every reply's arrays in one frame (docs/protocol.md, 'Frames')."""
     keep_alive_s: float | None = None
     """How long this connection may be silent before it loses its seats (``hello``'s ``keep_alive_s``); None: the
@@ -62,11 +62,6 @@ class Session:
     """Joined a world as an observer at least once (forgetting the session then looks for it among observers)."""
     ended: bool = False
     """Forgotten (bye, or a silence past its keep-alive): its secret no longer names it."""
-
-    def holds_something(self) -> bool:
-        """Whether forgetting the session would cost its client something: a seat, a world, or worlds being built.
-        A session that holds nothing is forgotten after the heartbeat timeout, whatever keep-alive it was granted."""
-        return bool(self.seats or self.owned or self.pending_worlds)
 
 
 def same_secret(given: str, issued: str) -> bool:

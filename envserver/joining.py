@@ -42,8 +42,9 @@ def may_watch(world: World, session: Session) -> bool:
     return world.public or session.operator or world.owner == session.identity or session.identity in world.observers
 
 
-def is_member(world: World, session: Session) -> bool:
-    return world.owner == session.identity or any(w == world.world_id for w, _ in session.seats)
+def is_member(server: EnvServer, world: World, session: Session) -> bool:
+    """Whether the session owns the world or holds one of its seats."""
+    return world.owner == session.identity or server.seat_table.holds_in(session.identity, world.world_id)
 
 
 def may_read_state(world: World, session: Session) -> bool:
@@ -103,15 +104,10 @@ def _take_seats(server: EnvServer, world: World, session: Session, seats: list[s
     world.refresh()
     granted = {}
     for agent in seats:
-        seat = world.seats[agent]
-        previous = seat.holder
+        previous = server.seat_table.holder(world, agent)
         if previous is not None and previous != session.identity:  # its requests for its other seats wait on
             server.send_to(world.cancel_waiters(f"seat {agent!r} was taken over with its token", previous, agent))
-            old = server.sessions.get(previous)
-            if old:
-                old.seats.discard((world.world_id, agent))
-        granted[agent] = world.take_seat(agent, session.identity)
-        session.seats.add((world.world_id, agent))
+        granted[agent] = server.seat_table.take(world, agent, session.identity)
     return granted
 
 
@@ -166,7 +162,7 @@ def op_join(server: EnvServer, session: Session, message: dict) -> dict:
     # Checked: now change state.
     granted = _take_seats(server, world, session, seats)
     if owner_token is not None:
-        previous_owner = server.sessions.get(world.owner) if world.owner is not None else None
+        previous_owner = server.sessions.get(world.owner)
         if previous_owner is not None:
             previous_owner.owned.discard(world.world_id)
         world.owner = session.identity
@@ -226,8 +222,7 @@ def op_leave(server: EnvServer, session: Session, message: dict) -> dict:
             raise ProtocolError(NOT_YOUR_SEAT, f"you do not hold seat {agent!r}", f"you hold {mine}")
     server.send_to(world.cancel_waiters("you left the world", session.identity))
     for agent in seats:
-        world.release_seat(agent, lost=False)
-        session.seats.discard((world.world_id, agent))
+        server.seat_table.release(world, agent, lost=False)
     world.observers.discard(session.identity)
     if not server.close_if_abandoned(world):
         server.try_step(world)

@@ -26,6 +26,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("agora.server")
 
 
+def holds_something(server: EnvServer, session: Session) -> bool:
+    """Whether forgetting the session would cost its client something: a seat, a world, or worlds being built.
+    A session that holds nothing is forgotten after the heartbeat timeout, whatever keep-alive it was granted."""
+    return bool(session.owned or session.pending_worlds) or server.seat_table.holds_any(session.identity)
+
+
 def has_pending_work(server: EnvServer, session: Session) -> bool:
     """Whether the session waits for something: an act or act_batch in a world, or worlds being built."""
     if session.pending_worlds:
@@ -34,7 +40,7 @@ def has_pending_work(server: EnvServer, session: Session) -> bool:
     worlds = server.worlds
     return any(
         any(waiter.identity == identity for waiter in worlds[w].waiters)
-        for w in {w for w, _ in session.seats}
+        for w in server.seat_table.worlds_of(identity)
         if w in worlds
     )
 
@@ -42,17 +48,17 @@ def has_pending_work(server: EnvServer, session: Session) -> bool:
 def replaceable(server: EnvServer, conn: Connection) -> bool:
     """Whether closing a connection costs nobody anything (the connection bounds replace such ones first): no
     session spoke over it last, or its session holds nothing and waits for nothing."""
-    session = server.sessions.get(conn.session) if conn.session is not None else None
+    session = server.sessions.get(conn.session)
     if session is None or session.connection is not conn:
         return True
-    return not session.holds_something() and not has_pending_work(server, session)
+    return not holds_something(server, session) and not has_pending_work(server, session)
 
 
 def sweep_silent(server: EnvServer, now: float) -> None:
     """Forget the sessions silent past their keep-alive (see the module docstring)."""
     heartbeat = server.config.heartbeat_timeout_s
     for session in list(server.sessions.values()):
-        holds = session.holds_something()
+        holds = holds_something(server, session)
         silence = session.keep_alive_s if session.keep_alive_s is not None and holds else heartbeat
         if session.last_seen >= now - silence:
             continue
@@ -80,14 +86,15 @@ def end_session(server: EnvServer, session: Session, lost: bool) -> tuple[int, i
     """
     identity = session.identity
     touched = set()
-    for world_id, agent in list(session.seats):
+    held = server.seat_table.seats_of(identity)
+    for world_id, agent in held:
         world = server.worlds.get(world_id)
         if world is not None:
             world.cancel_waiters("its session ended", identity)
-            world.release_seat(agent, lost=lost)
+            server.seat_table.release(world, agent, lost=lost)
             touched.add(world_id)
-    seats = len(session.seats)
-    session.seats.clear()
+    server.seat_table.forget_session(identity)
+    seats = len(held)
     for world_id in list(session.owned):
         world = server.worlds.get(world_id)
         if world is not None and world.owner == identity:  # not reclaimed with the owner token meanwhile

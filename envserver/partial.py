@@ -12,13 +12,14 @@ its deadline, never more.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from agora_marl.envserver.batch import batch_reply
 from agora_marl.envserver.fields import field, strings
 from agora_marl.envserver.joining import may_read_state
-from agora_marl.envserver.protocol import check_value, from_wire, zeros_like_space
+from agora_marl.envserver.protocol import check_value, from_wire, rows_of, write_row, zeros_like_space
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     ALREADY_ACTED,
@@ -35,20 +36,6 @@ if TYPE_CHECKING:
     from agora_marl.envserver.identity import Session
     from agora_marl.envserver.server import EnvServer
     from agora_marl.envserver.world import StepOutcome, World
-
-
-def _row(value: Any, k: int) -> Any:
-    if isinstance(value, dict):
-        return {key: _row(v, k) for key, v in value.items()}
-    return value[k]
-
-
-def _write(out: Any, k: int, value: Any) -> None:
-    if isinstance(out, dict):
-        for key, sub in out.items():
-            _write(sub, k, value[key] if isinstance(value, dict) else value[int(key)])
-    else:
-        out[k] = value
 
 
 class BatchWaiter:
@@ -91,14 +78,14 @@ class BatchWaiter:
             self.active[k, i] = agent in outcome.active_before
             self.alive[k, i] = agent in live
             if agent in world.obs:  # an agent that left at this step: its last observation (later: zeros)
-                _write(self.obs[agent], k, world.obs[agent])
+                write_row(self.obs[agent], k, world.obs[agent])
         if outcome.final_obs is not None:
             self.episode_over[k] = True
             if self.final_obs is None:
                 self.final_obs = {a: zeros_like_space(self.obs_spaces[a], (len(self.ticks),)) for a in self.seats}
             for agent in self.seats:
                 if agent in outcome.final_obs:
-                    _write(self.final_obs[agent], k, outcome.final_obs[agent])
+                    write_row(self.final_obs[agent], k, outcome.final_obs[agent])
         elif world.episode_over:
             self.episode_over[k] = True
         if self.state is not None:
@@ -117,30 +104,26 @@ class BatchWaiter:
         return self.left == 0 and not self.failed
 
     def reply(self) -> dict:
-        reply = {
-            "op": "batch",
-            "id": self.request_id,
-            "worlds": self.world_ids,
-            "seats": self.seats,
-            "agents": self.agents,
-            "obs": self.obs,
-            "rewards": self.rewards,
-            "terminated": self.terminated,
-            "truncated": self.truncated,
-            "active": self.active,
-            "alive": self.alive,
-            "episode_over": self.episode_over,
-            "filled": self.filled,
-            "late": self.late,
-            "tick": self.ticks,
-            "episode": self.episodes,
-        }
-        if self.final_obs is not None:
-            reply["final_obs"] = self.final_obs
-        if self.state is not None:
-            reply["state"] = self.state
-            if self.final_state is not None:
-                reply["final_state"] = self.final_state
+        reply = batch_reply(
+            self.world_ids,
+            self.obs,
+            self.alive,
+            rewards=self.rewards,
+            terminated=self.terminated,
+            truncated=self.truncated,
+            episode_over=self.episode_over,
+            final_obs=self.final_obs,
+            state=self.state,
+            final_state=self.final_state,
+            seats=self.seats,
+            agents=self.agents,
+            active=self.active,
+            filled=self.filled,
+            late=self.late,
+            tick=self.ticks,
+            episode=self.episodes,
+        )
+        reply["id"] = self.request_id
         return reply
 
 
@@ -157,8 +140,8 @@ def op_act_batch(server: EnvServer, session: Session, message: dict) -> None:
     if not seats:
         raise ProtocolError(NOT_YOUR_SEAT, f"you hold no seat of world {first.world_id}", "join the worlds first")
     for world in worlds:
-        if world.group is not None:
-            raise world.group.refuse_single(world.world_id)
+        if world.block is not None:
+            raise world.block.refuse_single(world.world_id)
         if world.spec_key != first.spec_key:
             raise ProtocolError(BATCH_MISMATCH, f"world {world.world_id} is of another spec", "batch equal worlds")
         if world.held_by(session.identity) != seats:
@@ -197,7 +180,7 @@ def op_act_batch(server: EnvServer, session: Session, message: dict) -> None:
             stack = check_value(space, actions[agent], (k,), f"actions/{agent}")
         except ValueError as exc:
             raise ProtocolError(BAD_ACTION, str(exc), f"a (K, ...) stack of actions of {space}") from None
-        rows[agent] = [from_wire(space, _row(stack, i)) for i in range(k)]
+        rows[agent] = [from_wire(space, rows_of(stack, i)) for i in range(k)]
     waiter = BatchWaiter(message["id"], worlds, seats, with_state)
     now = time.monotonic()
     for i, world in enumerate(worlds):

@@ -11,7 +11,6 @@ import collections
 import hashlib
 import heapq
 import logging
-import os
 import secrets
 import threading
 import time
@@ -25,13 +24,12 @@ from agora_marl.envserver.config import ServerConfig
 from agora_marl.envserver.connections import Connection, Connections
 from agora_marl.envserver.delivery import Delivery
 from agora_marl.envserver.groups import Groups
-from agora_marl.envserver.handlers import OPERATIONS
+from agora_marl.envserver.handlers import OPERATIONS, op_hello
 from agora_marl.envserver.identity import Session, allow_list, peer_key, secure_and_bind, unpredictable_routing_ids
 from agora_marl.envserver.protocol import pack, unpack
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import (
     BAD_REQUEST,
-    BUSY,
     INTERNAL,
     NO_SESSION,
     SCENARIO_ERROR,
@@ -41,6 +39,8 @@ from agora_marl.envserver.protocol.vocabulary import (
     UNKNOWN_WORLD,
 )
 from agora_marl.envserver.protocol.wire import peek_id
+from agora_marl.envserver.seats import SeatTable
+from agora_marl.envserver.sessions import Origin, SessionTable
 from agora_marl.envserver.world import World
 
 log = logging.getLogger("agora.server")
@@ -52,9 +52,6 @@ _RCVTIMEO = int(zmq.RCVTIMEO)
 IDLE_WAKE_MS, NO_CONNECTION_WAKE_MS = 10, 100
 #: How often the loop looks at its connections (accepted and closed ones, unfinished messages) and silent sessions.
 CHORES_S = 0.01
-#: Sessions kept beyond ``max_sessions`` for operators only (agora watch, agora worlds), so that a flood of hellos
-#: never locks the operator out.
-OPERATOR_SESSIONS = 8
 
 
 class EnvServer:
@@ -96,12 +93,11 @@ class EnvServer:
         self.worlds: dict[int, World] = {}
         self.groups = Groups()
         """Named groups of worlds (``create``'s ``group``, ``join_group``)."""
-        self.sessions: dict[bytes, Session] = {}
-        self._by_secret: dict[str, Session] = {}
+        self.sessions = SessionTable(self.config.max_sessions)
+        """Every live session (sessions.py owns them); who holds which seat is the seat table's."""
+        self.seat_table = SeatTable()
         self.pending_worlds = 0
         self._jobs: collections.deque = collections.deque()
-        self._origin: tuple[bytes, Any, Connection | None] = (b"", None, None)
-        """The routing id, routing-id frame and connection of the request being served (for hello's new_session)."""
         self.operator_secret: str = self.config.operator_secret or secrets.token_urlsafe(32)
         self._next_world = 1
         self._deadlines: list[tuple[float, int]] = []
@@ -226,8 +222,10 @@ class EnvServer:
             if handler is None:
                 raise ProtocolError(UNKNOWN_OP, f"unknown operation {op!r:.80}", f"use one of {sorted(OPERATIONS)}")
             session = self._session(message, route, route_frame, conn, required=op not in SESSIONLESS)
-            self._origin = (route, route_frame, conn)  # for hello's new_session
-            reply = handler(self, session, message)
+            if op == "hello":  # told where it comes from: a new session is opened there
+                reply = op_hello(self, session, message, Origin(route, route_frame, conn))
+            else:
+                reply = handler(self, session, message)
             if reply is not None:
                 reply["id"] = request_id
                 self._reply(route, conn, session, reply)
@@ -246,7 +244,7 @@ class EnvServer:
         """Answer the request being served: through its session (unless the request ended it: then over its
         connection), or over the connection it came from."""
         if session is not None and not session.ended:
-            self.delivery.send(session, pack(message, session.joined))
+            self.delivery.send(session, pack(message, session.joined_frames))
         elif conn is not None:
             self.delivery.send(conn, pack(message))
         else:  # refused before the server serves its connection at all
@@ -293,7 +291,7 @@ class EnvServer:
         for identity, message in replies:
             session = self.sessions.get(identity)
             if session is not None:
-                self.delivery.send(session, pack(message, session.joined))
+                self.delivery.send(session, pack(message, session.joined_frames))
 
     def _session(self, message: dict, route: bytes, route_frame, conn: Connection, required: bool) -> Session | None:
         """The session whose secret the request carries (its replies now go over ``conn``), or None for a
@@ -305,7 +303,7 @@ class EnvServer:
             raise ProtocolError(
                 BAD_REQUEST, f"'secret' must be a string, got {type(secret).__name__}", "send welcome's 'secret'"
             )
-        session = self._by_secret.get(secret)
+        session = self.sessions.by_secret(secret)
         if session is None:
             if secret is None:
                 raise ProtocolError(
@@ -332,37 +330,21 @@ class EnvServer:
             self.delivery.flush(session)
         return session
 
-    def new_session(self, operator: bool = False) -> Session:
-        """A session for the ``hello`` being served; refused with ``busy`` when the server keeps as many as it may
-        (``max_sessions``, and OPERATOR_SESSIONS more for an operator)."""
-        route, route_frame, conn = self._origin
-        limit = self.config.max_sessions + (OPERATOR_SESSIONS if operator else 0)
-        if len(self.sessions) >= limit:
-            raise ProtocolError(
-                BUSY, f"the server keeps {len(self.sessions)} sessions, its limit", "try again in a few seconds"
-            )
-        while True:
-            identity, secret = os.urandom(16), secrets.token_urlsafe(24)
-            if identity not in self.sessions and secret not in self._by_secret:
-                break
-        key = peer_key(route_frame) if self._authenticator is not None else ""
-        session = Session(identity, route, conn, secret, time.monotonic(), peer_key=key)
-        if conn is not None:
-            conn.session = identity
-        self.sessions[identity] = self._by_secret[secret] = session
-        return session
+    def open_session(self, origin: Origin, operator: bool = False) -> Session:
+        """A session for a ``hello`` from ``origin`` (made over its CURVE key where the server has an allow-list);
+        refused with ``busy`` when the server keeps as many as it may (sessions.py)."""
+        key = peer_key(origin.route_frame) if self._authenticator is not None else ""
+        return self.sessions.open(origin, key, operator)
 
     def holder_name(self, identity: bytes | None) -> str | None:
         """What ``list`` calls a seat's holder: the name it gave at ``hello``, else its public session label."""
-        session = self.sessions.get(identity) if identity is not None else None
+        session = self.sessions.get(identity)
         if session is None:
             return None
         return session.name or session.label
 
     def forget_session(self, session: Session) -> None:
-        session.ended = True
-        self.sessions.pop(session.identity, None)
-        self._by_secret.pop(session.secret, None)
+        self.sessions.forget(session)
         self.delivery.forget(session)
         if session.observer:
             for world in self.worlds.values():
@@ -433,14 +415,11 @@ class EnvServer:
 
     def close_world(self, world: World, reason: str) -> None:
         """Close a world: its waiters get ``interrupted``, its seats and ownership are released, its env closed."""
-        if world.group is not None:
-            world.group.intact = False
+        if world.block is not None:
+            world.block.intact = False
         self.send_to(world.cancel_waiters(f"world {world.world_id} was closed: {reason}"))
-        for agent, seat in world.seats.items():
-            session = self.sessions.get(seat.holder) if seat.holder else None
-            if session:
-                session.seats.discard((world.world_id, agent))
-        owner = self.sessions.get(world.owner) if world.owner else None
+        self.seat_table.forget_world(world)
+        owner = self.sessions.get(world.owner)
         if owner:
             owner.owned.discard(world.world_id)
         self.worlds.pop(world.world_id, None)

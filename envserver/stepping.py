@@ -32,8 +32,8 @@ if TYPE_CHECKING:
 
 def op_act(server: EnvServer, session: Session, message: dict) -> None:
     world = server.world(message.get("world"))
-    if world.group is not None:
-        raise world.group.refuse_single(world.world_id)
+    if world.block is not None:
+        raise world.block.refuse_single(world.world_id)
     actions = field(message, "actions", dict)
     strings(actions, "actions")
     if not actions:
@@ -69,18 +69,18 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
         raise ProtocolError(
             BAD_REQUEST, f"'layout' must be one of {list(LAYOUTS)}, got {layout!r:.40}", "see step_batch"
         )
-    group = server.world(ids[0]).group
-    if group is not None:
-        # A vector group is checked as a whole: one list comparison instead of K lookups.
-        if not group.intact or ids != group.world_ids:
+    block = server.world(ids[0]).block
+    if block is not None:
+        # A vector block is checked as a whole: one list comparison instead of K lookups.
+        if not block.intact or ids != block.world_ids:
             raise ProtocolError(
                 BATCH_MISMATCH,
-                "vector-backed worlds step only as their whole group, in order",
-                f"send worlds {group.world_ids}" if group.intact else "a world of this group was closed",
+                "vector-backed worlds step only as their whole block, in order",
+                f"send worlds {block.world_ids}" if block.intact else "a world of this block was closed",
             )
-        if group.sole_holder() != session.identity:
+        if block.sole_holder() != session.identity:
             raise ProtocolError(BATCH_MISMATCH, "you do not hold every seat of these worlds", "create with join: true")
-        return group.stepper(layout, with_state)  # its worlds share spec and options by construction
+        return block.stepper(layout, with_state)  # its worlds share spec and options by construction
     worlds = [server.world(i) for i in ids]
     if len(set(ids)) != len(ids):
         raise ProtocolError(BATCH_MISMATCH, "'worlds' lists a world twice", "list each world once")
@@ -90,11 +90,11 @@ def _batch(server: EnvServer, session: Session, message: dict) -> BatchStepper:
             raise ProtocolError(
                 BATCH_MISMATCH, f"you do not hold every seat of world {world.world_id}", "create with join: true"
             )
-        if world.group is not None:
+        if world.block is not None:
             raise ProtocolError(
                 BATCH_MISMATCH,
-                "vector-backed worlds step only as their whole group",
-                f"send worlds {world.group.world_ids}",
+                "vector-backed worlds step only as their whole block",
+                f"send worlds {world.block.world_ids}",
             )
         if world.spec_key != key:
             raise ProtocolError(

@@ -1,9 +1,9 @@
 """Worlds backed by one vectorised scenario: K copies stepped by a single numpy call per batch.
 
 When a client creates ``copies >= 2`` worlds with ``join: true`` of a scenario that has a vectorised form
-(scenarios/vector.py), the server builds one :class:`VectorGroup` instead of K ParallelEnvs. Each copy is still a
-world with an id (list, observe, state and close work), but it only steps together with its group: a
-``step_batch`` or ``reset_batch`` over exactly the group's worlds, in order. That is the learners' path, and it
+(scenarios/vector.py), the server builds one :class:`VectorBlock` instead of K ParallelEnvs. Each copy is still a
+world with an id (list, observe, state and close work), but it only steps together with its block: a
+``step_batch`` or ``reset_batch`` over exactly the block's worlds, in order. That is the learners' path, and it
 runs with no per-world Python work at all.
 """
 
@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from pettingzoo import ParallelEnv
 
-from agora_marl.envserver.batch import BatchStepper
+from agora_marl.envserver.batch import BatchStepper, batch_reply
 from agora_marl.envserver.protocol.errors import ProtocolError
 from agora_marl.envserver.protocol.vocabulary import BAD_REQUEST, LAYOUT_STACKED
 from agora_marl.envserver.protocol.wire import Packed, Stacked
@@ -23,15 +23,16 @@ from agora_marl.envserver.world import RECENT_RETURNS
 from agora_marl.scenarios import VectorScenario
 
 
-class VectorGroup:
-    """K worlds sharing one vectorised scenario; the last observations and step counters of every copy."""
+class VectorBlock:
+    """K worlds sharing one vectorised scenario (a *vector block*; a *group* is only ever ``create``'s named group
+    of worlds, groups.py); the last observations and step counters of every copy."""
 
     def __init__(self, vector: Any):
         self.vector = vector
         self.agents = list(vector.possible_agents)
         self.worlds: list = []
         self.world_ids: list[int] = []
-        self.intact = True  # False once any of its worlds is closed: the group no longer steps
+        self.intact = True  # False once any of its worlds is closed: the block no longer steps
         self.holders_dirty = True  # set by a copy whose seats change
         self._holder: bytes | None = None
         self.last_obs: dict[str, np.ndarray] = {}
@@ -49,7 +50,7 @@ class VectorGroup:
         self._steppers: dict[tuple[str, bool], VectorStepper] = {}
 
     def stepper(self, layout: str, with_state: bool) -> VectorStepper:
-        """The stepper of this group for a layout (made once: its checks and buffers do not change with the batch)."""
+        """The stepper of this block for a layout (made once: its checks and buffers do not change with the batch)."""
         stepper = self._steppers.get((layout, with_state))
         if stepper is None:
             stepper = self._steppers[layout, with_state] = VectorStepper(self, layout, with_state)
@@ -99,66 +100,66 @@ class VectorGroup:
     def refuse_single(self, world_id: int) -> ProtocolError:
         return ProtocolError(
             BAD_REQUEST,
-            f"world {world_id} is one copy of a vectorised batch and steps only with its group",
+            f"world {world_id} is one copy of a vectorised batch and steps only with its block",
             f"use step_batch/reset_batch over worlds {self.world_ids} in that order",
         )
 
 
 class CopyObs(Mapping):
-    """Copy ``index``'s row of the group's last observations, read on demand (nothing is copied per step)."""
+    """Copy ``index``'s row of the block's last observations, read on demand (nothing is copied per step)."""
 
-    def __init__(self, group: VectorGroup, index: int):
-        self.group, self.index = group, index
+    def __init__(self, block: VectorBlock, index: int):
+        self.block, self.index = block, index
 
     def __getitem__(self, agent: str) -> np.ndarray:
-        return self.group.last_obs[agent][self.index]
+        return self.block.last_obs[agent][self.index]
 
     def __iter__(self) -> Iterator[str]:
-        return iter(self.group.last_obs)
+        return iter(self.block.last_obs)
 
     def __len__(self) -> int:
-        return len(self.group.last_obs)
+        return len(self.block.last_obs)
 
 
 class CopyView(ParallelEnv):
-    """Copy ``index`` of a group seen as a ParallelEnv for reading: spaces, live agents, state. It never steps."""
+    """Copy ``index`` of a block seen as a ParallelEnv for reading: spaces, live agents, state. It never steps."""
 
-    def __init__(self, group: VectorGroup, index: int):
-        self.group, self.index = group, index
-        self.possible_agents = list(group.agents)
-        self.agents = list(group.agents)  # in vector form every agent lives until its copy's episode ends
-        if group.vector.state_space is not None:
-            self.state_space = group.vector.state_space
+    def __init__(self, block: VectorBlock, index: int):
+        self.block, self.index = block, index
+        self.possible_agents = list(block.agents)
+        self.agents = list(block.agents)  # in vector form every agent lives until its copy's episode ends
+        if block.vector.state_space is not None:
+            self.state_space = block.vector.state_space
 
     def observation_space(self, agent: str):
-        return self.group.vector.observation_spaces[agent]
+        return self.block.vector.observation_spaces[agent]
 
     def action_space(self, agent: str):
-        return self.group.vector.action_spaces[agent]
+        return self.block.vector.action_spaces[agent]
 
     def state(self) -> np.ndarray:
-        return self.group.vector.state()[self.index]
+        return self.block.vector.state()[self.index]
 
     def reset(self, seed=None, options=None):
-        raise self.group.refuse_single(self.group.world_ids[self.index])
+        raise self.block.refuse_single(self.block.world_ids[self.index])
 
     def step(self, actions):
-        raise self.group.refuse_single(self.group.world_ids[self.index])
+        raise self.block.refuse_single(self.block.world_ids[self.index])
 
     def close(self) -> None:
         pass
 
 
 class VectorStepper(BatchStepper):
-    """Steps a whole group with one call of the vectorised scenario; same replies as :class:`BatchStepper`."""
+    """Steps a whole block with one call of the vectorised scenario; same replies as :class:`BatchStepper`."""
 
-    def __init__(self, group: VectorGroup, layout: str, with_state: bool):
-        super().__init__(group.worlds, layout, with_state)
-        self.group = group
+    def __init__(self, block: VectorBlock, layout: str, with_state: bool):
+        super().__init__(block.worlds, layout, with_state)
+        self.block = block
         # Every agent of every copy is alive after a vector step: one read-only array serves every reply.
         self.alive = np.ones((len(self.worlds), len(self.agents)), bool)
         self.alive.flags.writeable = False
-        self.world_ids = Packed(group.world_ids)  # the group is whole once it steps: its ids never change
+        self.world_ids = Packed(block.world_ids)  # the block is whole once it steps: its ids never change
 
     def _layout(self, obs: dict[str, np.ndarray], whole: bool = False) -> Any:
         """The reply's observations; stacked, they are written when packed (straight into a joined frame, no array of
@@ -169,19 +170,17 @@ class VectorStepper(BatchStepper):
         return obs
 
     def reset(self, seed: int | None) -> dict:
-        group = self.group
-        group.last_obs = group.vector.reset(seed=seed)
-        group.ticks[:] = 0
-        group.episodes += 1
-        reply = {"op": "batch", "worlds": self.world_ids, "obs": self._layout(group.last_obs), "alive": self.alive}
-        if self.with_state:
-            reply["state"] = self._state(group.last_obs)
-        return reply
+        block = self.block
+        block.last_obs = block.vector.reset(seed=seed)
+        block.ticks[:] = 0
+        block.episodes += 1
+        state = self._state(block.last_obs) if self.with_state else None
+        return batch_reply(self.world_ids, self._layout(block.last_obs), self.alive, state=state)
 
     def _state(self, obs: dict[str, np.ndarray]) -> np.ndarray:
         """The state the worlds' spec advertises: the scenario's ``state()``, else the copies' observations
         concatenated (as :meth:`World.state` gives for one copy). A spec with neither was refused before stepping."""
-        vector = self.group.vector
+        vector = self.block.vector
         if vector.state_space is not None:
             return vector.state()
         k = len(self.worlds)
@@ -189,30 +188,30 @@ class VectorStepper(BatchStepper):
         return np.concatenate(parts, axis=1).astype(self.template.state_space.dtype, copy=False)
 
     def step(self, actions: dict[str, Any]) -> dict:
-        group = self.group
-        obs, rewards, terminated, truncated = group.vector.step(actions)
+        block = self.block
+        obs, rewards, terminated, truncated = block.vector.step(actions)
         over = (terminated | truncated).any(axis=1)
         done = np.flatnonzero(over)
-        group.ticks += 1
-        group.record(rewards, done)
-        reply = {
-            "op": "batch",
-            "worlds": self.world_ids,
-            "rewards": np.asarray(rewards, np.float32),
-            "terminated": np.asarray(terminated, bool),
-            "truncated": np.asarray(truncated, bool),
-            "alive": self.alive,
-            "episode_over": over,
-        }
+        block.ticks += 1
+        block.record(rewards, done)
+        final_obs = final_state = None
         if done.size:
-            reply["final_obs"] = self._layout(obs, whole=True)  # the resets below may write obs's arrays in place
+            final_obs = self._layout(obs, whole=True)  # the resets below may write obs's arrays in place
             if self.with_state:
-                reply["final_state"] = self._state(obs)
-            obs = group.vector.reset(copies=done)
-            group.ticks[done] = 0
-            group.episodes[done] += 1
-        group.last_obs = obs
-        reply["obs"] = self._layout(obs)
-        if self.with_state:
-            reply["state"] = self._state(obs)
-        return reply
+                final_state = self._state(obs)
+            obs = block.vector.reset(copies=done)
+            block.ticks[done] = 0
+            block.episodes[done] += 1
+        block.last_obs = obs
+        return batch_reply(
+            self.world_ids,
+            self._layout(obs),
+            self.alive,
+            rewards=np.asarray(rewards, np.float32),
+            terminated=np.asarray(terminated, bool),
+            truncated=np.asarray(truncated, bool),
+            episode_over=over,
+            final_obs=final_obs,
+            state=self._state(obs) if self.with_state else None,
+            final_state=final_state,
+        )

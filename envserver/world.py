@@ -106,8 +106,8 @@ class World:
     pending: dict[str, Any] = field(default_factory=dict)
     waiters: list[Waiter] = field(default_factory=list)
     observers: set[bytes] = field(default_factory=set)
-    group: Any = None
-    """The :class:`agora_marl.envserver.vector.VectorGroup` this world is copy ``index`` of, if it is vector-backed."""
+    block: Any = None
+    """The :class:`agora_marl.envserver.vector.VectorBlock` this world is copy ``index`` of, if it is vector-backed."""
     index: int = 0
     deadline_at: float | None = None
     public: bool = False
@@ -159,18 +159,36 @@ class World:
         self.started = not self.options.wait_for_seats
 
     def refresh(self) -> None:
-        """Bring tick and episode up to date (a vector-backed world keeps them in its group's arrays)."""
-        if self.group is not None:
-            self.tick = int(self.group.ticks[self.index])
-            self.episode = int(self.group.episodes[self.index])
+        """Bring tick and episode up to date (a vector-backed world keeps them in its block's arrays)."""
+        if self.block is not None:
+            self.tick = int(self.block.ticks[self.index])
+            self.episode = int(self.block.episodes[self.index])
 
     # ---- episodes -------------------------------------------------------------------------------------------
 
     def reset(self, seed: int | None = None, options: dict | None = None) -> None:
+        """Start the next episode (an explicit ``reset``, an auto-reset, a ``reset_batch``): ``episode`` advances,
+        ``tick`` starts again at 0, waiting actions are dropped. This and :meth:`record_step` alone write the
+        episode state (obs, infos, tick, episode, steps, returns), whoever steps the world (:meth:`step`, batch.py)."""
         self.obs, self.infos = self.env.reset(seed=seed, options=options)
         self.tick = 0
+        self.episode += 1
         self.pending.clear()
         self.deadline_at = None
+
+    def record_step(self, obs: dict, rewards: dict, infos: dict | None = None) -> None:
+        """Account one step of the scenario: its observations (and infos), counters and returns; an episode that
+        ended keeps its return for ``list``."""
+        self.tick += 1
+        self.steps += 1
+        self.last_rewards = rewards
+        self.episode_return += float(sum(rewards.values()))
+        self.obs = obs
+        if infos is not None:
+            self.infos = infos
+        if self.episode_over:
+            self.recent_returns.append(self.episode_return)
+            self.episode_return = 0.0
 
     @property
     def live_agents(self) -> list[str]:
@@ -198,8 +216,8 @@ class World:
 
     def _seats_changed(self) -> None:
         self._holder_dirty = True
-        if self.group is not None:
-            self.group.holders_dirty = True
+        if self.block is not None:
+            self.block.holders_dirty = True
 
     def sole_holder(self) -> bytes | None:
         """The connection holding every seat, if one does (the condition for batched stepping).
@@ -283,21 +301,14 @@ class World:
         self.deadline_at = None
         obs, rewards, terminated, truncated, infos = self.env.step(actions)
         outcome = StepOutcome(obs, rewards, terminated, truncated, infos, frozenset(live), filled)
-        self.tick += 1
-        self.steps += 1
-        self.last_rewards = rewards
-        self.episode_return += float(sum(rewards.values()))
+        self.record_step(obs, rewards, infos)
         if filled:
             self.late_fills += sum(1 for why in filled.values() if why == LATE)
-        self.obs, self.infos = obs, infos
-        if self.episode_over:
-            self.end_episode()
         if self.episode_over and self.options.auto_reset:
             outcome.final_obs = obs
             if any(w.batch is not None and w.batch[0].state is not None for w in self.waiters):
                 outcome.final_state = self.state()
             self.reset()
-            self.episode += 1
         return outcome
 
     def replies(self, outcome: StepOutcome) -> list[tuple[bytes, dict]]:
@@ -366,18 +377,13 @@ class World:
             replies.append((waiter.identity, error.to_header(waiter.request_id)))
         return replies
 
-    def end_episode(self) -> None:
-        """Keep the finished episode's return for ``list``."""
-        self.recent_returns.append(self.episode_return)
-        self.episode_return = 0.0
-
     # ---- reading ----------------------------------------------------------------------------------------------
 
     def stats(self, now: float) -> dict:
         """What ``list`` shows of the world's activity: steps/s since the last look (at least 1 s apart), late
         fills, the last episodes' returns and the last step's rewards."""
-        if self.group is not None:
-            return self.group.stats(self.index, now)
+        if self.block is not None:
+            return self.block.stats(self.index, now)
         since, steps = self.rate_mark
         rate = (self.steps - steps) / (now - since) if since and now > since else 0.0
         if now - since >= 1.0:
@@ -397,7 +403,7 @@ class World:
                 f"world {self.world_id} does not render",
                 "create it with 'render': true (its scenario must support rgb_array)",
             )
-        frame = self.group.render(self.index) if self.group is not None else self.env.render()
+        frame = self.block.render(self.index) if self.block is not None else self.env.render()
         frame = np.asarray(frame)
         if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[2] not in (3, 4):
             raise ValueError(f"render() gave a {frame.dtype} array of shape {frame.shape}, not (H, W, 3) uint8")

@@ -222,7 +222,7 @@ def test_vector_backed_group_steps_like_its_per_copy_worlds(server):
             np.testing.assert_array_equal(a["final_obs"][a["episode_over"]], b["final_obs"][b["episode_over"]])
             episodes_over += 1
     assert episodes_over > 0
-    # A copy of a group steps only with its whole group.
+    # A copy of a vector block steps only with its whole block.
     assert client.request({"op": "act", "world": group[0], "actions": {"agent_0": 0}})["code"] == "bad_request"
     assert client.request({"op": "reset_batch", "worlds": group[:2]})["code"] == "batch_mismatch"
     assert client.ok({"op": "observe", "world": group[1]})["obs"]["agent_0"].shape == a["obs"].shape[2:]

@@ -20,7 +20,9 @@ from agora_marl.envserver.protocol.spaces import (
     encode_space,
     from_wire,
     noop_value,
+    rows_of,
     to_wire,
+    write_row,
     zeros_like_space,
 )
 from agora_marl.envserver.protocol.spec import WorldSpec
@@ -41,9 +43,11 @@ __all__ = [
     "pack",
     "read_connection_file",
     "resolve_address",
+    "rows_of",
     "to_wire",
     "unpack",
     "vocabulary",
     "write_connection_file",
+    "write_row",
     "zeros_like_space",
 ]

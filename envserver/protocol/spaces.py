@@ -199,6 +199,32 @@ def noop_value(space: spaces.Space, batch_shape: tuple[int, ...] = ()) -> Any:
     raise ValueError(f"space {space} is not supported by agora")
 
 
+def rows_of(value: Any, index: Any) -> Any:
+    """Rows ``index`` (an int, a slice, a tuple of them) of a value in wire form: an array, or a map of them (Dict
+    and Tuple spaces), nested."""
+    if isinstance(value, dict):
+        return {key: rows_of(v, index) for key, v in value.items()}
+    return value[index]
+
+
+def write_row(out: Any, index: Any, value: Any) -> None:
+    """Write one value (an array or a scalar; a dict for a Dict space, a tuple for a Tuple space) into rows ``index``
+    of storage made by :func:`zeros_like_space` (a Tuple's members are keyed ``"0"``, ``"1"``... there).
+
+    Raises:
+        ValueError: ``value`` lacks a member ``out`` has (it is not a value of the storage's space).
+    """
+    if isinstance(out, dict):
+        for key, sub in out.items():
+            try:
+                member = value[key] if isinstance(value, dict) else value[int(key)]
+            except (KeyError, IndexError, TypeError, ValueError):
+                raise ValueError(f"a value with no member {key!r} for storage of members {list(out)}") from None
+            write_row(sub, index, member)
+    else:
+        out[index] = value
+
+
 def zeros_like_space(space: spaces.Space, batch_shape: tuple[int, ...] = ()) -> Any:
     """Zero-filled storage for values of ``space`` with leading ``batch_shape`` (the rows of inactive agents)."""
     if isinstance(space, spaces.Dict):

@@ -15,8 +15,8 @@ list of map keys (strings) saying where the array sits in the message (``["obs",
 ``msg["obs"]["agent_0"]``), ``dtype`` is one of :data:`DTYPES` and ``shape`` a list of non-negative ints. Arrays
 therefore cross without being copied into msgpack, and nothing is ever unpickled: a frame is only ever read as a
 buffer of one of the numeric dtypes below. The joined form costs one copy of the arrays and saves a frame each: a
-frame costs both ends and libzmq's I/O thread several µs, more than copying a few KB (a batch reply holds 6–8
-arrays).
+frame costs both ends and libzmq's I/O thread more than copying a few KB does (a batch reply holds 6–8 arrays;
+docs/performance.md, 'Figures behind the code').
 
 :func:`pack` turns a dict whose leaves may be numpy arrays into frames; :func:`unpack` does the reverse and checks
 everything a hostile peer could get wrong, raising :class:`ProtocolError` with code ``bad_message``.
@@ -78,8 +78,9 @@ def _msgpack_default(value: Any) -> Any:
 
 
 class Packed:
-    """A top-level header value packed once, for a value sent unchanged in many messages (a vector group's world
-    ids, in every reply to its steps: packing 256 ints costs ~10 µs). :func:`pack` splices its bytes in."""
+    """A top-level header value packed once, for a value sent unchanged in many messages (a vector-backed batch's
+    world ids, in every reply to its steps). :func:`pack` splices its bytes into the header's map; anywhere but at
+    the top level it is refused (``TypeError``: the header's packer knows no Packed)."""
 
     __slots__ = ("data",)
 
@@ -94,13 +95,15 @@ class Stacked:
     __slots__ = ("parts", "shape", "dtype", "nbytes")
 
     def __init__(self, parts: list[np.ndarray]):
+        if not parts or any(p.shape != parts[0].shape for p in parts):
+            raise ValueError(f"Stacked needs one or more slices of one shape, got {[p.shape for p in parts]}")
         self.parts = parts
         self.dtype = np.result_type(*parts)
         self.shape = (parts[0].shape[0], len(parts), *parts[0].shape[1:])
         self.nbytes = math.prod(self.shape) * self.dtype.itemsize
 
     def write(self, out: np.ndarray) -> None:
-        for i, part in enumerate(self.parts):  # a row assignment per slice costs a third of np.stack's
+        for i, part in enumerate(self.parts):  # cheaper than np.stack (docs/performance.md, 'Figures behind the code')
             out[:, i] = part
 
     def array(self) -> np.ndarray:
@@ -115,10 +118,12 @@ def _map_header(size: int) -> bytes:
     return (b"\xde" + size.to_bytes(2, "big")) if size < 1 << 16 else (b"\xdf" + size.to_bytes(4, "big"))
 
 
-def _packb_with(header: dict, packed: list[tuple[str, Packed]]) -> bytes:
+def _packb_with(header: dict, packed: list[tuple[str, Packed]], default: Any) -> bytes:
     """``header`` packed as a map that also holds the ``packed`` entries (their bytes appended, not packed again)."""
-    body = msgpack.packb(header, use_bin_type=True, default=_msgpack_default)
-    skip = 1 if body[0] & 0xF0 == 0x80 else 3 if body[0] == 0xDE else 5  # the map's own size prefix
+    body = msgpack.packb(header, use_bin_type=True, default=default)
+    skip = 1 if body[0] & 0xF0 == 0x80 else 3 if body[0] == 0xDE else 5 if body[0] == 0xDF else 0  # its size prefix
+    if not skip:
+        raise ValueError(f"a header packs as a msgpack map, not as one starting with byte {body[0]:#x}")
     tail = b"".join(msgpack.packb(key, use_bin_type=True) + value.data for key, value in packed)
     return _map_header(len(header) + len(packed)) + body[skip:] + tail
 
@@ -132,8 +137,17 @@ class _Placed:
 
 #: A message key (not a string, so it never reaches the wire) under which a sender hands :func:`pack` the message's
 #: arrays already placed, as ``(path, array)`` pairs, when the rest of the message holds plain values only: the walk
-#: for arrays is skipped (packing a one-seat lockstep step reply, whose only arrays are its observations: 5.7 → 3.4 µs).
+#: for arrays is skipped (a lockstep step reply, whose only arrays are its observations; docs/performance.md). Both
+#: conditions are checked: an array left in the rest of the message, or a path under a key the message already has,
+#: is refused (``ValueError``).
 PLACED = _Placed()
+
+
+def _plain_only(value: Any) -> Any:
+    # The header packer's fallback for a message with placed arrays: numpy scalars become numbers, an array is a bug.
+    if isinstance(value, np.ndarray | Stacked):
+        raise ValueError("a message with placed arrays (wire.PLACED) holds an array outside them; place it too")
+    return _msgpack_default(value)
 
 
 #: Header values that are never walked: looked up by exact type, they skip the isinstance tests.
@@ -205,10 +219,14 @@ def pack(message: dict, joined: bool = False) -> list:
     """
     table: list = []
     frames: list = []
+    default = _msgpack_default
     if PLACED in message:
         header = dict(message)
         for path, array in header.pop(PLACED):
+            if path[0] in header:
+                raise ValueError(f"placed array {list(path)} would overwrite the message's {path[0]!r}")
             _add_array(list(path), array, table, frames)
+        default = _plain_only
     else:
         header = _extract_arrays(message, [], table, frames)
     header["v"] = PROTOCOL_VERSION
@@ -223,8 +241,8 @@ def pack(message: dict, joined: bool = False) -> list:
     if packed:
         for key, _ in packed:
             del header[key]
-        return [_packb_with(header, packed), *frames]
-    return [msgpack.packb(header, use_bin_type=True, default=_msgpack_default), *frames]
+        return [_packb_with(header, packed, default), *frames]
+    return [msgpack.packb(header, use_bin_type=True, default=default), *frames]
 
 
 def _as_bytes_like(frame: Any) -> Any:
