@@ -6,7 +6,7 @@ logged update the totals of every update since the last logged one are summed ov
 and become the metrics:
 
 - ``return``: the mean return of those episodes; ``return/<team>`` per team where the seats form several
-  (learners.policy.group_agents: name prefix and spaces);
+  (learners.policy.form_teams: name prefix and spaces);
 - ``episode_length``, and ``episodes``: the count since the run began;
 - ``return_recent``: the mean return over the last logged updates that hold at least 100 episodes (smoother, and
   defined even at an update where no episode ended);
@@ -27,7 +27,7 @@ from gymnasium import spaces
 
 from agora_marl.agents.batched import BatchResult
 from agora_marl.learners import mpi
-from agora_marl.learners.policy import group_agents
+from agora_marl.learners.policy import form_teams
 
 #: Episodes the ``return_recent`` window spans at least.
 RECENT_EPISODES = 100
@@ -49,7 +49,7 @@ class EpisodeStats:
         action_spaces: dict[str, spaces.Space],
         num_worlds: int,
     ):
-        teams = group_agents(seats, observation_spaces, action_spaces, "team")
+        teams = form_teams(seats, observation_spaces, action_spaces, "team")
         self.teams = [name for name, _ in teams]
         self._columns = [[seats.index(a) for a in agents] for _, agents in teams]
         self._num_worlds = num_worlds

@@ -1,6 +1,6 @@
 """Agent teams and the acting multi-agent policy of actor networks (a building block of the learners).
 
-Agents are grouped into teams (:func:`group_agents`); a team shares one actor network (:class:`TeamActor`), whose
+Agents are formed into teams (:func:`form_teams`); a team shares one actor network (:class:`TeamActor`), whose
 input is the flattened observation followed, optionally, by a one-hot of the agent's index in its team.
 :class:`MultiAgentPolicy` holds every team's actor and acts for any subset of the agents: it is an
 ``api.Policy`` (``possible_agents``, spaces, ``act(obs, greedy)``), as PPO's ``make_policy`` returns it.
@@ -28,7 +28,7 @@ def team_prefix(agent: str) -> str:
     return match.group(1) if match and match.group(1) else agent
 
 
-def group_agents(
+def form_teams(
     possible_agents: list[str],
     observation_spaces: dict[str, spaces.Space],
     action_spaces: dict[str, spaces.Space],
@@ -107,7 +107,7 @@ class MultiAgentPolicy(nn.Module):
     Args:
         possible_agents: the agents it acts for.
         observation_spaces, action_spaces: theirs (others are ignored).
-        share: ``team`` or ``none`` (:func:`group_agents`).
+        share: ``team`` or ``none`` (:func:`form_teams`).
         actor: :class:`TeamActor`'s keyword arguments (agent_id, hidden, activation, input_norm, box_bounds,
             log_std_init).
     """
@@ -125,11 +125,11 @@ class MultiAgentPolicy(nn.Module):
         self.possible_agents = list(possible_agents)
         self.observation_spaces = {a: observation_spaces[a] for a in self.possible_agents}
         self.action_spaces = {a: action_spaces[a] for a in self.possible_agents}
-        groups = group_agents(self.possible_agents, self.observation_spaces, self.action_spaces, share)
+        formed = form_teams(self.possible_agents, self.observation_spaces, self.action_spaces, share)
         self.teams = nn.ModuleDict(
             {
                 name: TeamActor(agents, observation_spaces[agents[0]], action_spaces[agents[0]], **actor)
-                for name, agents in groups
+                for name, agents in formed
             }
         )
         self.team_of = {agent: (name, i) for name, team in self.teams.items() for i, agent in enumerate(team.agents)}

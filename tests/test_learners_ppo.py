@@ -10,7 +10,7 @@ from gymnasium import spaces
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners.config import load_config
 from agora_marl.learners.networks import RunningNorm, make_head
-from agora_marl.learners.policy import group_agents
+from agora_marl.learners.policy import form_teams
 from agora_marl.learners.rollout import gae
 from agora_marl.learners.run import Run, read_metrics
 from agora_marl.learners.trained import evaluate, load_run_policy, load_trained_policy
@@ -93,8 +93,8 @@ def test_teams_group_by_name_prefix_and_spaces() -> None:
     agents = ["adversary_0", "adversary_1", "agent_0", "agent_1"]
     obs = {"adversary_0": box, "adversary_1": box, "agent_0": wide, "agent_1": wide}
     act = dict.fromkeys(agents, spaces.Discrete(5))
-    assert group_agents(agents, obs, act) == [("adversary", agents[:2]), ("agent", agents[2:])]
-    assert [name for name, _ in group_agents(agents, obs, act, share="none")] == agents
+    assert form_teams(agents, obs, act) == [("adversary", agents[:2]), ("agent", agents[2:])]
+    assert [name for name, _ in form_teams(agents, obs, act, share="none")] == agents
 
 
 def test_running_norm_merges_batches_exactly() -> None:

@@ -3,7 +3,7 @@
 Every agent learns as if the others were part of its environment (Tan, 1993; Tampuu et al., 2017), with the DQN
 machinery of Mnih et al. (2015): a replay buffer, a target network (hard copies or Polyak averaging), an epsilon-greedy
 schedule, and double-DQN targets (van Hasselt et al., 2016). Agents of a team (same name prefix and spaces, see
-learners.policy.group_agents) share one network, with a one-hot of their index appended to its input. A one-seat
+learners.policy.form_teams) share one network, with a one-hot of their index appended to its input. A one-seat
 gymnasium world (``gymnasium:CartPole-v1``) is the special case of one team of one agent.
 
 Experience comes only through ``agents.BatchedWorlds``: each batched step adds K rows to the joint replay buffer
@@ -40,7 +40,7 @@ from torch.nn import functional as F
 from agora_marl.learners import api
 from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import flat_dim, init_linear, mlp
-from agora_marl.learners.policy import group_agents
+from agora_marl.learners.policy import form_teams
 from agora_marl.learners.replay import JointBatch, JointReplay
 from agora_marl.learners.schedules import linear
 from agora_marl.learners.targets import make_target, update_target
@@ -116,7 +116,7 @@ class QPolicy(nn.Module):
         self.observation_spaces = {a: spec.observation_spaces[a] for a in self.possible_agents}
         self.action_spaces = {a: spec.action_spaces[a] for a in self.possible_agents}
         self.epsilon = settings.eps_end
-        self.teams: list[tuple[str, list[str]]] = group_agents(
+        self.teams: list[tuple[str, list[str]]] = form_teams(
             self.possible_agents, self.observation_spaces, self.action_spaces, settings.share
         )
         self.nets = nn.ModuleDict()

@@ -39,7 +39,7 @@ from torch import nn
 from agora_marl.learners import api
 from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import CentralQCritic, GumbelSoftmaxHead, flat_dim, make_differentiable_head, mlp
-from agora_marl.learners.policy import group_agents, team_prefix
+from agora_marl.learners.policy import form_teams, team_prefix
 from agora_marl.learners.replay import JointBatch, JointReplay
 from agora_marl.learners.schedules import linear
 from agora_marl.learners.targets import make_target, update_target
@@ -111,10 +111,10 @@ class ActorPolicy(nn.Module):
         self.observation_spaces = {a: spec.observation_spaces[a] for a in self.possible_agents}
         self.action_spaces = {a: spec.action_spaces[a] for a in self.possible_agents}
         self.noise = settings.noise_end
-        self.groups = group_agents(self.possible_agents, self.observation_spaces, self.action_spaces, settings.share)
+        self.teams = form_teams(self.possible_agents, self.observation_spaces, self.action_spaces, settings.share)
         self.trunks, self.heads = nn.ModuleDict(), nn.ModuleDict()
         self.ids: dict[str, tuple[str, int, int]] = {}  # agent -> (group, index in it, one-hot width)
-        for name, agents in self.groups:
+        for name, agents in self.teams:
             id_dim = len(agents) if settings.agent_id and len(agents) > 1 else 0
             in_dim = flat_dim(self.observation_spaces[agents[0]]) + id_dim
             self.trunks[name] = mlp(in_dim, settings.hidden, settings.activation, settings.input_norm)
@@ -129,7 +129,7 @@ class ActorPolicy(nn.Module):
         """Each agent's head parameters for flattened observations ``{agent: (B, features)}``; one forward pass per
         sharing group."""
         out: dict[str, torch.Tensor] = {}
-        for name, members in self.groups:
+        for name, members in self.teams:
             present = [a for a in members if a in agents]
             if not present:
                 continue

@@ -44,7 +44,7 @@ from torch.nn import functional as F
 from agora_marl.learners import api
 from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import QMixer, flat_dim, init_linear, mlp
-from agora_marl.learners.policy import group_agents, team_prefix
+from agora_marl.learners.policy import form_teams, team_prefix
 from agora_marl.learners.replay import JointBatch, JointReplay
 from agora_marl.learners.schedules import linear
 from agora_marl.learners.targets import make_target, update_target
@@ -127,10 +127,10 @@ class AgentQPolicy(nn.Module):
         self.observation_spaces = {a: spec.observation_spaces[a] for a in self.possible_agents}
         self.action_spaces = {a: spec.action_spaces[a] for a in self.possible_agents}
         self.epsilon = settings.eps_end
-        self.groups = group_agents(self.possible_agents, self.observation_spaces, self.action_spaces, settings.share)
+        self.teams = form_teams(self.possible_agents, self.observation_spaces, self.action_spaces, settings.share)
         self.nets = nn.ModuleDict()
         self.ids: dict[str, tuple[str, int, int]] = {}  # agent -> (group, index in it, one-hot width)
-        for name, agents in self.groups:
+        for name, agents in self.teams:
             space = self.action_spaces[agents[0]]
             if not isinstance(space, spaces.Discrete):
                 raise ValueError(f"value decomposition needs Discrete actions; {agents[0]} acts in {space}")
@@ -144,7 +144,7 @@ class AgentQPolicy(nn.Module):
         """Each agent's Q-values ``(B, n_actions)`` for flattened observations ``{agent: (B, features)}``; one
         forward pass per sharing group."""
         out: dict[str, torch.Tensor] = {}
-        for name, members in self.groups:
+        for name, members in self.teams:
             present = [a for a in members if a in agents]
             if not present:
                 continue
