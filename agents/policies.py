@@ -1,7 +1,7 @@
 """Ready-made policies for ``agora play`` and custom clients. A policy is a callable ``obs -> action``.
 
 :func:`named_policy` resolves a policy by name: ``random``, ``noop``, ``scripted`` (simple_spread, coin_duel_v0,
-predator_prey_v0), ``module:callable`` (the callable gets the two spaces and returns a policy; the module is found as scenario modules
+predator_prey_v0, homing_v0), ``module:callable`` (the callable gets the two spaces and returns a policy; the module is found as scenario modules
 are, on ``sys.path``, then in the current directory, or given as a ``FILE.py``), or a directory holding a trained run.
 Trained runs need torch, which a client never imports: the caller passes the loader (``agora play`` passes
 ``agora_marl.learners.trained.load_run_policy``; see agora_marl.launch.policies).
@@ -111,13 +111,16 @@ def _assignment(agents: np.ndarray, landmarks: np.ndarray) -> list[int]:
 
 def scripted_policy(observation_space: spaces.Space, action_space: spaces.Space, agent: str | None = None) -> Policy:
     """The scripted player of the world these spaces come from: agora's ``coin_duel_v0`` (its view and five moves;
-    the world owns its player, ``scenarios.builtin.coin_duel.scripted_moves``), ``predator_prey_v0`` (by the seat's
+    the world owns its player, ``scenarios.builtin.coin_duel.scripted_moves``), ``homing_v0`` (straight at the
+    agent's beacon), ``predator_prey_v0`` (by the seat's
     name: predators chase, the prey flees; ``scenarios.builtin.predator_prey``), else mpe2's simple_spread."""
     # Imported here, as for module:callable below: a client playing another policy never builds the registry.
-    from agora_marl.scenarios.builtin import coin_duel, predator_prey
+    from agora_marl.scenarios.builtin import coin_duel, homing, predator_prey
 
     if coin_duel.plays(observation_space, action_space):
         return lambda obs: int(coin_duel.scripted_moves(obs)[0])
+    if homing.plays(observation_space, action_space):
+        return lambda obs: int(homing.scripted_moves(obs)[0])
     role = predator_prey.scripted_role(agent, observation_space, action_space)
     if role == "predator":
         return lambda obs: int(predator_prey.scripted_predator_moves(np.asarray(obs)[None])[0])
@@ -135,7 +138,7 @@ _BUILTIN: dict[str, Callable[[spaces.Space, spaces.Space], Policy]] = {
 
 
 #: The scenarios ``scripted`` plays, by a part of their names.
-_SCRIPTED_SCENARIOS = ("simple_spread", "coin_duel", "predator_prey")
+_SCRIPTED_SCENARIOS = ("simple_spread", "coin_duel", "predator_prey", "homing")
 
 
 def has_scripted_policy(scenario: str) -> bool:
@@ -153,7 +156,7 @@ def named_policy(
     """The policy called ``name`` for one seat with these spaces.
 
     Args:
-        name: ``random``, ``noop``, ``scripted`` (simple_spread, coin_duel_v0, predator_prey_v0), ``module:callable`` (called with
+        name: ``random``, ``noop``, ``scripted`` (simple_spread, coin_duel_v0, predator_prey_v0, homing_v0), ``module:callable`` (called with
             the observation and action spaces, it returns the policy; ``module`` is a module name looked up on
             ``sys.path`` and then in the current directory, or a ``FILE.py``:
             :func:`agora_marl.scenarios.registry.import_module_or_file`), or the path of a training run directory.

@@ -30,6 +30,9 @@ BUILTIN: dict[str, str] = {
     "mappo": "agora_marl.learners.algorithms.ppo:MAPPO",
     "ippo": "agora_marl.learners.algorithms.ppo:IPPO",
     "idqn": "agora_marl.learners.algorithms.idqn:IDQN",
+    "vdn": "agora_marl.learners.algorithms.value_decomposition:VDN",
+    "qmix": "agora_marl.learners.algorithms.value_decomposition:QMIX",
+    "maddpg": "agora_marl.learners.algorithms.maddpg:MADDPG",
 }
 #: The entry-point group of installed algorithms.
 ENTRY_POINT_GROUP = "agora.learners"

@@ -34,7 +34,7 @@ def test_the_template_passes_the_checks(tmp_path, capsys, monkeypatch) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("algo", ["ippo", "mappo", "idqn"])
+@pytest.mark.parametrize("algo", ["ippo", "mappo", "idqn", "vdn", "qmix", "maddpg"])
 def test_the_built_ins_pass_the_checks_in_process(algo) -> None:
     """In this process: their runs in fresh processes and under mpirun are the CLI tests' (test_launch_train.py,
     test_learners_idqn.py, test_launch_matches.py), and the same checks in fresh processes run on a plugin."""

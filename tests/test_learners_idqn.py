@@ -18,6 +18,7 @@ from agora_marl.agents.types import WorldSpec
 from agora_marl.envserver.process import ServerProcesses
 from agora_marl.learners.algorithms import idqn
 from agora_marl.learners.config import load_config
+from agora_marl.learners.replay import JointReplay
 from agora_marl.learners.run import Run, read_metrics
 from agora_marl.learners.trained import evaluate, load_run_policy, load_trained_policy
 from agora_marl.learners.training import train
@@ -41,31 +42,17 @@ def _spec(agents: int = 2, action: spaces.Space | None = None) -> WorldSpec:
     return WorldSpec("test", {}, names, dict.fromkeys(names, box), dict.fromkeys(names, act), None)
 
 
-def test_replay_buffer_wraps_and_round_trips() -> None:
-    buffer = idqn.ReplayBuffer(capacity=5, in_dim=2)
-    for start in (0, 3):
-        x = np.arange(start, start + 3, dtype=np.float32)[:, None].repeat(2, axis=1)
-        buffer.add(x, np.arange(3), np.ones(3, np.float32), x + 100, np.zeros(3, np.float32))
-    assert buffer.size == 5 and buffer.cursor == 1
-    assert sorted(buffer.x[:, 0].tolist()) == [1, 2, 3, 4, 5]  # transition 0 was overwritten by 5
-    x, action, reward, x_next, terminal = buffer.sample(64, np.random.default_rng(0), torch.device("cpu"))
-    assert x.shape == (64, 2) and action.dtype == torch.int64 and torch.equal(x_next, x + 100)
-    copy = idqn.ReplayBuffer(capacity=5, in_dim=2)
-    copy.load_state_dict(buffer.state_dict())
-    assert np.array_equal(copy.x, buffer.x) and (copy.cursor, copy.size) == (1, 5)
-
-
-def test_transitions_tell_termination_truncation_and_auto_reset_apart() -> None:
-    """World 0 ends its episode (auto-reset), world 1 goes on with agent_1 terminated, world 2 cuts agent_0 short."""
-    policy = idqn.QPolicy(_spec(), idqn.Settings())
-    buffers = {"agent": idqn.ReplayBuffer(16, 3 + 2)}
-    columns = {"agent_0": 0, "agent_1": 1}
-    obs = {a: np.full((3, 3), 10.0 * (j + 1), np.float32) + np.arange(3)[:, None] for j, a in enumerate(columns)}
-    new = {a: v + 0.5 for a, v in obs.items()}
+def test_td_targets_tell_termination_truncation_and_auto_reset_apart() -> None:
+    """World 0 ends its episode (auto-reset), world 1 goes on with agent_1 terminated, world 2 cuts agent_0 short
+    while agent_1 was dead before the step: the five transitions that acted, through the joint replay buffer."""
+    spec, settings = _spec(), idqn.Settings(gamma=0.5, huber_delta=0.0)
+    policy = idqn.QPolicy(spec, settings)
+    agents = spec.possible_agents
+    obs = {a: np.full((3, 3), 10.0 * (j + 1), np.float32) + np.arange(3)[:, None] for j, a in enumerate(agents)}
     final = {a: v - 0.5 for a, v in obs.items()}
     alive_before = np.array([[True, True], [True, True], [True, False]])
     result = BatchResult(
-        obs=new,
+        obs={a: v + 0.5 for a, v in obs.items()},
         alive=np.array([[True, True], [True, False], [False, False]]),
         rewards=np.array([[1, 2], [3, 4], [5, 6]], np.float32),
         terminated=np.array([[False, False], [False, True], [False, False]]),
@@ -73,18 +60,24 @@ def test_transitions_tell_termination_truncation_and_auto_reset_apart() -> None:
         episode_over=np.array([True, False, False]),
         final_obs=final,
     )
-    actions = {"agent_0": np.array([1, 2, 3]), "agent_1": np.array([4, 1, 1])}
-    idqn._store(policy, buffers, columns, obs, actions, alive_before, result)
-    b = buffers["agent"]
-    assert b.size == 5  # world 2's agent_1 was dead before the step: no transition
-    rows = {(float(b.x[i, 0]), int(b.x[i, 3:].argmax())): i for i in range(b.size)}
-    # The Q-network input is the observation and the agent's one-hot; actions are stored from 0 (start = 1).
-    w0a0, w1a1, w2a0 = rows[(10.0, 0)], rows[(21.0, 1)], rows[(12.0, 0)]
-    assert b.action[w0a0] == 0 and b.action[rows[(20.0, 1)]] == 3 and b.reward[w1a1] == 4
-    assert b.x_next[w0a0, 0] == 9.5 and b.terminal[w0a0] == 0  # truncated at the episode's end: final obs, bootstrap
-    assert b.terminal[w1a1] == 1  # terminated: no bootstrap
-    assert b.x_next[rows[(11.0, 0)], 0] == 11.5  # world 1's agent_0 goes on: the next observation
-    assert b.x_next[w2a0, 0] == 12.0 and b.terminal[w2a0] == 0  # cut short while the world goes on: its last obs
+    actions = {"agent_0": np.array([1, 2, 3]), "agent_1": np.array([4, 1, 1])}  # the space starts at 1
+    replay = JointReplay(8, agents, spec.observation_spaces, spec.action_spaces)
+    replay.add(BatchResult(obs=obs, alive=alive_before), actions, result)
+    loss, _ = idqn._td_loss(policy, policy, "agent", agents, replay.rows(np.arange(3)), settings)
+
+    def q(x: np.ndarray, agent: int) -> torch.Tensor:
+        one_hot = np.eye(2, dtype=np.float32)[agent]
+        return policy.nets["agent"](torch.from_numpy(np.concatenate([x, one_hot]).astype(np.float32))).detach()
+
+    # (world, agent, the observation its target bootstraps from or None where it terminated)
+    expected = [(0, 0, final["agent_0"][0]), (0, 1, final["agent_1"][0]), (1, 0, obs["agent_0"][1] + 0.5)]
+    expected += [(1, 1, None), (2, 0, obs["agent_0"][2])]  # cut short while the world goes on: its last obs
+    errors = []
+    for k, i, following in expected:
+        a = agents[i]
+        y = result.rewards[k, i] + (0.0 if following is None else 0.5 * q(following, i).max().item())
+        errors.append((q(obs[a][k], i)[actions[a][k] - 1].item() - y) ** 2)
+    assert loss.item() == pytest.approx(np.mean(errors), rel=1e-5)
 
 
 def test_actions_respect_the_space_start_and_box_actions_are_refused() -> None:
@@ -114,14 +107,14 @@ def test_resume_continues_counters_and_experience(tmp_path: Path, server: list[s
     train(config, run, server)
     run.close()
     first = torch.load(run.checkpoints()[-1], weights_only=True)
-    assert first["step"] == 1024 and first["per_rank"][0]["replay/agent"]["size"] == 1024
+    assert first["step"] == 1024 and first["per_rank"][0]["replay"]["size"] == 1024
 
     resumed = Run.open(tmp_path / "run", ["run.total_steps=2048"])
     metrics = train(resumed.config, resumed, server)
     resumed.close()
     last = torch.load(resumed.checkpoints()[-1], weights_only=True)
     assert last["step"] == 2048 and last["update"] == 2 * first["update"]
-    assert last["per_rank"][0]["replay/agent"]["size"] == 2048
+    assert last["per_rank"][0]["replay"]["size"] == 2048
     assert metrics["gradient_steps"] > first["state"]["counters"]["gradient_steps"]
     steps = [int(r["step"]) for r in read_metrics(tmp_path / "run" / "metrics.csv")]
     assert steps == sorted(steps) and steps[-1] == 2048 and len(steps) == len(set(steps))
@@ -145,12 +138,11 @@ def test_resume_reproduces_an_uninterrupted_run_exactly(tmp_path: Path, server: 
     resumed.close()
     a, b = (torch.load(r.checkpoints()[-1], weights_only=True) for r in (straight, resumed))
     assert a["update"] == b["update"] == 4 and a["state"]["counters"] == b["state"]["counters"]
-    for name, tensor in [
-        *a["policy"].items(),
-        *(("replay." + k, v) for k, v in a["per_rank"][0]["replay/agent"].items()),
-    ]:
-        other = b["policy"][name] if not name.startswith("replay.") else b["per_rank"][0]["replay/agent"][name[7:]]
-        assert torch.equal(torch.as_tensor(tensor), torch.as_tensor(other)), f"{name} differs after resume"
+    replays = [r["per_rank"][0]["replay"] for r in (a, b)]
+    assert [r["size"] for r in replays] == [512, 512] and replays[0]["cursor"] == replays[1]["cursor"]
+    for name, tensor in [*a["policy"].items(), *(("replay." + k, v) for k, v in replays[0]["arrays"].items())]:
+        other = b["policy"][name] if not name.startswith("replay.") else replays[1]["arrays"][name[7:]]
+        assert torch.equal(tensor, other), f"{name} differs after resume"
     for name, tensor in a["state"]["target"].items():
         assert torch.equal(tensor, b["state"]["target"][name]), f"target.{name} differs after resume"
     rows = [read_metrics(r.directory / "metrics.csv") for r in (straight, resumed)]

@@ -6,11 +6,13 @@ schedule, and double-DQN targets (van Hasselt et al., 2016). Agents of a team (s
 learners.policy.group_agents) share one network, with a one-hot of their index appended to its input. A one-seat
 gymnasium world (``gymnasium:CartPole-v1``) is the special case of one team of one agent.
 
-Experience comes only through ``agents.BatchedWorlds``: each batched step adds up to K·N transitions at once. Episode
-ends follow the protocol's flags: a terminated agent's target has no bootstrap; a truncated one bootstraps from the
-observation its episode ended in (the world's ``final_obs``; for an agent cut short while its world goes on, which
-has none on the wire, its last observation). Under MPI every rank samples its own worlds into its own buffer, and
-each gradient step is averaged over ranks with one allreduce (learners.mpi), so parameters stay identical.
+Experience comes only through ``agents.BatchedWorlds``: each batched step adds K rows to the joint replay buffer
+(learners.replay: one row per world and step, every seat's transition in it), and each sampled row gives every team
+the transitions of its agents that acted. Episode ends follow the protocol's flags, as the buffer records them: a
+terminated agent's target has no bootstrap; a truncated one bootstraps from the observation its episode ended in
+(the world's ``final_obs``; for an agent cut short while its world goes on, which has none on the wire, its last
+observation). Under MPI every rank samples its own worlds into its own buffer, and each gradient step is averaged
+over ranks with one allreduce (learners.mpi), so parameters stay identical.
 
 With ``env.seats`` the learner holds only those seats of its worlds (``BatchedWorlds(seats=...)``, one ``act_batch``
 per step) and has Q-networks for them alone; an opponent process plays the others (learners.training). Such a
@@ -19,7 +21,7 @@ other seats, and of its own, that the worlds filled at their deadline.
 
 One *update* of the loop below is ``steps_per_update`` environment steps per rank followed by ``gradient_steps``
 gradient steps; logging and checkpoints count these updates. Resume is exact: the networks, target, optimizer and
-the gradient-step counter are registered with the session, each rank's replay buffers per rank, and the harness
+the gradient-step counter are registered with the session, each rank's replay buffer per rank, and the harness
 reseeds torch (exploration) and the session's generator (replay sampling) and resets the worlds at every checkpoint
 boundary. The epsilon schedule is a function of the step (learners.schedules). Written on the learner API only
 (learners.api): this file is a worked example of an off-policy algorithm.
@@ -28,7 +30,6 @@ boundary. The epsilon schedule is a function of the step (learners.schedules). W
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +41,7 @@ from agora_marl.learners import api
 from agora_marl.learners.mpi.gradients import GradientAllreducer
 from agora_marl.learners.networks import flat_dim, init_linear, mlp
 from agora_marl.learners.policy import group_agents
+from agora_marl.learners.replay import JointBatch, JointReplay
 from agora_marl.learners.schedules import linear
 from agora_marl.learners.targets import make_target, update_target
 
@@ -49,9 +51,11 @@ class Settings:
     """IDQN settings (the ``[idqn]`` table). With 8 worlds, the defaults learn CartPole-v1 in ~25K steps."""
 
     buffer_size: int = 100_000
-    """Replay capacity in transitions, per team and per rank (the oldest are overwritten)."""
+    """Replay capacity in rows (one world's step, every seat's transition in it), per rank; the oldest go first."""
     batch_size: int = 128
-    """Transitions per team per gradient step on each rank (the averaged gradient sees ranks × this)."""
+    """Transitions per team per gradient step on each rank (the averaged gradient sees ranks × this): a team of m
+    agents samples batch_size / m rows of the replay (rounded up), each with the transitions of its agents that
+    acted."""
     lr: float = 1e-3
     """Adam learning rate."""
     gamma: float = 0.99
@@ -89,7 +93,7 @@ class Settings:
     agent_id: bool = True
     """Append a one-hot of the agent's index within its team to the input (shared networks only)."""
     checkpoint_buffer: bool = True
-    """Save the replay buffers in checkpoints, so that a resumed run keeps its experience."""
+    """Save the replay buffer in checkpoints (needed for exact resume)."""
 
 
 class QPolicy(nn.Module):
@@ -160,61 +164,38 @@ class QPolicy(nn.Module):
         return actions
 
 
-class ReplayBuffer:
-    """A ring buffer of transitions ``(x, action, reward, x_next, terminal)`` in numpy, added and sampled in bulk."""
-
-    def __init__(self, capacity: int, in_dim: int):
-        self.capacity = capacity
-        self.x = np.zeros((capacity, in_dim), np.float32)
-        self.x_next = np.zeros((capacity, in_dim), np.float32)
-        self.action = np.zeros(capacity, np.int64)
-        self.reward = np.zeros(capacity, np.float32)
-        self.terminal = np.zeros(capacity, np.float32)
-        self.cursor = 0
-        self.size = 0
-
-    def add(self, x: np.ndarray, action: np.ndarray, reward: np.ndarray, x_next: np.ndarray, terminal: np.ndarray):
-        """Append R transitions (arrays with R rows), overwriting the oldest past capacity."""
-        rows = (self.cursor + np.arange(len(x))) % self.capacity
-        self.x[rows], self.action[rows], self.reward[rows] = x, action, reward
-        self.x_next[rows], self.terminal[rows] = x_next, terminal
-        self.cursor = int((self.cursor + len(x)) % self.capacity)
-        self.size = min(self.size + len(x), self.capacity)
-
-    def sample(self, n: int, rng: np.random.Generator, device: torch.device) -> list[torch.Tensor]:
-        """``n`` transitions drawn uniformly with replacement, as tensors on ``device``."""
-        rows = rng.integers(0, self.size, n)
-        fields = (self.x, self.action, self.reward, self.x_next, self.terminal)
-        return [torch.from_numpy(f[rows]).to(device) for f in fields]
-
-    def state_dict(self) -> dict[str, Any]:
-        n = self.size
-        fields = {
-            k: torch.from_numpy(getattr(self, k)[:n].copy()) for k in ("x", "x_next", "action", "reward", "terminal")
-        }
-        return {**fields, "cursor": self.cursor, "size": n}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        n = min(int(state["size"]), self.capacity)
-        for key in ("x", "x_next", "action", "reward", "terminal"):
-            getattr(self, key)[:n] = state[key][:n].numpy()
-        self.cursor, self.size = int(state["cursor"]) % self.capacity, n
-
-
-def _td_loss(policy: QPolicy, target: QPolicy, team: str, batch: list[torch.Tensor], s: Settings) -> tuple:
-    """The team's TD loss on a sampled batch, and its mean Q of the taken actions (for logging)."""
-    x, action, reward, x_next, terminal = batch
-    q = policy.nets[team](x).gather(1, action[:, None]).squeeze(1)
+def _td_loss(
+    policy: QPolicy, target: QPolicy, team: str, agents: list[str], batch: JointBatch, s: Settings
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The team's TD loss over the transitions of its agents that acted in the sampled rows, and its mean Q of the
+    taken actions (for logging)."""
+    cols = batch.columns(agents)
+    x, x_next = _inputs(policy, team, agents, batch.obs), _inputs(policy, team, agents, batch.next_obs)
+    chosen = torch.stack([batch.actions[a] for a in agents], 1) - policy.layout[team][2]
+    q = policy.nets[team](x).gather(2, chosen.unsqueeze(2)).squeeze(2)
     with torch.no_grad():
         next_q = target.nets[team](x_next)
         if s.double_dqn:
-            best = policy.nets[team](x_next).argmax(1, keepdim=True)
-            next_value = next_q.gather(1, best).squeeze(1)
+            best = policy.nets[team](x_next).argmax(2, keepdim=True)
+            next_value = next_q.gather(2, best).squeeze(2)
         else:
-            next_value = next_q.max(1).values
-        y = reward + s.gamma * (1.0 - terminal) * next_value
+            next_value = next_q.max(2).values
+        y = batch.rewards[:, cols] + s.gamma * (~batch.terminated[:, cols]) * next_value
+    acted = batch.alive[:, cols]
+    q, y = q[acted], y[acted]
     loss = F.huber_loss(q, y, delta=s.huber_delta) if s.huber_delta > 0 else F.mse_loss(q, y)
     return loss, q.detach().mean()
+
+
+def _inputs(policy: QPolicy, team: str, agents: list[str], obs: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The team's network inputs ``(B, len(agents), in_dim)`` for sampled, flattened observations (as
+    :meth:`QPolicy.inputs` lays them out)."""
+    x = torch.stack([obs[a] for a in agents], 1)
+    _, id_dim, _ = policy.layout[team]
+    if not id_dim:
+        return x
+    ids = torch.eye(id_dim, device=x.device)[[dict(policy.teams)[team].index(a) for a in agents]]
+    return torch.cat([x, ids.expand(len(x), -1, -1)], -1)
 
 
 class IDQN(api.Algorithm):
@@ -244,11 +225,10 @@ def _train(algorithm: IDQN, session: api.Session) -> None:
     target = make_target(policy)
     optimizer = torch.optim.Adam(policy.parameters(), lr=s.lr)
     counters = api.Counters(gradient_steps=0)
-    buffers = {team: ReplayBuffer(s.buffer_size, sum(policy.layout[team][:2])) for team, _ in policy.teams}
-    per_rank = {f"replay/{team}": buffer for team, buffer in buffers.items()} if s.checkpoint_buffer else {}
+    replay = JointReplay(s.buffer_size, worlds.possible_agents, worlds.observation_spaces, worlds.action_spaces)
+    per_rank = {"replay": replay} if s.checkpoint_buffer else {}
     session.register(policy, target=target, optimizer=optimizer, counters=counters, per_rank=per_rank)
     reducer = GradientAllreducer(policy.parameters(), mpi_cuda=session.config.run.mpi_cuda)
-    columns = {a: i for i, a in enumerate(worlds.possible_agents)}
     batched_steps = -(-s.steps_per_update // worlds.num_worlds)
     decay = max(1.0, s.eps_fraction * session.total_steps)
 
@@ -259,23 +239,24 @@ def _train(algorithm: IDQN, session: api.Session) -> None:
     while not session.done:
         reset = session.begin_update()
         result = reset if reset is not None else result
-        # Collect: steps_per_update environment steps, epsilon-greedy, into the replay buffers.
+        # Collect: steps_per_update environment steps, epsilon-greedy, into the joint replay.
         policy.epsilon = linear(session.step, s.eps_start, s.eps_end, decay)
         for _ in range(batched_steps):
-            alive_before, obs_before = result.alive, result.obs
-            actions = _noop_for_dead(policy.act(obs_before, greedy=False), alive_before, columns, policy)
-            result = worlds.step(actions)
-            _store(policy, buffers, columns, obs_before, actions, alive_before, result)
+            actions = policy.act(result.obs, greedy=False)  # valid for dead seats too: the server ignores them
+            after = worlds.step(actions)
+            replay.add(result, actions, after)
+            result = after
 
-        # Learn: gradient steps on replayed batches, averaged over ranks.
-        if session.step >= s.learning_starts:
+        # Learn: gradient steps on replayed rows, averaged over ranks.
+        if session.step >= s.learning_starts and len(replay):
             for _ in range(s.gradient_steps):
                 reducer.zero_grad()
                 total, q_sum = torch.zeros((), device=device), torch.zeros((), device=device)
-                for team, _agents in policy.teams:
-                    if buffers[team].size == 0:  # possible only on a rank whose team never acted; still reduces
+                for team, agents in policy.teams:
+                    batch = replay.sample(-(-s.batch_size // len(agents)), rng, device)
+                    if not batch.alive[:, batch.columns(agents)].any():  # a team dead in every sampled row
                         continue
-                    loss, q_mean = _td_loss(policy, target, team, buffers[team].sample(s.batch_size, rng, device), s)
+                    loss, q_mean = _td_loss(policy, target, team, agents, batch, s)
                     total, q_sum = total + loss, q_sum + q_mean
                 sums += torch.stack([total.detach(), q_sum / len(policy.teams)])
                 count += 1
@@ -296,43 +277,3 @@ def _train(algorithm: IDQN, session: api.Session) -> None:
             sums.zero_()
             count = 0
         session.end_update(metrics)
-
-
-def _noop_for_dead(actions: dict, alive: np.ndarray, columns: dict[str, int], policy: QPolicy) -> dict:
-    """Dead agents' rows must still hold valid actions: the lowest one (the protocol's no-op for Discrete)."""
-    for agent, chosen in actions.items():
-        dead = ~alive[:, columns[agent]]
-        if dead.any():
-            chosen[dead] = policy.spec.action_spaces[agent].start
-    return actions
-
-
-def _store(
-    policy: QPolicy, buffers: dict, columns: dict, obs: dict, actions: dict, alive: np.ndarray, result: Any
-) -> None:
-    """Add this step's transitions of agents that acted (alive before the step), per team, vectorised."""
-    over = result.episode_over
-    for team, agents in policy.teams:
-        cols = [columns[a] for a in agents]
-        acted = alive[:, cols]
-        if not acted.any():
-            continue
-        after = result.obs
-        if over.any():  # the next observation of an ended episode is its final one, not the new episode's first
-            after = {a: np.where(_rows_mask(over, result.obs[a]), result.final_obs[a], result.obs[a]) for a in agents}
-        # An agent truncated while its world goes on has no final observation on the wire: use its last one.
-        cut = result.truncated[:, cols] & ~result.terminated[:, cols] & ~over[:, None]
-        x, x_next = policy.inputs(team, agents, obs), policy.inputs(team, agents, after)
-        x_next[cut] = x[cut]
-        chosen = np.stack([actions[a] for a in agents], axis=1)
-        buffers[team].add(
-            x[acted],
-            chosen[acted] - policy.layout[team][2],
-            result.rewards[:, cols][acted],
-            x_next[acted],
-            result.terminated[:, cols][acted].astype(np.float32),
-        )
-
-
-def _rows_mask(rows: np.ndarray, like: np.ndarray) -> np.ndarray:
-    return rows.reshape(-1, *([1] * (np.ndim(like) - 1)))
