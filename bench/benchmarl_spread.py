@@ -15,7 +15,8 @@ of BenchMARL's is its default (``benchmarl/conf``: the experiment, the algorithm
 episode length, the device (CPU), rendering and loggers (off), evaluation (greedy, 100 episodes, after the iteration that
 passes both budgets) and, for the off-policy algorithms, the epsilon schedule (over the first third of the step
 budget, where BenchMARL's default spans a third of its frame budget). ``--task vmas`` runs VMAS's simple_spread instead (N=3, 25 steps, vectorised in
-torch). The run stops at the first iteration that has passed both budgets. Returns are agora's team return: the sum
+torch). The run stops at the first iteration that has passed both budgets
+(or at ``--cap`` times the time budget, then with no figure at a step budget it has not reached). Returns are agora's team return: the sum
 over the agents of an episode's rewards (BenchMARL logs the mean over agents). A frame is one environment step of one
 world, as agora's steps are. Prints one JSON object: per iteration (frames, seconds since the experiment was built,
 mean team return of the episodes that ended in it), the figures at both budgets (the mean of the iterations in the
@@ -47,11 +48,12 @@ ALGORITHMS = {
 
 
 class Budget(Callback):
-    """Records each iteration's frames, time and team return; ends the run once both budgets have passed."""
+    """Records each iteration's frames, time and team return; ends the run once both budgets have passed, or at
+    ``cap`` times the time budget."""
 
-    def __init__(self, steps: int, seconds: float, started: float):
+    def __init__(self, steps: int, seconds: float, cap: float, started: float):
         super().__init__()
-        self.steps, self.seconds, self.started = steps, seconds, started
+        self.steps, self.seconds, self.cap, self.started = steps, seconds, cap, started
         self.rows: list[dict] = []
         self.frames = 0
         self.last = False
@@ -68,7 +70,7 @@ class Budget(Callback):
         elapsed = time.monotonic() - self.started
         mean = float(returns.mean()) if returns.numel() else None
         self.rows.append({"frames": self.frames, "time_s": round(elapsed, 3), "return": mean})
-        self.last = self.frames >= self.steps and elapsed >= self.seconds
+        self.last = (self.frames >= self.steps and elapsed >= self.seconds) or elapsed >= self.cap * self.seconds
 
     def on_train_end(self, training_td, group: str) -> None:
         if self.last and group == list(self.experiment.group_map)[-1]:
@@ -94,6 +96,7 @@ def main() -> None:
     parser.add_argument("--task", default="pettingzoo", choices=["pettingzoo", "vmas"])
     parser.add_argument("--steps", type=int, default=50_000)
     parser.add_argument("--seconds", type=float, default=100.0)
+    parser.add_argument("--cap", type=float, default=1.5, help="stop at CAP times the time budget (%(default)s)")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--parallel", action="store_true", help="collect in subprocesses (parallel_collection)")
     parser.add_argument("--out", default="/tmp/benchmarl-runs")
@@ -117,7 +120,7 @@ def main() -> None:
     config.prefer_continuous_actions = False
     os.makedirs(args.out, exist_ok=True)
     config.save_folder = args.out
-    budget = Budget(args.steps, args.seconds, started)
+    budget = Budget(args.steps, args.seconds, args.cap, started)
     experiment = Experiment(
         task=task,
         algorithm_config=ALGORITHMS[args.algorithm].get_from_yaml(),
@@ -141,7 +144,7 @@ def main() -> None:
                 "task": args.task,
                 "steps": args.steps,
                 "seconds": args.seconds,
-                "return_at_steps": window(rows, "frames", args.steps),
+                "return_at_steps": window(rows, "frames", args.steps) if budget.frames >= args.steps else None,
                 "return_at_time": window(rows, "time_s", args.seconds),
                 "frames_at_time": max((r["frames"] for r in rows if r["time_s"] <= args.seconds), default=0),
                 "frames": rows[-1]["frames"],
