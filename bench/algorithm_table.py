@@ -4,8 +4,9 @@ of steps and at a fixed wall time, next to random, noop and scripted play.
     .venv/bin/python bench/algorithm_table.py --out /tmp/table           # the whole table, about 60 minutes
     .venv/bin/python bench/algorithm_table.py --scale 0.5 --algos mappo,idqn --worlds cover_v0   # a smoke run
 
-Each cell is one ``agora train algo=ALGO`` with every setting at its default (the algorithm's, the world's, 64
-worlds, the default env servers), started as a user starts it and stopped with SIGTERM once it has passed both
+Each cell is one ``agora train algo=ALGO run.total_steps=3N`` with every other setting at its default (the
+algorithm's, the world's, 64 worlds, the default env servers; 3 N so that the epsilon and noise schedules, which span
+a fraction of run.total_steps, end by N), started as a user starts it and stopped with SIGTERM once it has passed both
 budgets of its world: N steps and T seconds of its metrics.csv's ``time_s`` (wall-clock time from the start of the
 run, its servers' start-up included), or at ``--cap`` times T, where a slow algorithm's cell then says how many steps
 it made instead of a return at N. One run gives both figures: the mean ``return`` (the team's, the sum over the
@@ -78,6 +79,8 @@ WORLDS = {
         ),
     )
 }
+HORIZON = 3
+"""run.total_steps is HORIZON times the step budget (the schedules' length; a run that reaches it ends there)."""
 SCENARIOS = {"simple_spread": "mpe2.simple_spread_v3:parallel_env"}
 
 
@@ -103,7 +106,9 @@ def train(algo: str, world: World, run_dir: Path, scale: float, cap: float) -> d
     SIGTERM. Returns what it measured."""
     steps, seconds = int(world.steps * scale), world.seconds * scale
     command = [sys.executable, "-m", "agora_marl", "train", f"algo={algo}", *world.overrides]
-    command += ["run.total_steps=1000000000", "run.progress=false", f"run.dir={run_dir}"]
+    # The schedules (epsilon, MADDPG's noise) span a fraction of run.total_steps: 3 N lets every one of them end by
+    # N (IDQN at 0.6 N, VDN and QMIX at 0.9 N), as a user would set it for a run of about that length.
+    command += [f"run.total_steps={HORIZON * steps}", "run.progress=false", f"run.dir={run_dir}"]
     before = load()
     cap, reason = cap * seconds, "both budgets passed"
     with open(run_dir.with_suffix(".log"), "w") as log:
@@ -125,11 +130,14 @@ def train(algo: str, world: World, run_dir: Path, scale: float, cap: float) -> d
             if process.poll() is None:
                 process.kill()
                 process.wait()
+    if process.returncode == 0:
+        reason = f"ended at run.total_steps ({HORIZON * steps:,})"
     if process.returncode not in (0, 75):
         tail = run_dir.with_suffix(".log").read_text().strip().splitlines()[-3:]
         return {"error": f"agora train exited with {process.returncode}: {' / '.join(tail)}"}
-    rows = [r for r in _rows(run_dir) if r.get("return")]
-    at_steps = _window(rows, "step", steps) if rows and int(rows[-1]["step"]) >= steps else []
+    logged = _rows(run_dir)
+    rows = [r for r in logged if r.get("return")]
+    at_steps = _window(rows, "step", steps) if logged and int(logged[-1]["step"]) >= steps else []
     at_time = _window(rows, "time_s", seconds)
     return {
         "steps": steps,
@@ -137,8 +145,8 @@ def train(algo: str, world: World, run_dir: Path, scale: float, cap: float) -> d
         "return_at_steps": float(np.mean([float(r["return"]) for r in at_steps])) if at_steps else None,
         "return_at_time": float(np.mean([float(r["return"]) for r in at_time])) if at_time else None,
         "steps_at_time": int(at_time[-1]["step"]) if at_time else None,
-        "steps_made": int(rows[-1]["step"]) if rows else 0,
-        "time_s": float(rows[-1]["time_s"]) if rows else 0.0,
+        "steps_made": int(logged[-1]["step"]) if logged else 0,
+        "time_s": float(logged[-1]["time_s"]) if logged else 0.0,
         "note": reason,
         "load_before": before,
         "load_after": load(),
