@@ -197,7 +197,11 @@ def markdown(results: dict, worlds: list[World], algos: list[str], scale: float)
             else:
                 cells.append(_f(cell.get("return_at_steps")))
             at_time = _f(cell.get("return_at_time"))
-            cells.append(f"{at_time} ({_k(cell['steps_at_time'])})" if cell.get("steps_at_time") else at_time)
+            if cell.get("note", "").startswith("ended"):
+                at_time += f" (ended: {_k(cell['steps_made'])} in {cell['time_s']:.0f} s)"
+            elif cell.get("steps_at_time"):
+                at_time += f" ({_k(cell['steps_at_time'])})"
+            cells.append(at_time)
         lines.append("| " + " | ".join(cells) + " |")
     for name in ("random", "noop", "scripted"):
         cells = [f"*{name}*"]
@@ -213,7 +217,7 @@ def _f(value: float | None) -> str:
 
 
 def _k(steps: float) -> str:
-    return f"{steps / 1e6:g}M" if steps >= 1e6 else f"{steps / 1e3:g}K"
+    return f"{steps / 1e6:.2g}M" if steps >= 1e6 else f"{steps / 1e3:.0f}K"
 
 
 def main() -> None:
