@@ -6,17 +6,18 @@ It runs in a virtual environment of its own (never the project's: BenchMARL pins
 
     python3 -m venv /tmp/benchmarl-venv
     /tmp/benchmarl-venv/bin/pip install torch==2.13.0          # first and pinned: no CUDA wheels
-    /tmp/benchmarl-venv/bin/pip install torch==2.13.0 torchvision==0.28.0 benchmarl==1.5.2 vmas "pettingzoo[mpe]==1.24.3"
+    /tmp/benchmarl-venv/bin/pip install torch==2.13.0 torchvision==0.28.0 benchmarl==1.5.2 vmas \
+        "pettingzoo[mpe]==1.24.3"
     /tmp/benchmarl-venv/bin/python bench/benchmarl_spread.py --algorithm mappo --steps 50000 --seconds 100
 
 The task is PettingZoo's ``simple_spread_v3`` with agora's default config (N=3, 25-step episodes, local_ratio 0.5,
 discrete actions), through BenchMARL's ``PettingZooTask.SIMPLE_SPREAD`` (TorchRL's ``PettingZooEnv``); every setting
 of BenchMARL's is its default (``benchmarl/conf``: the experiment, the algorithm, an MLP of [256, 256]) except the
-episode length, the device (CPU), rendering and loggers (off), evaluation (greedy, 100 episodes, after the iteration that
-passes both budgets) and, for the off-policy algorithms, the epsilon schedule (over the first third of the step
-budget, where BenchMARL's default spans a third of its frame budget). ``--task vmas`` runs VMAS's simple_spread instead (N=3, 25 steps, vectorised in
-torch). The run stops at the first iteration that has passed both budgets
-(or at ``--cap`` times the time budget, then with no figure at a step budget it has not reached). Returns are agora's team return: the sum
+episode length, the device (CPU), rendering and loggers (off), evaluation (greedy, 100 episodes, after the last
+iteration) and, for the off-policy algorithms, the epsilon schedule (over the first third of the step budget, where
+BenchMARL's default spans a third of its frame budget). ``--task vmas`` runs VMAS's simple_spread instead (N=3, 25
+steps, vectorised in torch). The run stops at the first iteration that has passed both budgets (or at ``--cap`` times
+the time budget, then with no figure at a step budget it has not reached). Returns are agora's team return: the sum
 over the agents of an episode's rewards (BenchMARL logs the mean over agents). A frame is one environment step of one
 world, as agora's steps are. Prints one JSON object: per iteration (frames, seconds since the experiment was built,
 mean team return of the episodes that ended in it), the figures at both budgets (the mean of the iterations in the
