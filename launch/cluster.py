@@ -8,7 +8,8 @@
   a private ``ipc://`` socket and on ``tcp://`` (``--bind``'s host, a free port), and announces both over MPI
   (:func:`serve_as_rank`); a learner uses the servers on its own node over ipc://, or else the others over tcp://.
 - ``env.servers_per = "node"`` (default): the node's local rank 0 starts ``env.servers`` server processes (0: one per
-  rank of the node), broadcasts their ``ipc://`` addresses over the node, and the node's ranks spread over them.
+  core of the node's ranks, :func:`learners.training.env_servers`), broadcasts their ``ipc://`` addresses over the
+  node, and the node's ranks spread over them.
 - ``env.servers_per = "rank"``: every rank starts its own.
 
 Servers started here are :class:`~agora_marl.envserver.process.ServerProcesses` that never outlive the job and
@@ -153,6 +154,7 @@ def _start(
 ) -> tuple[ServerProcesses | None, list]:
     """Start this node's (local rank 0) or this rank's servers; returns them (None elsewhere) and this rank's share."""
     from agora_marl.learners import mpi
+    from agora_marl.learners.training import env_servers
 
     servers, outcome = None, None
     # A launcher that binds each rank to its cores (srun does) would squeeze a node's servers onto local rank 0's.
@@ -160,7 +162,7 @@ def _start(
     if where.local_rank == 0 or not per_node:
         folder = f"node{where.node}" if per_node else f"rank{where.rank}"
         servers = ServerProcesses(
-            count=env.servers or (where.local_size if per_node else 1),
+            count=env_servers(env),
             log_dir=Path(log_dir) / folder if log_dir is not None else None,
             cores=cores,
             survive_job_signals=True,

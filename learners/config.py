@@ -64,7 +64,8 @@ class EnvSettings:
     """Addresses of running env servers (empty: ``agora train`` starts its own). Ranks share them round-robin."""
     servers: int = 0
     """Env server processes ``agora train`` starts when ``connect`` is empty, per node or per rank (``servers_per``);
-    0: one per learner rank. A rank spreads its worlds over its share of them."""
+    0: one per core the learners may run on, at least one per rank and at most one per 8 worlds
+    (``learners.training.env_servers``; two on a 2-core machine). A rank spreads its worlds over its share of them."""
     servers_per: str = "node"
     """``node``: each node's local rank 0 starts the node's servers and the node's ranks share them over ipc://;
     ``rank``: every rank starts its own."""

@@ -24,7 +24,7 @@ from agora_marl.agents.policies import named_policy
 from agora_marl.learners import mpi
 from agora_marl.learners.api import Algorithm, action_kind
 from agora_marl.learners.checkpoints import check, check_resumable
-from agora_marl.learners.config import Config
+from agora_marl.learners.config import Config, EnvSettings
 from agora_marl.learners.mpi.cuda import select_device
 from agora_marl.learners.rendezvous import (
     EXTERNAL,
@@ -40,14 +40,42 @@ from agora_marl.learners.selfplay import SELF_PLAY, SelfPlayWorlds
 from agora_marl.learners.session import TrainingSession
 from agora_marl.learners.trained import load_run_policy
 
+#: The fewest worlds per env server that the default server count gives: fewer, and the learner's cost of a request
+#: per server and step is no longer small beside the worlds' (docs/learners.md, 'Learning speed').
+MIN_WORLDS_PER_SERVER = 8
+
+
+def env_servers(env: EnvSettings) -> int:
+    """How many env servers ``agora train`` starts, per node or per rank (``env.servers_per``), when it connects to none.
+
+    ``env.servers`` when positive. For 0 (the default), one per core that the learners may run on: a server is one
+    thread and costs more CPU per world-step than the learner does (sampling, and its update beside the next rollout,
+    ``ppo.overlap``), so servers on every core keep all of them busy, and the learner runs in the time they wait for
+    its actions. Per node: the cores of the node's ranks (their CPU affinities; a cluster node's servers are shared
+    by its ranks); per rank: this rank's fair part of its own. At least one per rank, at most one per
+    :data:`MIN_WORLDS_PER_SERVER` worlds, and per node a multiple of the node's ranks, so that each rank gets as many.
+    The config keeps its 0, so that a run resumed on other hardware counts anew. Not collective (the node's CPU
+    affinities were exchanged when MPI started).
+    """
+    if env.servers > 0:
+        return env.servers
+    node = mpi.node_cores()
+    if env.servers_per == "rank":
+        mine = set(node[mpi.local_rank()])
+        ranks, cores = 1, len(mine) // sum(1 for cores in node if mine.intersection(cores))
+    else:
+        ranks, cores = mpi.local_size(), len({core for cores in node for core in cores})
+    worlds = env.num_worlds * ranks
+    return ranks * max(1, min(cores, worlds // MIN_WORLDS_PER_SERVER) // ranks)
+
 
 def torch_threads(config: Config) -> int:
     """The torch intra-op threads this rank trains with (at least 1).
 
     ``run.threads`` when positive. For 0 (the default): ``OMP_NUM_THREADS`` when set, else
     :func:`learners.mpi.fair_threads` counting the env servers that ``agora train`` starts when the config names none
-    (``env.servers``, ``env.servers_per``). The config keeps its 0, so that a run resumed on other hardware finds its
-    share anew. Not collective (the node's CPU affinities were exchanged when MPI started).
+    (:func:`env_servers`). The config keeps its 0, so that a run resumed on other hardware finds its share anew. Not
+    collective (the node's CPU affinities were exchanged when MPI started).
     """
     if config.run.threads > 0:
         return config.run.threads
@@ -57,10 +85,7 @@ def torch_threads(config: Config) -> int:
     env, starts = config.env, 0.0
     if not env.connect and not mpi.published("server"):
         # Per rank: on the rank's own cores. Per node: anywhere on the node's, so each rank counts its part of them.
-        if env.servers_per == "rank":
-            starts = float(env.servers or 1)
-        else:
-            starts = (env.servers or mpi.local_size()) / mpi.local_size()
+        starts = env_servers(env) / (1 if env.servers_per == "rank" else mpi.local_size())
     return mpi.fair_threads(starts)
 
 

@@ -28,7 +28,7 @@ from agora_marl.launch import cluster
 from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, TrainingStopped, read_metrics
-from agora_marl.learners.training import torch_threads
+from agora_marl.learners.training import env_servers, torch_threads
 from tests.procs import alive, leftovers, pids_with
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -193,13 +193,45 @@ def test_threads_default_to_a_fair_share_and_the_saved_config_keeps_asking(tmp_p
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     cores = len(os.sched_getaffinity(0))
     run = Run.create(load_config(None, []), tmp_path / "a")
-    assert torch_threads(run.config) == max(1, cores // 2)  # this rank and the env server it starts
+    servers = env_servers(run.config.env)
+    assert torch_threads(run.config) == max(1, cores // (1 + servers))  # this rank and the env servers it starts
     assert run.config.run.threads == 0 and load_config(tmp_path / "a" / "config.toml").run.threads == 0
     given = Run.create(load_config(None, ["env.connect=tcp://elsewhere:5555"]), tmp_path / "b")
     assert torch_threads(given.config) == cores
     assert torch_threads(Run.create(load_config(None, ["run.threads=3"]), tmp_path / "c").config) == 3
     monkeypatch.setenv("OMP_NUM_THREADS", "5")
     assert torch_threads(Run.open(tmp_path / "a").config) == 5
+
+
+@pytest.mark.parametrize(
+    ("node_cores", "local_rank", "overrides", "servers"),
+    [
+        ([[0, 1]], 0, [], 2),  # a 2-core machine: both cores step worlds
+        ([[0, 1, 2, 3]], 0, [], 4),  # a laptop
+        ([list(range(16))], 0, [], 8),  # one rank on a 16-core node: at most one server per 8 worlds
+        ([list(range(16))], 0, ["env.num_worlds=256"], 16),
+        ([list(range(16))] * 16, 3, [], 16),  # 16 ranks share the node's 16 servers, one each
+        ([list(range(16))] * 3, 0, [], 15),  # 3 ranks: 5 servers each
+        ([list(range(8))] * 16, 0, [], 16),  # more ranks than cores: still one per rank
+        ([[0, 1], [2, 3]], 1, ["env.servers_per=rank"], 2),  # srun binds each rank to 2 cores: its own 2 servers
+        ([[0, 1, 2, 3]] * 2, 1, ["env.servers_per=rank"], 2),  # 2 ranks on the same 4 cores: 2 servers each
+        ([[0, 1]], 0, ["env.num_worlds=4"], 1),  # a few worlds: one server
+        ([list(range(16))], 0, ["env.servers=3"], 3),  # asked for: as asked
+    ],
+)
+def test_the_default_server_count_follows_the_cores(monkeypatch, node_cores, local_rank, overrides, servers) -> None:
+    monkeypatch.setattr(mpi, "node_cores", lambda: node_cores)
+    monkeypatch.setattr(mpi, "local_size", lambda: len(node_cores))
+    monkeypatch.setattr(mpi, "local_rank", lambda: local_rank)
+    assert env_servers(load_config(None, overrides).env) == servers
+
+
+def test_agora_train_starts_a_server_per_core_by_default() -> None:
+    """Without env.servers, the servers started for one rank are one per core it may use (up to one per 8 worlds)."""
+    env = load_config(None, []).env
+    cores = len(os.sched_getaffinity(0))
+    with cluster.training_servers(env, report=False) as addresses:
+        assert len(addresses) == min(cores, env.num_worlds // 8) == env_servers(env)
 
 
 def test_a_stop_request_checkpoints_the_update_and_resume_continues(tmp_path) -> None:
