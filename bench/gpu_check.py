@@ -400,7 +400,7 @@ def main() -> int:
     if only - set(STEPS):
         parser.error(f"--only: unknown step(s) {sorted(only - set(STEPS))}; steps: {','.join(STEPS)}")
     check = Check(args.out.resolve(), args.time_limit)
-    budget = {"sync_steps": 20, "train_steps": 2000, "reps": 100, "big_reps": 3} if args.quick else {}
+    budget = {"sync_steps": 20, "train_steps": 1200, "reps": 100, "big_reps": 3} if args.quick else {}
     budget = {"sync_steps": 50, "train_steps": 4000, "reps": 500, "big_reps": 10} | budget
     check.figures |= {"quick": args.quick, "budget": budget, "repo": str(REPO)}
     check.say(

@@ -66,7 +66,7 @@ def _wait_for(lines: queue.Queue, pattern: str, seen: list[str], timeout_s: floa
 
 
 def test_two_train_processes_train_the_two_teams_of_the_same_worlds(tmp_path, address):
-    steps = 8 * 60 * 5
+    steps = 8 * 60 * 4
     predators = _agora_train(
         "algo=mappo",
         f"env.connect={address}",

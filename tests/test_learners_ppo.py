@@ -107,8 +107,8 @@ def test_running_norm_merges_batches_exactly() -> None:
 
 @pytest.mark.slow
 def test_mappo_learns_simple_spread_past_random_play(tmp_path, servers) -> None:
-    """A CI-sized MAPPO run (about a minute) beats random play (-81) by a clear margin, played greedily."""
-    run, metrics = _train(tmp_path, servers, "run.total_steps=80000", "env.num_worlds=32")
+    """A CI-sized MAPPO run (40K steps) beats random play (-81) by a clear margin, played greedily."""
+    run, metrics = _train(tmp_path, servers, "run.total_steps=40000", "env.num_worlds=32")
     assert metrics["explained_variance"] > 0.5
     returns = evaluate(
         load_trained_policy(run.directory), servers, run.config.env.scenario, run.config.env.config, episodes=64
