@@ -156,3 +156,18 @@ def test_agora_play_command(server):
     assert done.returncode == 0, done.stderr
     assert len(re.findall(r"^episode \d+: return -?[\d.]+", done.stdout, re.M)) == 2
     assert re.search(r"^2 episodes: return -?[\d.]+ ± [\d.]+ \(mean ± std over 2 episodes\)$", done.stdout, re.M)
+
+
+def test_a_run_directory_is_loaded_before_any_seat_is_taken(tmp_path):
+    """A run's policy loads first (importing torch and its algorithm can outlast the heartbeat of seats already
+    joined): a directory that is no run is reported at once, without asking the server (none listens here)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "agora_marl", "play", "--connect", "tcp://127.0.0.1:1", "--world", "1"]
+        + ["--policy", str(tmp_path), "--timeout", "30"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert f"--policy {tmp_path}: {tmp_path} is not a run directory (no config.toml)" in done.stderr

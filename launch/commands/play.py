@@ -170,6 +170,13 @@ def _run_worlds(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from agora_marl.launch.policies import load_run_first
+
+    try:  # a run's policy before any seat is taken (see load_run_first)
+        load_run_first(args.policy)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"agora play: error: --policy {args.policy}: {exc}", file=sys.stderr)
+        return 1
     if args.worlds is not None or args.group is not None:
         return _run_worlds(args)
 
