@@ -57,7 +57,7 @@ def test_seats_parse_from_the_command_line():
 def test_ippo_predators_beat_random_predators_against_a_random_prey(tmp_path, servers):
     config = load_config(None, [*PREDATORS, "algo=ippo"])
     baseline = _random_predators_return(config, servers)
-    run, metrics = _train(tmp_path, servers, "algo=ippo", "run.total_steps=15000")
+    run, metrics = _train(tmp_path, servers, "algo=ippo", "run.total_steps=30000")
     rows = read_metrics(run.directory / "metrics.csv")
     late = [float(r["opponent_late"]) for r in rows]
     last = np.mean([float(r["return"]) for r in rows[-3:]])
