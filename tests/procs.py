@@ -1,13 +1,18 @@
-"""Process checks shared by the tests: is a pid still a live (non-zombie) process; which processes carry a token; what
-importing a module loads; wait for a server process's connection file."""
+"""Process checks shared by the tests: is a pid still a live (non-zombie) process; which processes carry a token; a
+job that is killed with everything carrying its token; what importing a module loads; wait for a server process's
+connection file."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 
 def alive(pid: int) -> bool:
@@ -31,6 +36,29 @@ def pids_with(needle: str, where: str = "environ") -> list[int]:
         except OSError:
             continue
     return [pid for pid in found if pid != os.getpid() and alive(pid)]
+
+
+class TokenJob:
+    """A started process (``proc``) whose token (``token``, in its environment) everything it starts inherits."""
+
+    proc: subprocess.Popen
+    token: str
+
+    def wait(self, timeout_s: float) -> tuple[int, str, str]:
+        """Its exit status and output; fails the test (killing everything it started) past ``timeout_s``."""
+        try:
+            out, err = self.proc.communicate(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            out, err = self.proc.communicate()
+            pytest.fail(f"the job did not end within {timeout_s} s:\n{out}\n{err}")
+        return self.proc.returncode, out, err
+
+    def kill(self) -> None:
+        """SIGKILL the job and everything carrying its token."""
+        for pid in [self.proc.pid, *pids_with(self.token)]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def leftovers(token: str, timeout_s: float = 15.0) -> list[int]:

@@ -7,7 +7,6 @@ checked by scanning /proc for it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -29,7 +28,7 @@ from agora_marl.learners import mpi
 from agora_marl.learners.config import load_config
 from agora_marl.learners.run import Run, TrainingStopped, read_metrics
 from agora_marl.learners.training import env_servers, torch_threads
-from tests.procs import alive, leftovers, pids_with
+from tests.procs import TokenJob, alive, leftovers, pids_with
 
 ROOT = Path(__file__).resolve().parent.parent
 SCRIPTS = Path(__file__).resolve().parent / "mpi_scripts"
@@ -41,7 +40,7 @@ TINY = ["env.num_worlds=4", "ppo.epochs=1", "run.progress=false"]
 # ---------------------------------------------------------------------------------------------- helpers
 
 
-class Job:
+class Job(TokenJob):
     """``mpirun`` ARGS in its own session with a unique token in its environment; killed if a test leaves it."""
 
     def __init__(self, *args: str, ranks: int = 2) -> None:
@@ -59,20 +58,6 @@ class Job:
             text=True,
             start_new_session=True,
         )
-
-    def wait(self, timeout_s: float) -> tuple[int, str, str]:
-        try:
-            out, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"the job did not end within {timeout_s} s:\n{out}\n{err}")
-        return self.proc.returncode, out, err
-
-    def kill(self) -> None:
-        for pid in [self.proc.pid, *pids_with(self.token)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
 
 def _train(run_dir: Path, *settings: str) -> list[str]:

@@ -6,10 +6,8 @@ SLURM too: sbatch and srun pass the environment on), so that "no process left be
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.nodes import ROOT, Cluster, Node
-from tests.procs import pids_with
+from tests.procs import TokenJob
 
 BIN = Path(sys.executable).parent
 #: MPICH's Hydra from the venv, next to the interpreter.
@@ -65,7 +63,7 @@ def job_env(token: str, **extra: str) -> dict[str, str]:
     return env
 
 
-class NodeJob:
+class NodeJob(TokenJob):
     """A command on a node, in a session of its own, with a fresh token; killed if the test leaves it running."""
 
     def __init__(self, node: Node, argv: list, cwd: str | Path = ROOT, **extra_env: str) -> None:
@@ -73,22 +71,6 @@ class NodeJob:
         self.proc = node.popen(
             argv, job_env(self.token, **extra_env), cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
         )
-
-    def wait(self, timeout_s: float) -> tuple[int, str, str]:
-        """Its exit status and output; fails the test (killing everything it started) past ``timeout_s``."""
-        try:
-            out, err = self.proc.communicate(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            self.kill()
-            out, err = self.proc.communicate()
-            pytest.fail(f"the job did not end within {timeout_s} s:\n{out}\n{err}")
-        return self.proc.returncode, out, err
-
-    def kill(self) -> None:
-        """SIGKILL the job and everything carrying its token."""
-        for pid in [self.proc.pid, *pids_with(self.token)]:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
 
     def __enter__(self) -> NodeJob:
         return self
